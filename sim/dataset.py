@@ -1,0 +1,159 @@
+"""In-memory SeqCSIST dataset and the compact single-file (npz) format.
+
+A split is a stack of frames in trajectory order: trajectory k is frames
+k·traj_len … k·traj_len + traj_len − 1 (facts §1.5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sim.phi import SIGMA
+from sim.render import gt_map, render_uint8
+from sim.trajectory import TrajectoryRules, generate_trajectories
+
+NPZ_VERSION = 1
+
+
+class DatasetError(ValueError):
+    """A dataset file or folder is malformed; the message names the problem and the fix."""
+
+
+@dataclass
+class SeqDataset:
+    """One split of frames with their targets.
+
+    Attributes
+    ----------
+    images : ndarray of shape (N, 11, 11), uint8
+        LR frames in raw grey levels.
+    targets : ndarray of shape (N, K_max, 3), float64
+        (row, col, brightness) per target (xc = row, yc = col); NaN rows are padding.
+    traj_len : int
+        Frames per trajectory; N must be a multiple of it.
+    sigma : float
+        PSF standard deviation in pixels.
+    """
+
+    images: np.ndarray
+    targets: np.ndarray
+    traj_len: int = 20
+    sigma: float = SIGMA
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 3:
+            raise DatasetError(f"images must be (N, H, W), got shape {self.images.shape}")
+        if len(self.images) != len(self.targets):
+            raise DatasetError(
+                f"{len(self.images)} images but {len(self.targets)} target lists"
+            )
+        if len(self.images) % self.traj_len:
+            raise DatasetError(
+                f"{len(self.images)} frames is not a multiple of the trajectory length "
+                f"{self.traj_len}; every trajectory must have all its frames"
+            )
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def n_trajectories(self) -> int:
+        return len(self.images) // self.traj_len
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Number of targets per frame: shape (N,)."""
+        return np.all(np.isfinite(self.targets), axis=-1).sum(axis=-1)
+
+    def frame_targets(self, i: int) -> np.ndarray:
+        """Targets of frame i without padding: shape (K, 3)."""
+        t = self.targets[i]
+        return t[np.all(np.isfinite(t), axis=-1)]
+
+    def gt_maps(self) -> np.ndarray:
+        """Ground-truth HR maps of all frames: shape (N, 33, 33), float32."""
+        return gt_map(self.targets)
+
+    def trajectory_images(self) -> np.ndarray:
+        """Images grouped by trajectory: shape (n_trajectories, traj_len, H, W)."""
+        return self.images.reshape(self.n_trajectories, self.traj_len, *self.images.shape[1:])
+
+    def trajectory_targets(self) -> np.ndarray:
+        """Targets grouped by trajectory: shape (n_trajectories, traj_len, K_max, 3)."""
+        return self.targets.reshape(self.n_trajectories, self.traj_len, *self.targets.shape[1:])
+
+    def subset(self, trajectories) -> SeqDataset:
+        """A new dataset holding the given trajectory indices (in that order)."""
+        idx = np.asarray(trajectories, dtype=np.int64)
+        return SeqDataset(
+            self.trajectory_images()[idx].reshape(-1, *self.images.shape[1:]),
+            self.trajectory_targets()[idx].reshape(-1, *self.targets.shape[1:]),
+            self.traj_len,
+            self.sigma,
+        )
+
+
+def simulate(
+    n_trajectories: int,
+    seed: int,
+    rules: TrajectoryRules = TrajectoryRules(),
+    noise_sigma: float = 0.0,
+    backgrounds: np.ndarray | None = None,
+) -> SeqDataset:
+    """Generate a split by the SeqCSIST rules.
+
+    Parameters
+    ----------
+    backgrounds : ndarray of shape (M, H, W), optional
+        Background patches in grey levels; trajectory i uses backgrounds[j] for a random j
+        (the same patch for all its frames).
+    """
+    traj = generate_trajectories(n_trajectories, seed, rules)  # (n, T, K, 3)
+    rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(n_trajectories + 1)[-1])
+    bg = None
+    if backgrounds is not None:
+        pick = rng.integers(len(backgrounds), size=n_trajectories)
+        bg = np.asarray(backgrounds, dtype=np.float64)[pick][:, None]  # (n, 1, H, W)
+    images = render_uint8(traj, noise_sigma=noise_sigma, background=bg, rng=rng)
+    n, t = traj.shape[:2]
+    return SeqDataset(
+        images.reshape(n * t, rules.patch, rules.patch),
+        traj.reshape(n * t, *traj.shape[2:]),
+        traj_len=rules.frames,
+    )
+
+
+def save_npz(path: str | Path, ds: SeqDataset) -> None:
+    """Write the compact format: images, NaN-padded targets, trajectory ids, metadata."""
+    np.savez_compressed(
+        path,
+        images=ds.images,
+        targets=ds.targets,
+        traj_ids=np.repeat(np.arange(ds.n_trajectories), ds.traj_len),
+        traj_len=np.int64(ds.traj_len),
+        sigma=np.float64(ds.sigma),
+        version=np.int64(NPZ_VERSION),
+    )
+
+
+def load_npz(path: str | Path) -> SeqDataset:
+    """Read the compact format written by :func:`save_npz`."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = {"images", "targets", "traj_len"} - set(z.files)
+            if missing:
+                raise DatasetError(
+                    f"{path}: not a compact SeqCSIST file (missing {sorted(missing)}); "
+                    "write it with `python -m sim generate --format npz`"
+                )
+            return SeqDataset(
+                z["images"], z["targets"], int(z["traj_len"]), float(z.get("sigma", SIGMA))
+            )
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, DatasetError):
+            raise
+        raise DatasetError(f"{path}: cannot read compact dataset ({exc})") from exc
