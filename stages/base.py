@@ -1,0 +1,154 @@
+"""The stage protocol: what every step of the chain looks like to the runner.
+
+A stage is a plain class built from a small frozen config dataclass::
+
+    @dataclass(frozen=True)
+    class DoublerConfig:
+        factor: float = 2.0
+
+    class Doubler(Stage):
+        Config = DoublerConfig
+        INPUTS = ("frames",)
+        OUTPUT = "frames2"
+
+        def process(self, msg):
+            yield replace(msg, image=msg.image * self.config.factor, stamps={})
+
+The runner calls, in this order: ``start()`` once, ``process(msg)`` for every message that
+arrives on one of the ``INPUTS`` topics (in ``seq`` order per topic, but topics interleave in
+any order), ``flush()`` once at the end of the stream so buffered items drain, and ``stop()``
+once (also after an error). Every message returned by ``process``/``flush`` is published on
+``OUTPUT``. A stage never touches sockets, the clock or ``stamps``; the same object runs in one
+process over an iterator (tests, replay, evaluation) or in its own process behind ZeroMQ.
+
+A source is a :class:`Source`: no inputs, and ``__iter__`` yields its messages (frames) in
+``seq`` order. The runner decides how many it takes (``--frames``) and at what rate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, ClassVar
+
+from stages.messages import Message, PipelineError
+
+
+class ConfigError(PipelineError, ValueError):
+    """A configuration value is missing, unknown or invalid; the message names it and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class NoConfig:
+    """Config of a stage that takes no options."""
+
+
+def build_config(config_cls: type, values: Mapping[str, Any] | None, where: str = "") -> Any:
+    """Build a stage's frozen config dataclass from a mapping, rejecting unknown keys.
+
+    Parameters
+    ----------
+    config_cls : dataclass type
+        The stage's ``Config``.
+    values : mapping or None
+        Option name -> value (e.g. the stage's YAML section); None means all defaults.
+    where : str
+        Where the values come from (e.g. ``"stages[1] (detector)"``), used in error messages.
+
+    Returns
+    -------
+    config_cls instance
+
+    Raises
+    ------
+    ConfigError
+        On an unknown key (listing the valid ones) or a missing required key.
+    """
+    prefix = f"{where}: " if where else ""
+    names = [f.name for f in dataclasses.fields(config_cls) if f.init]
+    values = dict(values or {})
+    for key in values:
+        if key not in names:
+            valid = ", ".join(names) if names else "none (this stage takes no options)"
+            raise ConfigError(f"{prefix}unknown key {key!r} for {config_cls.__name__}; "
+                              f"valid keys: {valid}")
+    missing = [
+        f.name
+        for f in dataclasses.fields(config_cls)
+        if f.init
+        and f.name not in values
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"{prefix}missing required key(s) {', '.join(map(repr, missing))} "
+                          f"for {config_cls.__name__}")
+    try:
+        return config_cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{prefix}invalid {config_cls.__name__}: {exc}") from exc
+
+
+class Stage:
+    """Base class of a processing stage (see the module docstring).
+
+    Class attributes
+    ----------------
+    Config : dataclass type
+        The stage's frozen config; built with :func:`build_config`.
+    INPUTS : tuple of str
+        Topics the stage consumes (default topics; the pipeline config may rename them).
+    OUTPUT : str or None
+        Topic the stage publishes on; None for a sink.
+
+    Parameters
+    ----------
+    config : Config instance, optional
+        Defaults to ``Config()``.
+    """
+
+    Config: ClassVar[type] = NoConfig
+    INPUTS: ClassVar[tuple[str, ...]] = ()
+    OUTPUT: ClassVar[str | None] = None
+
+    def __init__(self, config: Any = None) -> None:
+        if config is None:
+            config = build_config(self.Config, None)
+        elif not isinstance(config, self.Config):
+            raise ConfigError(
+                f"{type(self).__name__} needs a {self.Config.__name__}, "
+                f"got {type(config).__name__}; build it with {type(self).__name__}.from_dict"
+            )
+        self.config = config
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None = None, where: str = "") -> Stage:
+        """Build the stage from a mapping of config options (unknown keys are errors)."""
+        return cls(build_config(cls.Config, values, where or cls.__name__))
+
+    def start(self) -> None:
+        """Acquire resources (load weights, open files); called once before the first message."""
+
+    def process(self, msg: Message) -> Iterable[Message]:
+        """Handle one input message; return the messages to publish (possibly none)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement process(msg)")
+
+    def flush(self) -> Iterable[Message]:
+        """Return buffered messages at the end of the stream; called once after the last input."""
+        return ()
+
+    def stop(self) -> None:
+        """Release resources; called once at the end, also after an error."""
+
+
+class Source(Stage):
+    """Base class of a stage with no inputs: iterating it yields its messages in ``seq`` order."""
+
+    INPUTS: ClassVar[tuple[str, ...]] = ()
+    OUTPUT: ClassVar[str | None] = "frames"
+
+    def __iter__(self) -> Iterator[Message]:
+        raise NotImplementedError(f"{type(self).__name__} must implement __iter__()")
+
+    def process(self, msg: Message) -> Iterable[Message]:
+        raise TypeError(f"{type(self).__name__} is a source; it takes no input messages")
