@@ -104,3 +104,39 @@ def gt_map(targets: np.ndarray, patch: int = PATCH, ratio: int = RATIO) -> np.nd
     inside = (r >= 0) & (r < side) & (c >= 0) & (c < side)
     out[n_idx[inside], r[inside] * side + c[inside]] = t[n_idx[inside], k_idx[inside], 2]
     return out.reshape(*lead, side, side)
+
+
+def splat_map(targets: np.ndarray, patch: int = PATCH, ratio: int = RATIO) -> np.ndarray:
+    """Bilinear-splat HR maps: each target's brightness split over its 4 nearest HR cells.
+
+    The weights are the bilinear interpolation weights of the continuous HR position
+    u = c·x + (c − 1)//2, so the brightness-weighted centroid of a lone target's cells is
+    exactly its position and the map sums to the total brightness (minus targets
+    outside the map). A training-target option that carries the sub-cell position.
+
+    Parameters
+    ----------
+    targets : ndarray of shape (..., K, 3)
+        (row, col, brightness); NaN rows are padding.
+
+    Returns
+    -------
+    ndarray of shape (..., patch·ratio, patch·ratio), float32.
+    """
+    t = np.asarray(targets, dtype=np.float64)
+    lead = t.shape[:-2]
+    t = t.reshape(-1, t.shape[-2], 3)
+    side = patch * ratio
+    out = np.zeros((t.shape[0], side * side), dtype=np.float64)
+    n_idx, k_idx = np.nonzero(np.all(np.isfinite(t), axis=-1))
+    u = ratio * t[n_idx, k_idx, :2] + (ratio - 1) // 2  # (M, 2) continuous HR position
+    base = np.floor(u).astype(np.int64)
+    frac = u - base
+    bright = t[n_idx, k_idx, 2]
+    for dr in (0, 1):
+        for dc in (0, 1):
+            w = (frac[:, 0] if dr else 1 - frac[:, 0]) * (frac[:, 1] if dc else 1 - frac[:, 1])
+            r, c = base[:, 0] + dr, base[:, 1] + dc
+            ok = (r >= 0) & (r < side) & (c >= 0) & (c < side)
+            np.add.at(out, (n_idx[ok], r[ok] * side + c[ok]), w[ok] * bright[ok])
+    return out.astype(np.float32).reshape(*lead, side, side)

@@ -1,0 +1,93 @@
+"""Weights as data: a small ``.pt`` state dict plus a JSON metadata sidecar.
+
+``NAME.pt`` holds ``{"model": name, "config": {...}, "state_dict": {...}}``;
+``NAME.json`` holds the metadata (config, data recipe, seed, epochs, wall time, metrics) and
+the sha256 of the ``.pt`` file, which :func:`load_weights` verifies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from models.base import Unmixer
+from models.registry import get_model
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+class WeightsError(ValueError):
+    """A weights file is missing, corrupt or does not match its metadata."""
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def default_weights(name: str) -> Path:
+    """Path of the shipped default weights of a model (may not exist)."""
+    return WEIGHTS_DIR / f"{name}.pt"
+
+
+def save_weights(path: str | Path, model: Unmixer, name: str, config: dict, meta: dict) -> dict:
+    """Write ``path`` (.pt) and its ``.json`` sidecar; returns the metadata written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    torch.save({"model": name, "config": dict(config), "state_dict": state}, path)
+    full = {"model": name, "config": dict(config), **meta, "sha256": sha256_file(path)}
+    path.with_suffix(".json").write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
+    return full
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The JSON sidecar of a weights file."""
+    side = Path(path).with_suffix(".json")
+    if not side.exists():
+        raise WeightsError(f"{side} is missing; weights need their metadata sidecar")
+    return json.loads(side.read_text())
+
+
+def load_weights(path: str | Path, verify: bool = True) -> tuple[Unmixer, dict]:
+    """Build the model named in a weights file and load its parameters (CPU).
+
+    Returns the model in eval mode and its metadata.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise WeightsError(f"weights file {path} does not exist")
+    meta = read_metadata(path)
+    if verify and meta.get("sha256") != sha256_file(path):
+        raise WeightsError(f"{path}: sha256 does not match its metadata; the file is corrupt")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt files
+        raise WeightsError(f"{path}: cannot read weights ({exc})") from exc
+    model = get_model(blob["model"], **blob["config"])
+    model.load_state_dict(blob["state_dict"])
+    model.eval()
+    return model, meta
+
+
+def load_model(name: str, weights: str | Path | None = None) -> tuple[Unmixer, dict]:
+    """A ready-to-run model: given weights, the shipped default, or (untrained-free models) none."""
+    path = Path(weights) if weights is not None else default_weights(name)
+    if path.exists() or weights is not None:
+        model, meta = load_weights(path)
+        if meta.get("model") != name:
+            raise WeightsError(f"{path} holds weights of {meta.get('model')!r}, not {name!r}")
+        return model, meta
+    model = get_model(name)
+    if model.trainable:
+        raise WeightsError(
+            f"model {name!r} has no shipped weights at {path}; pass --weights FILE "
+            f"or train it with `python -m models train`"
+        )
+    return model.eval(), {"model": name}
