@@ -407,7 +407,19 @@ class Stats(Message):
     TOPIC: ClassVar[str] = "stats"
 
 
+@dataclass(frozen=True, kw_only=True, eq=False)
+class EndOfStream(Message):
+    """Transport marker: the producer of a link has flushed and will send nothing more.
+
+    Sent by the runner on every output link at the end of a run; never given to a stage.
+    ``seq`` is the number of messages sent on the link before it and ``t_source_ns`` is 0.
+    """
+
+    SCHEMA: ClassVar[str] = "csist.EndOfStream"
+
+
 #: Every message type by wire schema name.
 MESSAGE_TYPES: Mapping[str, type[Message]] = {
-    cls.SCHEMA: cls for cls in (Frame, Blobs, Windows, Maps, Points, Tracks, Stats)
+    cls.SCHEMA: cls
+    for cls in (Frame, Blobs, Windows, Maps, Points, Tracks, Stats, EndOfStream)
 }
