@@ -1,13 +1,34 @@
 """The chain's vocabulary: message types, the stage protocol and the stages.
 
-``STAGES`` maps the ``kind`` of a stage in the pipeline config to its class. It is written out
-by hand (no import-time scanning, no decorator side effects): to add a stage, import its class
-here and add one line.
+``STAGES`` maps the ``kind`` of a stage in the pipeline config to the import path
+``"module:Class"`` of its class, written out by hand (no import-time scanning, no decorator
+side effects): to add a stage, add one line. :func:`stage_class` imports the class on demand,
+so a process that runs one stage imports only that stage's module (a detector process never
+pays for importing torch).
 """
 
 from __future__ import annotations
 
-from stages.base import Stage
+import importlib
 
-#: Stage kind (as written in the pipeline config) -> stage class.
-STAGES: dict[str, type[Stage]] = {}
+from stages.base import ConfigError, Stage
+
+#: Stage kind (as written in the pipeline config) -> "module:Class".
+STAGES: dict[str, str] = {
+    "simulator": "stages.source:SimulatorSource",
+    "detector": "stages.detector:Detector",
+}
+
+
+def stage_class(kind: str) -> type[Stage]:
+    """Import and return the stage class registered as ``kind``.
+
+    Raises
+    ------
+    ConfigError
+        If ``kind`` is not registered (the message lists the registered kinds).
+    """
+    if kind not in STAGES:
+        raise ConfigError(f"unknown stage kind {kind!r}; expected one of {sorted(STAGES)}")
+    module_name, _, class_name = STAGES[kind].partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
