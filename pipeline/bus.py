@@ -1,0 +1,351 @@
+"""Thin socket layer: links between stages, with an explicit queue policy per link.
+
+A *link* carries one topic from its producer to one consumer over its own endpoint. The
+producer binds (it is started before anything is sent and is the stable side), the consumer
+connects. Two queue policies:
+
+``block`` (lossless; replay, evaluation, tests)
+    PUSH -> PULL. The sender waits (in slices of ``poll_ms``, so a stop request is noticed)
+    until the link can take the message; a slow consumer slows the producer down. The receiver
+    takes one message at a time from the socket, so the ZeroMQ high-water marks bound what is
+    queued and back-pressure reaches the source.
+``drop_oldest`` (live)
+    XPUB -> SUB. The sender never waits for data: when the ZeroMQ queue is full
+    (``XPUB_NODROP`` turns the silent PUB drop into EAGAIN) the new message is dropped and
+    counted in ``Outlet.send_dropped``; the receiver sees it as a ``seq`` gap. The receiver
+    drains its socket on every call into a bounded deque of ``depth`` messages and drops the
+    oldest when it overflows, counting each drop. Only the EndOfStream marker is retried
+    until it fits.
+
+Every receive has a timeout (a poller), every socket has an explicit linger, receiving sockets
+set ``ZMQ_MAXMSGSIZE``, and decode errors are counted and dropped, never raised. ``CONFLATE``
+is not used (it breaks multipart messages). An :class:`~stages.messages.EndOfStream` message
+marks the end of a link's stream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+
+import zmq
+
+from pipeline.codec import DEFAULT_LIMITS, DecodeError, Limits, decode, encode
+from stages.messages import EndOfStream, Message
+
+logger = logging.getLogger(__name__)
+
+POLICIES = ("block", "drop_oldest")
+#: Largest wait of one poll; calls that wait longer loop and check ``should_stop`` in between.
+POLL_MS = 100
+#: Pause between tries of an EndOfStream that did not fit a full ``drop_oldest`` link (s).
+RETRY_S = 0.005
+#: Linger of lossless sending sockets: how long ``close`` may wait for queued messages (ms).
+DRAIN_LINGER_MS = 2000
+#: Most messages one ``recv`` drains from a ``drop_oldest`` socket (bounds the time spent).
+MAX_DRAIN = 256
+#: Decode errors logged per link (all are counted).
+MAX_LOGGED_ERRORS = 3
+
+
+def _never() -> bool:
+    """Default ``should_stop``: never stop."""
+    return False
+
+
+@dataclasses.dataclass(frozen=True)
+class Link:
+    """One producer -> consumer connection.
+
+    Attributes
+    ----------
+    topic : str
+        Topic carried (frame 0 of every message).
+    endpoint : str
+        ZeroMQ endpoint, e.g. ``ipc:///tmp/run/frames.detector`` or ``tcp://127.0.0.1:5601``.
+    policy : {"block", "drop_oldest"}
+        Queue policy (see the module docstring).
+    hwm : int
+        ZeroMQ SNDHWM/RCVHWM in messages.
+    depth : int
+        Receiver queue length of a ``drop_oldest`` link.
+    """
+
+    topic: str
+    endpoint: str
+    policy: str = "block"
+    hwm: int = 4
+    depth: int = 2
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"link {self.topic!r}: policy must be one of {POLICIES}, "
+                             f"got {self.policy!r}")
+        if self.hwm < 1 or self.depth < 1:
+            raise ValueError(f"link {self.topic!r}: hwm and depth must be >= 1")
+
+
+@dataclasses.dataclass
+class LinkCounters:
+    """What a receiver saw on one link.
+
+    Attributes
+    ----------
+    received : int
+        Messages decoded (EndOfStream excluded).
+    dropped : int
+        Messages dropped by the receiver's ``drop_oldest`` queue.
+    decode_errors : int
+        Malformed messages dropped.
+    seq_gaps : int
+        Messages missing according to forward jumps of ``seq``.
+    out_of_order : int
+        Messages whose ``seq`` was not above the previous one.
+    """
+
+    received: int = 0
+    dropped: int = 0
+    decode_errors: int = 0
+    seq_gaps: int = 0
+    out_of_order: int = 0
+    last_seq: int | None = None
+
+    def count_seq(self, seq: int) -> None:
+        """Update the gap counters with the ``seq`` of a newly received message."""
+        if self.last_seq is not None:
+            if seq > self.last_seq + 1:
+                self.seq_gaps += seq - self.last_seq - 1
+            elif seq <= self.last_seq:
+                self.out_of_order += 1
+        self.last_seq = seq if self.last_seq is None else max(seq, self.last_seq)
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "last_seq"}
+
+
+class Outlet:
+    """Sending side of all links of one topic.
+
+    Parameters
+    ----------
+    ctx : zmq.Context
+    links : sequence of Link
+        All links of the topic (one per consumer); may be empty for a topic nobody reads.
+    """
+
+    def __init__(self, ctx: zmq.Context, links: Sequence[Link]) -> None:
+        self.links = tuple(links)
+        self.sent = 0
+        self.send_dropped = [0] * len(self.links)
+        self._sockets: list[zmq.Socket] = []
+        try:
+            for link in self.links:
+                lossless = link.policy == "block"
+                sock = ctx.socket(zmq.PUSH if lossless else zmq.XPUB)
+                self._sockets.append(sock)
+                sock.setsockopt(zmq.LINGER, DRAIN_LINGER_MS if lossless else 0)
+                sock.setsockopt(zmq.SNDHWM, link.hwm)
+                if not lossless:
+                    sock.setsockopt(zmq.XPUB_NODROP, 1)
+                sock.bind(link.endpoint)
+        except zmq.ZMQError:
+            self.close(linger_ms=0)
+            raise
+
+    def wait_ready(self, timeout_s: float, should_stop: Callable[[], bool] = _never) -> bool:
+        """Wait until every link has its consumer (readiness handshake before the first send).
+
+        A PUSH link is ready when a peer is connected (the socket becomes writable); an XPUB
+        link when its consumer's subscription has arrived, so nothing sent afterwards is lost
+        to the slow-joiner race.
+
+        Returns
+        -------
+        bool
+            True when all links are ready, False on timeout or stop.
+        """
+        waiting = {sock: link for link, sock in zip(self.links, self._sockets, strict=True)}
+        for _ in range(max(1, round(timeout_s * 1000 / POLL_MS))):
+            poller = zmq.Poller()
+            for sock, link in waiting.items():
+                poller.register(sock, zmq.POLLOUT if link.policy == "block" else zmq.POLLIN)
+            for sock, _ in poller.poll(POLL_MS):
+                # A writable PUSH has a peer; an XPUB's first read is the consumer's subscription.
+                if waiting[sock].policy == "block" or sock.recv()[:1] == b"\x01":
+                    del waiting[sock]
+            if not waiting:
+                return True
+            if should_stop():
+                return False
+        logger.warning("no consumer on %s after %.1f s", [lk.endpoint for lk in waiting.values()],
+                       timeout_s)
+        return False
+
+    def send(self, msg: Message, should_stop: Callable[[], bool] = _never) -> bool:
+        """Encode ``msg`` once and send it on every link of the topic.
+
+        Returns
+        -------
+        bool
+            False when a ``block`` link was still full when ``should_stop()`` became true.
+        """
+        frames = None
+        for index, (link, sock) in enumerate(zip(self.links, self._sockets, strict=True)):
+            if frames is None:
+                frames = encode(msg, link.topic)
+            if link.policy == "block":
+                while not sock.poll(POLL_MS, zmq.POLLOUT):
+                    if should_stop():
+                        return False
+            try:
+                sock.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                self.send_dropped[index] += 1
+        self.sent += 1
+        return True
+
+    def send_end(self, timeout_s: float = 2.0, should_stop: Callable[[], bool] = _never) -> bool:
+        """Send the EndOfStream marker on every link, retrying full ``drop_oldest`` links.
+
+        Returns
+        -------
+        bool
+            False if some link could not take it within ``timeout_s`` or before a stop.
+        """
+        end = EndOfStream(seq=self.sent, t_source_ns=0)
+        deadline = time.monotonic() + timeout_s
+        for link, sock in zip(self.links, self._sockets, strict=True):
+            frames = encode(end, link.topic)
+            while True:
+                if link.policy == "block" and not sock.poll(POLL_MS, zmq.POLLOUT):
+                    pass
+                else:
+                    try:
+                        sock.send_multipart(frames, flags=zmq.NOBLOCK)
+                        break
+                    except zmq.Again:
+                        time.sleep(RETRY_S)
+                if should_stop() or time.monotonic() > deadline:
+                    logger.warning("could not send EndOfStream on %s", link.endpoint)
+                    return False
+        return True
+
+    def close(self, linger_ms: int | None = None) -> None:
+        """Close the sockets; ``linger_ms=0`` discards anything still queued (abort)."""
+        for sock in self._sockets:
+            sock.close(linger=linger_ms)
+        self._sockets.clear()
+
+
+class Inlet:
+    """Receiving side of all input links of one consumer.
+
+    Parameters
+    ----------
+    ctx : zmq.Context
+    links : sequence of Link
+    limits : Limits
+        Decoder limits; ``max_total_bytes`` also sets ZMQ_MAXMSGSIZE (a peer that sends more is
+        disconnected by ZeroMQ).
+    """
+
+    def __init__(
+        self, ctx: zmq.Context, links: Sequence[Link], limits: Limits = DEFAULT_LIMITS
+    ) -> None:
+        self.links = tuple(links)
+        self.limits = limits
+        self.counters = [LinkCounters() for _ in self.links]
+        self._queues: list[deque[tuple[int, Message]]] = [deque() for _ in self.links]
+        self._eos = [False] * len(self.links)
+        self._arrival = itertools.count()
+        self._sockets: list[zmq.Socket] = []
+        self._poller = zmq.Poller()
+        try:
+            for link in self.links:
+                lossless = link.policy == "block"
+                sock = ctx.socket(zmq.PULL if lossless else zmq.SUB)
+                self._sockets.append(sock)
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.setsockopt(zmq.RCVHWM, link.hwm)
+                sock.setsockopt(zmq.MAXMSGSIZE, limits.max_total_bytes)
+                if not lossless:
+                    sock.setsockopt(zmq.SUBSCRIBE, link.topic.encode())
+                sock.connect(link.endpoint)
+                self._poller.register(sock, zmq.POLLIN)
+        except zmq.ZMQError:
+            self.close()
+            raise
+
+    @property
+    def ended(self) -> bool:
+        """True when every link has delivered its EndOfStream and all its messages."""
+        return all(self._eos) and not any(self._queues)
+
+    def end_link(self, index: int) -> None:
+        """Treat link ``index`` as ended (its producer is gone without an EndOfStream)."""
+        self._eos[index] = True
+
+    def pending(self) -> int:
+        """Messages received and queued but not yet returned by :meth:`recv`."""
+        return sum(len(q) for q in self._queues)
+
+    def recv(self, timeout_ms: int) -> tuple[int, Message] | None:
+        """Return the next message, waiting at most ``timeout_ms``.
+
+        Returns
+        -------
+        (link index, message) or None
+            None on timeout. Messages of different links come back in arrival order.
+        """
+        self._fill(0 if any(self._queues) else timeout_ms)
+        heads = [(q[0][0], i) for i, q in enumerate(self._queues) if q]
+        if not heads:
+            return None
+        _, index = min(heads)
+        return index, self._queues[index].popleft()[1]
+
+    def _fill(self, timeout_ms: int) -> None:
+        events = dict(self._poller.poll(timeout_ms))
+        for index, (link, sock) in enumerate(zip(self.links, self._sockets, strict=True)):
+            if sock not in events:
+                continue
+            if link.policy == "block":
+                if not self._queues[index]:
+                    self._take(index, sock)
+            else:
+                for _ in range(MAX_DRAIN):
+                    self._take(index, sock)
+                    if not sock.poll(0, zmq.POLLIN):
+                        break
+
+    def _take(self, index: int, sock: zmq.Socket) -> None:
+        frames = sock.recv_multipart(copy=True)
+        counters = self.counters[index]
+        try:
+            msg = decode(frames, self.limits)
+        except DecodeError as exc:
+            counters.decode_errors += 1
+            if counters.decode_errors <= MAX_LOGGED_ERRORS:
+                logger.warning("link %s: dropped a malformed message: %s",
+                               self.links[index].endpoint, exc)
+            return
+        if isinstance(msg, EndOfStream):
+            self._eos[index] = True
+            return
+        counters.received += 1
+        counters.count_seq(msg.seq)
+        queue = self._queues[index]
+        if self.links[index].policy == "drop_oldest" and len(queue) >= self.links[index].depth:
+            queue.popleft()
+            counters.dropped += 1
+        queue.append((next(self._arrival), msg))
+
+    def close(self) -> None:
+        """Close the sockets (linger 0: a consumer never needs to flush anything)."""
+        for sock in self._sockets:
+            sock.close(linger=0)
+        self._sockets.clear()

@@ -1,0 +1,352 @@
+"""Wire codec: a message <-> a list of ZeroMQ frames. Two pure functions, no sockets, no pickle.
+
+Frame layout of one multipart message (see ``docs/wire-format.md``)::
+
+    frame 0        topic, UTF-8 (e.g. b"frames"); also usable as a SUB prefix filter
+    frame 1        header, a msgpack map with string keys:
+                     schema       str   message type, e.g. "csist.Frame"
+                     version      int   schema version (must equal the receiver's)
+                     topic        str   same as frame 0
+                     seq          int   frame seq the content describes (>= 0)
+                     t_source_ns  int   source timestamp of that frame (ns)
+                     stamps       map   str -> int, per-stage times (Unix ns) set by the runner
+                     fields       map   every other field; lists of records are lists of maps
+                     buffers      list  one {name, dtype, shape} map per array field, in order
+    frame 2 ...    one raw C-contiguous little-endian buffer per entry of ``buffers``
+
+``dtype`` is a numpy type string from the allow-list :data:`DTYPES` (``|u1``, ``<u2``,
+``<i2``, ``<i4``, ``<f4``, ``<f8``) and ``shape`` a list of ints; a buffer must hold exactly
+``prod(shape) * itemsize`` bytes. Decoding checks every rule and the size limits in
+:class:`Limits`; any violation raises :class:`DecodeError` (one class, a message naming the
+problem), never anything else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import operator
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from stages.messages import MESSAGE_TYPES, Message, PipelineError
+
+#: numpy type strings allowed in a buffer descriptor (explicit little-endian).
+DTYPES = frozenset({"|u1", "<u2", "<i2", "<i4", "<f4", "<f8"})
+HEADER_KEYS = ("schema", "version", "topic", "seq", "t_source_ns", "stamps", "fields", "buffers")
+MAX_NDIM = 8
+MAX_TOPIC_BYTES = 256
+
+
+class DecodeError(PipelineError, ValueError):
+    """A received message breaks the wire format; the message says which rule."""
+
+
+class EncodeError(PipelineError, ValueError):
+    """A message cannot be encoded (a field of a type the wire format does not carry)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Size limits applied when decoding untrusted frames.
+
+    Attributes
+    ----------
+    max_header_bytes : int
+        Largest msgpack header (frame 1).
+    max_buffers : int
+        Most array buffers in one message.
+    max_total_bytes : int
+        Largest sum of all frame sizes; also a sensible ZMQ_MAXMSGSIZE for a receiving socket.
+    """
+
+    max_header_bytes: int = 1 << 20
+    max_buffers: int = 8
+    max_total_bytes: int = 64 << 20
+
+
+DEFAULT_LIMITS = Limits()
+
+
+# ---------------------------------------------------------------------------------------------
+# Field specs: how each field of each message/record type travels.
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_SCALARS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], bool]]] = {
+    # annotation -> (encode conversion, decode type test)
+    "int": (operator.index, _is_int),
+    "float": (float, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+    "str": (str, lambda v: isinstance(v, str)),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Field:
+    name: str
+    kind: str  # "int" | "float" | "str" | "records" | "array"
+    record: type | None = None
+    optional: bool = False
+
+
+_SPECS: dict[type, tuple[_Field, ...]] = {}
+
+
+def _spec(cls: type) -> tuple[_Field, ...]:
+    """Field specs of a message or record class (header fields excluded), cached."""
+    if cls in _SPECS:
+        return _SPECS[cls]
+    arrays = getattr(cls, "ARRAYS", ())
+    records = cls.RECORDS
+    header = {"seq", "t_source_ns", "stamps"} if issubclass(cls, Message) else set()
+    specs = []
+    for f in dataclasses.fields(cls):
+        if f.name in header:
+            continue
+        annotation = str(f.type)
+        if f.name in arrays:
+            specs.append(_Field(f.name, "array"))
+        elif f.name in records:
+            _spec(records[f.name])
+            specs.append(_Field(f.name, "records", records[f.name], "None" in annotation))
+        elif annotation in _SCALARS:
+            specs.append(_Field(f.name, annotation))
+        else:
+            raise TypeError(f"{cls.__name__}.{f.name}: the codec cannot carry {annotation!r}")
+    _SPECS[cls] = tuple(specs)
+    return _SPECS[cls]
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding.
+
+
+def _encode_value(owner: str, spec: _Field, value: Any) -> Any:
+    if spec.kind == "records":
+        if value is None and spec.optional:
+            return None
+        return [_encode_record(spec.record, item) for item in value]
+    try:
+        return _SCALARS[spec.kind][0](value)
+    except (TypeError, ValueError) as exc:
+        raise EncodeError(f"{owner}.{spec.name} must be {spec.kind}, got {value!r}") from exc
+
+
+def _encode_record(cls: type, record: Any) -> dict[str, Any]:
+    return {s.name: _encode_value(cls.__name__, s, getattr(record, s.name)) for s in _spec(cls)}
+
+
+def _encode_array(owner: str, name: str, value: Any) -> tuple[dict[str, Any], memoryview]:
+    arr = np.ascontiguousarray(value)
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    if arr.dtype.str not in DTYPES:
+        raise EncodeError(
+            f"{owner}.{name} has dtype {arr.dtype} ({arr.dtype.str}); the wire carries only "
+            f"{sorted(DTYPES)}"
+        )
+    desc = {"name": name, "dtype": arr.dtype.str, "shape": list(arr.shape)}
+    return desc, memoryview(arr.reshape(-1).view(np.uint8))
+
+
+def encode(msg: Message, topic: str | None = None) -> list[bytes | memoryview]:
+    """Encode a message as multipart frames ``[topic, header, buffer...]``.
+
+    Parameters
+    ----------
+    msg : Message
+    topic : str, optional
+        Topic to send on; defaults to ``msg.TOPIC``.
+
+    Returns
+    -------
+    list of bytes or memoryview
+        The frames, ready for ``socket.send_multipart(frames, copy=False)``. Buffers are
+        zero-copy views of the message's arrays (when they are already C-contiguous
+        little-endian), so the arrays must not be modified afterwards.
+
+    Raises
+    ------
+    EncodeError
+        A field cannot be carried (e.g. an array of a dtype outside :data:`DTYPES`).
+    """
+    cls = type(msg)
+    owner = cls.__name__
+    topic = cls.TOPIC if topic is None else topic
+    fields: dict[str, Any] = {}
+    descs: list[dict[str, Any]] = []
+    buffers: list[memoryview] = []
+    for spec in _spec(cls):
+        value = getattr(msg, spec.name)
+        if spec.kind == "array":
+            desc, buf = _encode_array(owner, spec.name, value)
+            descs.append(desc)
+            buffers.append(buf)
+        else:
+            fields[spec.name] = _encode_value(owner, spec, value)
+    header = {
+        "schema": cls.SCHEMA,
+        "version": cls.VERSION,
+        "topic": topic,
+        "seq": operator.index(msg.seq),
+        "t_source_ns": operator.index(msg.t_source_ns),
+        "stamps": {str(k): operator.index(v) for k, v in msg.stamps.items()},
+        "fields": fields,
+        "buffers": descs,
+    }
+    return [topic.encode(), msgpack.packb(header, use_bin_type=True), *buffers]
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding.
+
+
+def _fail(where: str, problem: str) -> DecodeError:
+    return DecodeError(f"{where}: {problem}" if where else problem)
+
+
+def _check_keys(where: str, got: Any, expected: Sequence[str]) -> None:
+    if not isinstance(got, dict):
+        raise _fail(where, f"expected a map, got {type(got).__name__}")
+    missing = [k for k in expected if k not in got]
+    extra = [k for k in got if k not in expected]
+    if missing or extra:
+        raise _fail(where, f"keys do not match the schema (missing {missing}, unexpected {extra})")
+
+
+def _decode_value(where: str, spec: _Field, value: Any) -> Any:
+    if spec.kind == "records":
+        if value is None and spec.optional:
+            return None
+        if not isinstance(value, list):
+            raise _fail(where, f"{spec.name} must be a list of maps, got {type(value).__name__}")
+        return tuple(
+            _decode_record(f"{where}.{spec.name}[{i}]", spec.record, item)
+            for i, item in enumerate(value)
+        )
+    if not _SCALARS[spec.kind][1](value):
+        raise _fail(where, f"{spec.name} must be {spec.kind}, got {type(value).__name__}")
+    return float(value) if spec.kind == "float" else value
+
+
+def _decode_record(where: str, cls: type, value: Any) -> Any:
+    specs = _spec(cls)
+    _check_keys(where, value, [s.name for s in specs])
+    return cls(**{s.name: _decode_value(where, s, value[s.name]) for s in specs})
+
+
+def _decode_array(where: str, desc: Any, buf: Any, name: str) -> np.ndarray:
+    _check_keys(where, desc, ("name", "dtype", "shape"))
+    if desc["name"] != name:
+        raise _fail(where, f"buffer named {desc['name']!r} where {name!r} was expected")
+    dtype = desc["dtype"]
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise _fail(where, f"dtype {dtype!r} is not allowed; allowed: {sorted(DTYPES)}")
+    shape = desc["shape"]
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_NDIM
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
+    ):
+        raise _fail(where, f"shape must be a list of at most {MAX_NDIM} ints >= 0, got {shape!r}")
+    dt = np.dtype(dtype)
+    view = memoryview(buf)
+    need = math.prod(shape) * dt.itemsize
+    if view.nbytes != need:
+        raise _fail(
+            where, f"buffer {name!r} has {view.nbytes} bytes but {dtype} {shape} needs {need}"
+        )
+    return np.frombuffer(view, dtype=dt).reshape(shape)
+
+
+def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
+    """Decode multipart frames ``[topic, header, buffer...]`` into a message.
+
+    Parameters
+    ----------
+    frames : sequence of bytes-like
+        As received with ``recv_multipart``.
+    limits : Limits
+        Size limits for untrusted input.
+
+    Returns
+    -------
+    Message
+        Arrays are read-only views of the received buffers.
+
+    Raises
+    ------
+    DecodeError
+        On any violation of the wire format, with a message naming the rule.
+    """
+    if not isinstance(frames, Sequence) or len(frames) < 2:
+        raise DecodeError("a message needs at least 2 frames [topic, header]")
+    views = [memoryview(f) for f in frames]
+    total = sum(v.nbytes for v in views)
+    if total > limits.max_total_bytes:
+        raise DecodeError(f"message has {total} bytes, over the limit of {limits.max_total_bytes}")
+    if views[0].nbytes > MAX_TOPIC_BYTES:
+        raise DecodeError(f"topic frame longer than {MAX_TOPIC_BYTES} bytes")
+    try:
+        topic = bytes(views[0]).decode()
+    except UnicodeDecodeError as exc:
+        raise DecodeError("topic frame is not UTF-8") from exc
+    where = f"topic {topic!r}"
+    if views[1].nbytes > limits.max_header_bytes:
+        raise _fail(where, f"header has {views[1].nbytes} bytes, over the limit of "
+                           f"{limits.max_header_bytes}")
+    try:
+        header = msgpack.unpackb(views[1], raw=False, strict_map_key=True, timestamp=0)
+    except Exception as exc:  # msgpack raises many types on garbage; all mean the same here
+        raise _fail(where, f"header is not valid msgpack ({type(exc).__name__}: {exc})") from exc
+    _check_keys(f"{where} header", header, HEADER_KEYS)
+    schema = header["schema"]
+    cls = MESSAGE_TYPES.get(schema) if isinstance(schema, str) else None
+    if cls is None:
+        raise _fail(where, f"unknown schema {schema!r}; known: {sorted(MESSAGE_TYPES)}")
+    where = f"topic {topic!r} {schema}"
+    if not _is_int(header["version"]) or header["version"] != cls.VERSION:
+        raise _fail(where, f"version {header['version']!r} but this receiver speaks "
+                           f"version {cls.VERSION}")
+    if header["topic"] != topic:
+        raise _fail(where, f"header topic {header['topic']!r} differs from frame 0")
+    seq, t_source = header["seq"], header["t_source_ns"]
+    if not (_is_int(seq) and seq >= 0 and _is_int(t_source)):
+        raise _fail(where, f"seq and t_source_ns must be ints, seq >= 0 (got {seq!r}, "
+                           f"{t_source!r})")
+    stamps = header["stamps"]
+    if not isinstance(stamps, dict) or not all(
+        isinstance(k, str) and _is_int(v) for k, v in stamps.items()
+    ):
+        raise _fail(where, "stamps must be a map of str -> int")
+    specs = _spec(cls)
+    arrays = [s.name for s in specs if s.kind == "array"]
+    descs = header["buffers"]
+    if not isinstance(descs, list) or len(descs) > limits.max_buffers:
+        raise _fail(where, f"buffers must be a list of at most {limits.max_buffers} entries")
+    if len(descs) != len(arrays) or len(views) != 2 + len(arrays):
+        raise _fail(where, f"expected {len(arrays)} buffer(s) {arrays}, got {len(descs)} "
+                           f"descriptor(s) and {len(views) - 2} buffer frame(s)")
+    values: dict[str, Any] = {
+        name: _decode_array(f"{where} buffer {i}", desc, views[2 + i], name)
+        for i, (name, desc) in enumerate(zip(arrays, descs, strict=True))
+    }
+    fields = header["fields"]
+    scalar_specs = [s for s in specs if s.kind != "array"]
+    _check_keys(f"{where} fields", fields, [s.name for s in scalar_specs])
+    for s in scalar_specs:
+        values[s.name] = _decode_value(where, s, fields[s.name])
+    try:
+        return cls(seq=seq, t_source_ns=t_source, stamps=stamps, **values)
+    except (TypeError, ValueError) as exc:
+        raise _fail(where, str(exc)) from exc
+
+
+# Build every spec now, so a message field the wire cannot carry fails at import time.
+for _cls in MESSAGE_TYPES.values():
+    _spec(_cls)
