@@ -16,8 +16,9 @@ A stage is a plain class built from a small frozen config dataclass::
 
 The runner calls, in this order: ``start()`` once, ``process(msg)`` for every message that
 arrives on one of the ``INPUTS`` topics (in ``seq`` order per topic, but topics interleave in
-any order), ``flush()`` once at the end of the stream so buffered items drain, and ``stop()``
-once (also after an error). Every message returned by ``process``/``flush`` is published on
+any order, so a stage with several inputs joins them by ``seq``), ``flush()`` once at the end
+of the stream so buffered items drain, ``summary()`` for the run report, and ``stop()`` once
+(also after an error). Every message returned by ``process``/``flush`` is published on
 ``OUTPUT``. A stage never touches sockets, the clock or ``stamps``; the same object runs in one
 process over an iterator (tests, replay, evaluation) or in its own process behind ZeroMQ.
 
@@ -139,6 +140,11 @@ class Stage:
 
     def stop(self) -> None:
         """Release resources; called once at the end, also after an error."""
+
+    def summary(self) -> dict[str, Any] | None:
+        """Results for the run report (JSON-able), e.g. a scoring sink's scores; called after
+        ``flush``. The default has nothing to report."""
+        return None
 
 
 class Source(Stage):
