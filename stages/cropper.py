@@ -1,0 +1,463 @@
+"""Cropper: blob tracks, a 5-frame ring buffer and 11×11 windows with one shared origin.
+
+Inputs are :class:`Frame` and :class:`Blobs` messages (two topics, any interleaving); they are
+paired by ``seq`` with :class:`SeqJoin`. For every paired frame:
+
+1. **Blob tracks.** Blob centroids are associated with the blob tracks (nearest neighbour,
+   one-to-one via :func:`gated_assignment`, gate ``gate_px`` around each
+   track's predicted position = last position + smoothed velocity). Unpaired blobs start
+   tracks with new integer ids; a track is deleted after ``max_misses`` consecutive frames
+   without a blob.
+2. **Ring buffer.** The last 5 *frames* (whole images) are kept, not the last 5 patches, so
+   the 5 patches of a window are cut at exactly one origin. Each track keeps its last 5
+   positions (a ``deque(maxlen=5)``).
+3. **Windows.** When frame n arrives, windows are emitted for the middle frame t = n − 2:
+   the model sees frames t − 2 … t + 2, so **a window leaves the cropper 2 frames after its
+   middle frame** (at 25 frames/s, 80 ms of latency), and every position downstream refers to
+   frame t. The crop origin is ``round(centre_t) − 5`` where centre_t is the track's blob
+   centroid in frame t (interpolated between the nearest detections before and after t when
+   the blob was missed in frame t; no window when it was not seen on both sides). A track
+   gets its first window once it has 5 buffered frames (born at f0 → first window at
+   middle frame f0 + 2, emitted on arrival of frame f0 + 4). Windows need 5 consecutive
+   frames; after a lost frame they resume once 5 consecutive frames are buffered.
+4. **Borders.** Crop pixels outside the frame take the frame's median (the background
+   level); such a window is flagged (see :class:`CropWindow`).
+5. **Time index.** DeRefNet's time encoder saw middle-frame indices 2 … 17 of 20-frame
+   trajectories. A live track is unbounded, so its index is ``min(t − f0, max_frame_index)``
+   (clamped at 17): the index grows with the track like in training and then stays at the
+   last trained value. Wrapping (2 + (age − 2) mod 16) was rejected: it would make the model's
+   conditioning jump every 16 frames for a target whose appearance changes smoothly, while
+   a long-lived group looks most like the late frames of a training trajectory (its
+   sub-targets have drifted furthest apart).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from stages.base import ConfigError, Stage
+from stages.messages import PATCH, WINDOW, Blobs, Frame, Message, TruthPoint, WindowInfo, Windows
+
+logger = logging.getLogger(__name__)
+
+HALF = PATCH // 2
+MIDDLE = WINDOW // 2
+
+
+def gated_assignment(cost: np.ndarray, gate: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Minimum-cost one-to-one pairing of rows and columns, pairs with cost > gate forbidden.
+
+    Parameters
+    ----------
+    cost : ndarray of shape (R, C)
+        Pairing costs (non-negative; inf allowed).
+    gate : float
+        Largest admissible cost (inclusive).
+
+    Returns
+    -------
+    pairs : ndarray of shape (K, 2), int64
+        (row, col) index pairs, sorted by row.
+    free_rows : ndarray of shape (R − K,), int64
+    free_cols : ndarray of shape (C − K,), int64
+
+    Examples
+    --------
+    >>> pairs, rows, cols = gated_assignment(np.array([[0.1, 5.0], [0.2, 0.3]]), gate=1.0)
+    >>> pairs.tolist(), rows.tolist(), cols.tolist()
+    ([[0, 0], [1, 1]], [], [])
+    """
+    cost = np.asarray(cost, dtype=np.float64)
+    n_rows, n_cols = cost.shape
+    allowed = cost <= gate
+    pairs = np.zeros((0, 2), dtype=np.int64)
+    if allowed.any():
+        # Forbidden pairs get a cost larger than any sum of allowed ones, so the solver
+        # only uses them when nothing else is left; they are removed afterwards.
+        big = 1.0 + max(float(gate), 0.0) * (min(n_rows, n_cols) + 1)
+        rows, cols = linear_sum_assignment(np.where(allowed, cost, big))
+        ok = allowed[rows, cols]
+        pairs = np.column_stack([rows[ok], cols[ok]]).astype(np.int64)
+    free_rows = np.setdiff1d(np.arange(n_rows), pairs[:, 0])
+    free_cols = np.setdiff1d(np.arange(n_cols), pairs[:, 1])
+    return pairs, free_rows, free_cols
+
+
+class SeqJoin:
+    """Pairs messages of several types that describe the same frame ``seq``.
+
+    Each input type arrives in increasing ``seq`` order (topics interleave freely). When the
+    last missing part of a seq arrives, that group is returned and every older, still
+    incomplete seq is dropped: its missing parts can no longer arrive.
+
+    Parameters
+    ----------
+    kinds : tuple of message types
+        The types to join; a message of another type is an error.
+    max_pending : int
+        At most this many incomplete seqs are held (oldest dropped first), so a silent topic
+        cannot grow the buffer without bound.
+    """
+
+    def __init__(self, kinds: tuple[type[Message], ...], max_pending: int = 16) -> None:
+        self.kinds = tuple(kinds)
+        self.max_pending = max_pending
+        self._pending: dict[int, dict[type[Message], Message]] = {}
+        #: Seqs dropped incomplete so far.
+        self.dropped = 0
+
+    def add(self, msg: Message) -> dict[type[Message], Message] | None:
+        """Store ``msg``; return ``{type: message}`` when its seq becomes complete, else None."""
+        kind = type(msg)
+        if kind not in self.kinds:
+            names = ", ".join(k.__name__ for k in self.kinds)
+            raise ConfigError(f"got a {kind.__name__} message; this stage takes {names}")
+        parts = self._pending.setdefault(msg.seq, {})
+        parts[kind] = msg
+        if len(parts) == len(self.kinds):
+            for seq in [s for s in self._pending if s < msg.seq]:
+                del self._pending[seq]
+                self.dropped += 1
+            return self._pending.pop(msg.seq)
+        while len(self._pending) > self.max_pending:
+            del self._pending[min(self._pending)]
+            self.dropped += 1
+        return None
+
+
+@dataclass(frozen=True)
+class CropperConfig:
+    """Options of :class:`Cropper`.
+
+    Attributes
+    ----------
+    gate_px : float
+        Largest distance (px) between a track's predicted position and a blob it takes.
+    max_misses : int
+        Consecutive frames without a blob after which a track is deleted.
+    velocity_smoothing : float
+        Weight of the newest displacement in a track's velocity (exponential average).
+    max_frame_index : int
+        Clamp of the time index given to the model (17 = last middle frame of training).
+    max_pending : int
+        Incomplete frame/blob pairs held while waiting for the other part.
+    """
+
+    gate_px: float = 5.0
+    max_misses: int = 3
+    velocity_smoothing: float = 0.5
+    max_frame_index: int = 17
+    max_pending: int = 16
+
+    def __post_init__(self) -> None:
+        if self.gate_px <= 0 or self.max_misses < 1 or self.max_pending < 1:
+            raise ValueError("gate_px must be > 0, max_misses and max_pending >= 1")
+        if not 0 < self.velocity_smoothing <= 1:
+            raise ValueError("velocity_smoothing must be in (0, 1]")
+        if self.max_frame_index < MIDDLE:
+            raise ValueError(f"max_frame_index must be >= {MIDDLE}")
+
+
+@dataclass(frozen=True)
+class CropWindow:
+    """One window of one blob track.
+
+    Attributes
+    ----------
+    track_id : int
+    seq : int
+        Middle frame t.
+    origin : tuple of int
+        (row, col) frame pixel of patch pixel (0, 0), shared by the 5 patches.
+    patches : ndarray of shape (5, 11, 11), float32
+        Crops of frames t − 2 … t + 2.
+    frame_index : int
+        Time index for the model (see the module docstring).
+    padded : bool
+        True when part of the crop lies outside the frame (filled with the frame median).
+    observed : bool
+        True when the blob was detected in frame t (False: centre interpolated).
+    centre : tuple of float
+        The blob track's (row, col) in frame t.
+    """
+
+    track_id: int
+    seq: int
+    origin: tuple[int, int]
+    patches: np.ndarray
+    frame_index: int
+    padded: bool
+    observed: bool
+    centre: tuple[float, float]
+
+
+@dataclass
+class _BlobTrack:
+    track_id: int
+    born: int
+    position: np.ndarray  # (2,) last estimate
+    velocity: np.ndarray  # (2,) px/frame
+    last_seen: int
+    misses: int = 0
+    #: (seq, row, col, observed) of the last WINDOW frames.
+    history: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
+
+
+@dataclass
+class _BufferedFrame:
+    seq: int
+    image: np.ndarray  # (H, W) float32
+    truth: tuple[TruthPoint, ...] | None
+    t_source_ns: int
+    fill: float | None = None  # median, computed on first use
+
+    def fill_value(self) -> float:
+        if self.fill is None:
+            self.fill = float(np.median(self.image[::2, ::2]))
+        return self.fill
+
+
+def crop(image: np.ndarray, origin: tuple[int, int], size: int, fill: float) -> np.ndarray:
+    """``image[r:r+size, c:c+size]`` with pixels outside the image set to ``fill``.
+
+    Examples
+    --------
+    >>> crop(np.arange(9.0).reshape(3, 3), (-1, 1), 2, fill=-1.0)
+    array([[-1., -1.],
+           [ 1.,  2.]])
+    """
+    height, width = image.shape
+    r0, c0 = origin
+    out = np.full((size, size), fill, dtype=np.float32)
+    rs, re = max(r0, 0), min(r0 + size, height)
+    cs, ce = max(c0, 0), min(c0 + size, width)
+    if rs < re and cs < ce:
+        out[rs - r0 : re - r0, cs - c0 : ce - c0] = image[rs:re, cs:ce]
+    return out
+
+
+def centre_at(history: Iterable[tuple[int, float, float, bool]], seq: int) -> tuple | None:
+    """Blob position at frame ``seq`` from a track history, or None.
+
+    Detected in ``seq``: that centroid. Otherwise linear interpolation between the nearest
+    detections before and after ``seq``; None if there is no detection on one side.
+
+    Returns
+    -------
+    ((row, col), observed) or None
+    """
+    seen = [(s, r, c) for s, r, c, obs in history if obs]
+    for s, r, c in seen:
+        if s == seq:
+            return (r, c), True
+    before = [h for h in seen if h[0] < seq]
+    after = [h for h in seen if h[0] > seq]
+    if not before or not after:
+        return None
+    (s0, r0, c0), (s1, r1, c1) = before[-1], after[0]
+    w = (seq - s0) / (s1 - s0)
+    return (r0 + w * (r1 - r0), c0 + w * (c1 - c0)), False
+
+
+class WindowCropper:
+    """Blob tracks + frame ring buffer → windows (numpy only; see the module docstring)."""
+
+    def __init__(self, config: CropperConfig = CropperConfig()) -> None:
+        self.config = config
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all frames and tracks (ids restart at 0)."""
+        self._frames: deque[_BufferedFrame] = deque(maxlen=WINDOW)
+        self._tracks: list[_BlobTrack] = []
+        self._next_id = 0
+
+    @property
+    def track_ids(self) -> list[int]:
+        """Ids of the live blob tracks."""
+        return [t.track_id for t in self._tracks]
+
+    def _associate(self, seq: int, centroids: np.ndarray) -> list[_BlobTrack]:
+        """Update the tracks with the blobs of frame ``seq``; return the tracks deleted now."""
+        cfg = self.config
+        pred = np.array(
+            [t.position + t.velocity * (seq - t.last_seen) for t in self._tracks]
+        ).reshape(-1, 2)
+        cost = np.linalg.norm(pred[:, None, :] - centroids[None, :, :], axis=-1)
+        pairs, free_tracks, free_blobs = gated_assignment(cost, cfg.gate_px)
+        alpha = cfg.velocity_smoothing
+        for ti, bj in pairs:
+            track = self._tracks[ti]
+            step = (centroids[bj] - track.position) / (seq - track.last_seen)
+            track.velocity = (1 - alpha) * track.velocity + alpha * step
+            track.position = centroids[bj].copy()
+            track.last_seen, track.misses = seq, 0
+            track.history.append((seq, *track.position, True))
+        lost = []
+        for ti in free_tracks:
+            track = self._tracks[ti]
+            track.misses += 1
+            track.history.append((seq, *pred[ti], False))
+            if track.misses >= cfg.max_misses:
+                lost.append(track)
+        for bj in free_blobs:
+            track = _BlobTrack(
+                track_id=self._next_id,
+                born=seq,
+                position=centroids[bj].copy(),
+                velocity=np.zeros(2),
+                last_seen=seq,
+            )
+            track.history.append((seq, *centroids[bj], True))
+            self._next_id += 1
+            self._tracks.append(track)
+        return lost
+
+    def update(
+        self,
+        seq: int,
+        image: np.ndarray,
+        centroids: np.ndarray,
+        truth: tuple[TruthPoint, ...] | None = None,
+        t_source_ns: int = 0,
+    ) -> list[CropWindow]:
+        """Add frame ``seq`` and its blob centroids; return the windows of frame ``seq − 2``.
+
+        Parameters
+        ----------
+        seq : int
+            Frame number (increasing).
+        image : ndarray of shape (H, W)
+            The frame (any real dtype; kept as float32).
+        centroids : ndarray of shape (N, 2)
+            Blob (row, col) in frame pixels.
+        truth, t_source_ns
+            Kept with the frame for :meth:`frame`.
+
+        Returns
+        -------
+        list of CropWindow, sorted by track id (empty when frame ``seq − 2`` has no
+        5 consecutive frames around it).
+        """
+        if self._frames and seq <= self._frames[-1].seq:
+            raise ValueError(f"seq must increase: got {seq} after {self._frames[-1].seq}")
+        image = np.asarray(image, dtype=np.float32)
+        self._frames.append(_BufferedFrame(seq, image, truth, t_source_ns))
+        centroids = np.asarray(centroids, dtype=np.float64).reshape(-1, 2)
+        lost = self._associate(seq, centroids)
+        windows = self._windows(seq - MIDDLE)
+        self._tracks = [t for t in self._tracks if t not in lost]
+        return windows
+
+    def frame(self, seq: int) -> _BufferedFrame | None:
+        """The buffered frame ``seq`` (image, truth, t_source_ns), or None."""
+        for buffered in self._frames:
+            if buffered.seq == seq:
+                return buffered
+        return None
+
+    def _windows(self, middle: int) -> list[CropWindow]:
+        seqs = [f.seq for f in self._frames]
+        if seqs != list(range(middle - MIDDLE, middle + MIDDLE + 1)):
+            return []
+        windows = []
+        for track in self._tracks:
+            if track.born > middle - MIDDLE:
+                continue
+            found = centre_at(track.history, middle)
+            if found is None:
+                continue
+            centre, observed = found
+            origin = (int(np.rint(centre[0])) - HALF, int(np.rint(centre[1])) - HALF)
+            height, width = self._frames[0].image.shape
+            padded = not (
+                0 <= origin[0] <= height - PATCH and 0 <= origin[1] <= width - PATCH
+            )
+            fills = [f.fill_value() if padded else 0.0 for f in self._frames]
+            patches = np.stack(
+                [crop(f.image, origin, PATCH, v) for f, v in zip(self._frames, fills, strict=True)]
+            )
+            windows.append(
+                CropWindow(
+                    track_id=track.track_id,
+                    seq=middle,
+                    origin=origin,
+                    patches=patches,
+                    frame_index=min(middle - track.born, self.config.max_frame_index),
+                    padded=padded,
+                    observed=observed,
+                    centre=(float(centre[0]), float(centre[1])),
+                )
+            )
+        return sorted(windows, key=lambda w: w.track_id)
+
+
+def truth_in_crop(
+    truth: tuple[TruthPoint, ...] | None, origin: tuple[int, int]
+) -> tuple[TruthPoint, ...]:
+    """True sub-targets whose position falls inside the 11×11 crop at ``origin``."""
+    r0, c0 = origin
+    return tuple(
+        p
+        for p in truth or ()
+        if r0 - 0.5 <= p.row < r0 + PATCH - 0.5 and c0 - 0.5 <= p.col < c0 + PATCH - 0.5
+    )
+
+
+class Cropper(Stage):
+    """Frames + blobs → one :class:`Windows` message per frame (middle frame = newest − 2).
+
+    Every paired frame n ≥ 2 whose middle frame n − 2 is buffered gives one Windows message
+    with ``seq = n − 2`` and that frame's ``t_source_ns`` (N = 0 when no track has a window).
+    """
+
+    Config = CropperConfig
+    INPUTS = ("frames", "blobs")
+    OUTPUT = "windows"
+
+    def __init__(self, config: CropperConfig | None = None) -> None:
+        super().__init__(config)
+        self.core = WindowCropper(self.config)
+        self.join = SeqJoin((Frame, Blobs), self.config.max_pending)
+
+    def reset(self) -> None:
+        """Forget all frames, tracks and pending messages."""
+        self.core.reset()
+        self.join = SeqJoin((Frame, Blobs), self.config.max_pending)
+
+    def process(self, msg: Message) -> Iterable[Message]:
+        parts = self.join.add(msg)
+        if parts is None:
+            return []
+        frame, blobs = parts[Frame], parts[Blobs]
+        centroids = np.array([[b.row, b.col] for b in blobs.blobs]).reshape(-1, 2)
+        windows = self.core.update(
+            frame.seq, frame.image, centroids, frame.truth, frame.t_source_ns
+        )
+        middle = self.core.frame(frame.seq - MIDDLE)
+        if middle is None:
+            return []
+        infos = tuple(
+            WindowInfo(
+                track_id=w.track_id,
+                origin_row=w.origin[0],
+                origin_col=w.origin[1],
+                frame_index=w.frame_index,
+                truth=truth_in_crop(middle.truth, w.origin),
+            )
+            for w in windows
+        )
+        patches = (
+            np.stack([w.patches for w in windows])
+            if windows
+            else np.zeros((0, WINDOW, PATCH, PATCH), dtype=np.float32)
+        )
+        return [
+            Windows(seq=middle.seq, t_source_ns=middle.t_source_ns, windows=infos, patches=patches)
+        ]

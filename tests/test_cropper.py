@@ -1,0 +1,176 @@
+"""Cropper: blob-track ids, one origin per window, border padding, birth/deletion, joins."""
+
+import numpy as np
+import pytest
+
+from stages.base import ConfigError
+from stages.cropper import (
+    Cropper,
+    CropperConfig,
+    SeqJoin,
+    WindowCropper,
+    centre_at,
+    crop,
+)
+from stages.detector import Detector
+from stages.messages import Blob, Blobs, Frame, Points, TruthPoint, Windows
+from stages.scene import SceneConfig, SceneSimulator
+
+SHAPE = (64, 80)
+
+
+def _frames(n: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.uniform(0, 100, SHAPE).astype(np.float32) for _ in range(n)]
+
+
+def _blob(row: float, col: float) -> Blob:
+    return Blob(row=row, col=col, peak=100.0, area=9, snr=50.0)
+
+
+def test_ids_stay_stable_over_a_moving_group():
+    scene = SceneSimulator(SceneConfig(groups=2, speed=(0.5, 0.5)), seed=1)
+    detector, cropper = Detector(), Cropper()
+    references = {}
+    ids_per_group: dict[int, set[int]] = {}
+    for seq in range(40):
+        image, truth = scene.step()
+        references[seq] = truth.references
+        frame = Frame(seq=seq, t_source_ns=seq, image=image)
+        cropper.process(frame)
+        (blobs,) = detector.process(frame)
+        for out in cropper.process(blobs):
+            for info in out.windows:
+                centre = np.array([info.origin_row + 5, info.origin_col + 5])
+                group = int(np.argmin(np.linalg.norm(references[out.seq] - centre, axis=1)))
+                ids_per_group.setdefault(group, set()).add(info.track_id)
+    assert len(ids_per_group) == 2
+    assert all(len(ids) == 1 for ids in ids_per_group.values())
+    assert cropper.core.track_ids == sorted({i for ids in ids_per_group.values() for i in ids})
+
+
+def test_five_patches_share_one_origin_and_equal_the_frames_crops():
+    frames = _frames(7)
+    core = WindowCropper()
+    path = [(20.0 + 0.4 * k, 30.0 + 0.3 * k) for k in range(7)]
+    for seq, (image, pos) in enumerate(zip(frames, path, strict=True)):
+        windows = core.update(seq, image, np.array([pos]))
+    (w,) = windows  # middle frame 4
+    assert w.seq == 4 and w.observed and not w.padded
+    r0, c0 = w.origin
+    assert (r0, c0) == (int(np.rint(path[4][0])) - 5, int(np.rint(path[4][1])) - 5)
+    for k in range(5):
+        np.testing.assert_array_equal(w.patches[k], frames[2 + k][r0 : r0 + 11, c0 : c0 + 11])
+
+
+def test_border_patches_are_padded_with_the_median_and_flagged():
+    frames = _frames(5)
+    core = WindowCropper()
+    for seq, image in enumerate(frames):
+        windows = core.update(seq, image, np.array([[2.2, 77.6]]))
+    (w,) = windows
+    assert w.padded and w.origin == (-3, 73)
+    for k in range(5):
+        fill = np.median(frames[k][::2, ::2])
+        assert np.all(w.patches[k][:3] == np.float32(fill))  # rows -3..-1
+        assert np.all(w.patches[k][:, 7:] == np.float32(fill))  # cols 80..83
+        np.testing.assert_array_equal(w.patches[k][3:, :7], frames[k][0:8, 73:80])
+
+
+def test_crop_outside_the_image_is_all_fill():
+    assert np.all(crop(np.ones((4, 4)), (10, 10), 3, fill=7.0) == 7.0)
+
+
+def test_track_is_born_after_five_frames_and_starts_at_time_index_two():
+    core = WindowCropper()
+    frames = _frames(6)
+    out = [core.update(seq, frames[seq], np.array([[30.0, 40.0]])) for seq in range(6)]
+    assert [len(w) for w in out] == [0, 0, 0, 0, 1, 1]
+    assert out[4][0].seq == 2 and out[4][0].frame_index == 2
+    assert out[5][0].seq == 3 and out[5][0].frame_index == 3
+
+
+def test_time_index_is_clamped_at_seventeen():
+    core = WindowCropper(CropperConfig(max_frame_index=17))
+    image = np.zeros(SHAPE, np.float32)
+    indices = [w.frame_index for seq in range(30) for w in core.update(seq, image, [[30, 40]])]
+    assert indices[:16] == list(range(2, 18)) and set(indices[16:]) == {17}
+
+
+def test_track_is_deleted_after_max_misses_and_a_new_blob_gets_a_new_id():
+    core = WindowCropper(CropperConfig(max_misses=3))
+    image = np.zeros(SHAPE, np.float32)
+    for seq in range(5):
+        core.update(seq, image, [[30.0, 40.0]])
+    assert core.track_ids == [0]
+    core.update(5, image, np.zeros((0, 2)))
+    core.update(6, image, np.zeros((0, 2)))
+    assert core.track_ids == [0]  # two misses: still alive
+    core.update(7, image, np.zeros((0, 2)))
+    assert core.track_ids == []  # third miss: deleted
+    core.update(8, image, [[30.0, 40.0]])
+    assert core.track_ids == [1]
+
+
+def test_short_miss_keeps_the_id_and_interpolates_the_middle_frame():
+    core = WindowCropper()
+    image = np.zeros(SHAPE, np.float32)
+    seen = {}
+    for seq in range(9):
+        blobs = np.zeros((0, 2)) if seq == 4 else np.array([[30.0, 40.0 + seq]])
+        for w in core.update(seq, image, blobs):
+            seen[w.seq] = w
+    assert {w.track_id for w in seen.values()} == {0}
+    assert not seen[4].observed and seen[4].centre == pytest.approx((30.0, 44.0))
+    assert seen[5].observed
+
+
+def test_centre_at_needs_detections_on_both_sides():
+    history = [(0, 1.0, 1.0, True), (1, 2.0, 2.0, False)]
+    assert centre_at(history, 1) is None
+    assert centre_at(history, 0) == ((1.0, 1.0), True)
+
+
+def test_gate_separates_two_blobs():
+    core = WindowCropper(CropperConfig(gate_px=2.0))
+    image = np.zeros(SHAPE, np.float32)
+    core.update(0, image, [[10.0, 10.0], [40.0, 60.0]])
+    core.update(1, image, [[40.5, 60.5], [10.5, 10.5]])
+    assert core.track_ids == [0, 1]
+    core.update(2, image, [[20.0, 20.0]])  # far from both: a new track
+    assert 2 in core.track_ids
+
+
+def test_stage_joins_frames_and_blobs_in_any_order_and_attaches_truth():
+    stage = Cropper()
+    frames = _frames(6, seed=3)
+    truth = (TruthPoint(group=0, row=30.1, col=40.2, brightness=230.0),
+             TruthPoint(group=1, row=5.0, col=5.0, brightness=230.0))
+    outs = []
+    for seq, image in enumerate(frames):
+        frame = Frame(seq=seq, t_source_ns=10 * seq, image=image, truth=truth)
+        blobs = Blobs(seq=seq, t_source_ns=10 * seq, blobs=(_blob(30.0, 40.0),))
+        first, second = (frame, blobs) if seq % 2 else (blobs, frame)
+        assert list(stage.process(first)) == []
+        outs += list(stage.process(second))
+    assert [o.seq for o in outs] == [0, 1, 2, 3]
+    assert all(isinstance(o, Windows) for o in outs)
+    assert [len(o.windows) for o in outs] == [0, 0, 1, 1]
+    info = outs[2].windows[0]
+    assert (info.origin_row, info.origin_col, info.frame_index) == (25, 35, 2)
+    assert info.truth == truth[:1] and outs[2].t_source_ns == 20
+    np.testing.assert_array_equal(outs[2].patches[0, 4], frames[4][25:36, 35:46])
+
+
+def test_seq_join_drops_incomplete_older_seqs():
+    join = SeqJoin((Frame, Blobs), max_pending=2)
+    image = np.zeros((2, 2), np.float32)
+    assert join.add(Frame(seq=0, t_source_ns=0, image=image)) is None
+    assert join.add(Frame(seq=1, t_source_ns=0, image=image)) is None
+    parts = join.add(Blobs(seq=1, t_source_ns=0))
+    assert set(parts) == {Frame, Blobs} and join.dropped == 1
+    for seq in range(2, 6):
+        join.add(Frame(seq=seq, t_source_ns=0, image=image))
+    assert join.dropped == 3  # only max_pending = 2 incomplete seqs are kept
+    with pytest.raises(ConfigError, match="Points"):
+        join.add(Points(seq=9, t_source_ns=0))
