@@ -1,0 +1,187 @@
+"""Run statistics: per-stage latency and counters, end-to-end latency, and the JSON report.
+
+Latency comes only from the runner's stamps (Unix ns, ``time.time_ns``):
+
+- *processing time* of a stage: its ``.out`` stamp minus its ``.in`` stamp (for the source: the
+  time to produce one message);
+- *age* of a message at a stage's exit: that exit time minus the earliest stamp the input
+  message carries (the source's ``.out``), i.e. queueing + processing along the whole path;
+- *end-to-end* latency: the age at the exit of the last stage of the chain (a stage whose
+  output nobody reads). With windows centred two frames back, this is measured from the newest
+  frame a result used, so the fixed two-frame delay of the window is not included.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import deque
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Latency samples kept per stage (the most recent ones).
+MAX_SAMPLES = 100_000
+LINK_COUNTERS = ("dropped", "decode_errors", "seq_gaps", "out_of_order")
+
+
+def percentiles_ms(samples_ns: Sequence[int]) -> tuple[float, float]:
+    """p50 and p99 of durations in ns, in ms (NaN, NaN without samples)."""
+    if not samples_ns:
+        return math.nan, math.nan
+    p50, p99 = np.percentile(np.asarray(samples_ns, dtype=np.float64), [50, 99]) / 1e6
+    return float(p50), float(p99)
+
+
+class StageStats:
+    """Counters and latency samples of one stage (owned by whoever runs the stage).
+
+    Parameters
+    ----------
+    name : str
+        Stage name.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.msgs_in = 0
+        self.msgs_out = 0
+        self.durations: deque[int] = deque(maxlen=MAX_SAMPLES)
+        self.ages: deque[int] = deque(maxlen=MAX_SAMPLES)
+        self.first_ns: int | None = None
+        self.last_ns: int | None = None
+
+    def record(self, t_in: int, t_out: int, n_in: int, n_out: int, age_ns: int | None) -> None:
+        """Account one call of the stage.
+
+        Parameters
+        ----------
+        t_in, t_out : int
+            Unix ns before and after the call.
+        n_in, n_out : int
+            Messages consumed (0 for a source or flush) and emitted.
+        age_ns : int or None
+            ``t_out`` minus the input's earliest stamp (None when the input has no stamps).
+        """
+        self.msgs_in += n_in
+        self.msgs_out += n_out
+        self.durations.append(t_out - t_in)
+        if age_ns is not None:
+            self.ages.append(age_ns)
+        self.first_ns = t_in if self.first_ns is None else self.first_ns
+        self.last_ns = t_out
+
+    def summary(self, links: Sequence[Mapping[str, int]] = ()) -> dict[str, Any]:
+        """Plain-data summary; ``links`` are the receiver counters of the stage's input links."""
+        p50, p99 = percentiles_ms(self.durations)
+        a50, a99 = percentiles_ms(self.ages)
+        out = {
+            "p50_ms": p50,
+            "p99_ms": p99,
+            "msgs_in": self.msgs_in,
+            "msgs_out": self.msgs_out,
+            "age_p50_ms": a50,
+            "age_p99_ms": a99,
+            "first_ns": self.first_ns,
+            "last_ns": self.last_ns,
+        }
+        for key in LINK_COUNTERS:
+            out[key] = sum(link.get(key, 0) for link in links)
+        return out
+
+
+def end_to_end(stages: Mapping[str, Mapping[str, Any]], terminal: Sequence[str]) -> dict[str, Any]:
+    """End-to-end latency: the worst age (by p99) among the terminal stages.
+
+    Returns
+    -------
+    dict
+        ``p50_ms``, ``p99_ms`` and ``at`` (the stage it was measured at; None if none had data).
+    """
+    best: dict[str, Any] = {"p50_ms": math.nan, "p99_ms": math.nan, "at": None}
+    for name in terminal:
+        s = stages[name]
+        if not math.isnan(s["age_p99_ms"]) and (best["at"] is None
+                                                or s["age_p99_ms"] > best["p99_ms"]):
+            best = {"p50_ms": s["age_p50_ms"], "p99_ms": s["age_p99_ms"], "at": name}
+    return best
+
+
+def build_report(
+    *,
+    mode: str,
+    source: str,
+    stages: Mapping[str, Mapping[str, Any]],
+    terminal: Sequence[str],
+    summaries: Mapping[str, Any],
+    error: str | None,
+    interrupted: bool,
+) -> dict[str, Any]:
+    """Assemble the run report.
+
+    Parameters
+    ----------
+    mode : str
+        "inline" or "processes".
+    source : str
+        Name of the source stage; its ``msgs_out`` is the frame count.
+    stages : mapping
+        Stage name -> :meth:`StageStats.summary`.
+    terminal : sequence of str
+        Stages whose output nobody reads (where end-to-end latency is measured).
+    summaries : mapping
+        Stage name -> the stage's ``summary()`` (stages returning None left out); a scoring
+        sink's summary is where the scores come from.
+    error : str or None
+        Why the run failed, if it did.
+    interrupted : bool
+        True if a signal stopped the run early.
+
+    Returns
+    -------
+    dict
+        ``frames``, ``wall_s``, ``fps``, ``stages``, ``end_to_end``, ``scores``, ``mode``,
+        ``ok``, ``error``, ``interrupted``.
+    """
+    frames = stages[source]["msgs_out"]
+    firsts = [s["first_ns"] for s in stages.values() if s["first_ns"] is not None]
+    lasts = [s["last_ns"] for s in stages.values() if s["last_ns"] is not None]
+    wall_s = (max(lasts) - min(firsts)) / 1e9 if firsts and lasts else 0.0
+    return {
+        "mode": mode,
+        "ok": error is None,
+        "error": error,
+        "interrupted": interrupted,
+        "frames": frames,
+        "wall_s": wall_s,
+        "fps": frames / wall_s if wall_s > 0 else math.nan,
+        "stages": {
+            name: {k: v for k, v in s.items() if k not in ("first_ns", "last_ns")}
+            for name, s in stages.items()
+        },
+        "end_to_end": end_to_end(stages, terminal),
+        "scores": dict(summaries),
+    }
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf -> None and numpy scalars -> Python, recursively (strict JSON)."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_report(report: Mapping[str, Any], path: str | Path) -> Path:
+    """Write the report as strict JSON (NaN written as null); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_json_safe(report), indent=2, sort_keys=True) + "\n")
+    return path

@@ -1,0 +1,395 @@
+"""Run a chain of stages: in one process over an iterator, or one process per stage over ZeroMQ.
+
+Both modes take the same validated :class:`~pipeline.config.StagePlan` list and return the same
+report (:func:`pipeline.report.build_report`):
+
+``inline``
+    Every stage lives in this process. Each source message is delivered breadth-first: a
+    message goes to every stage reading its topic (in config order) before any of their outputs
+    move on, so a stage reading two topics (e.g. frames and blobs) sees a frame before the blobs
+    computed from it. No sockets, no threads: used for tests, replay and evaluation.
+``processes``
+    One spawned process per stage (:mod:`pipeline.worker`), one ZeroMQ link per (topic,
+    consumer), ipc sockets in a temp dir or tcp ports. Start-up is a readiness handshake (every
+    worker reports ``ready`` once its output consumers are connected, then the parent sets
+    ``go``), so a lossless run loses nothing to slow joiners.
+
+Stopping: the run ends when the source is exhausted or ``run.frames`` messages were produced.
+A stop request (``should_stop()``, SIGINT/SIGTERM under :func:`run`) stops the source and lets
+the chain drain: every stage flushes and EndOfStream markers travel down the links. A second
+signal, a failing stage or a dead process aborts every worker at once; the report then carries
+an ``error`` and the CLI exits non-zero.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import multiprocessing
+import multiprocessing.connection
+import signal
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline import stamps, worker
+from pipeline.bus import Link
+from pipeline.codec import Limits
+from pipeline.config import ConfigError, RunConfig, StagePlan
+from pipeline.report import StageStats, build_report
+from stages.messages import Message, PipelineError, Stats
+
+logger = logging.getLogger(__name__)
+
+#: How long aborted workers get to exit before they are terminated, then killed (s).
+ABORT_GRACE_S = 3.0
+#: Longest ipc socket path (the OS limit is 107 bytes).
+MAX_IPC_PATH = 100
+
+
+class StageFailed(PipelineError):
+    """A stage raised; ``stage`` names it and ``__cause__`` is the original exception."""
+
+    def __init__(self, stage: str) -> None:
+        super().__init__(stage)
+        self.stage = stage
+
+
+def _never() -> bool:
+    return False
+
+
+def terminal_stages(plans: Sequence[StagePlan]) -> list[str]:
+    """Stages whose output no stage reads (end-to-end latency is measured there)."""
+    read = {topic for p in plans for topic in p.inputs}
+    return [p.name for p in plans[1:] if p.output is None or p.output not in read]
+
+
+def _pace(rate_hz: float | None) -> Iterator[float]:
+    """Yield how long to wait before each message so that messages go out at ``rate_hz``."""
+    period = 1.0 / rate_hz if rate_hz else 0.0
+    next_t = time.monotonic()
+    while True:
+        yield max(0.0, next_t - time.monotonic())
+        next_t = max(next_t + period, time.monotonic() - period)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inline mode.
+
+
+def run_inline(
+    plans: Sequence[StagePlan], run: RunConfig, should_stop: Callable[[], bool] = _never
+) -> dict[str, Any]:
+    """Run the chain in this process (see the module docstring); returns the report."""
+    stages = [p.build() for p in plans]
+    stats = [StageStats(p.name) for p in plans]
+    consumers = {
+        topic: [i for i, p in enumerate(plans) if topic in p.inputs]
+        for topic in {p.output for p in plans if p.output is not None}
+    }
+
+    def deliver(topic: str | None, msgs: Sequence[Message]) -> None:
+        queue = deque((topic, m) for m in msgs)
+        while queue:
+            topic, msg = queue.popleft()
+            for i in consumers.get(topic, ()) if topic is not None else ():
+                try:
+                    outs = stamps.process(stages[i], plans[i].name, msg, stats[i])
+                except Exception as exc:
+                    raise StageFailed(plans[i].name) from exc
+                queue.extend((plans[i].output, out) for out in outs)
+
+    error, interrupted, started, summaries = None, False, [], {}
+    try:
+        for plan, stage in zip(plans, stages, strict=True):
+            try:
+                stage.start()
+            except Exception as exc:
+                raise StageFailed(plan.name) from exc
+            started.append(stage)
+        source = iter(stages[0])
+        for wait in _pace(run.rate_hz):
+            if run.frames is not None and stats[0].msgs_out >= run.frames:
+                break
+            if should_stop():
+                interrupted = True
+                break
+            time.sleep(wait)
+            try:
+                msg = stamps.next_from_source(source, plans[0].name, stats[0])
+            except Exception as exc:
+                raise StageFailed(plans[0].name) from exc
+            if msg is None:
+                break
+            deliver(plans[0].output, [msg])
+        for i in range(1, len(plans)):
+            try:
+                outs = stamps.flush(stages[i], plans[i].name, stats[i])
+            except Exception as exc:
+                raise StageFailed(plans[i].name) from exc
+            deliver(plans[i].output, outs)
+        summaries = {p.name: s.summary() for p, s in zip(plans, stages, strict=True)}
+    except StageFailed as exc:
+        cause = exc.__cause__
+        logger.error("stage %r failed", exc.stage, exc_info=cause)
+        error = f"stage {exc.stage!r} failed: {type(cause).__name__}: {cause}"
+    finally:
+        for stage in started:
+            try:
+                stage.stop()
+            except Exception:
+                logger.exception("stop() of %s failed", type(stage).__name__)
+    return build_report(
+        mode="inline", source=plans[0].name,
+        stages={s.name: s.summary() for s in stats}, terminal=terminal_stages(plans),
+        summaries={k: v for k, v in summaries.items() if v is not None},
+        error=error, interrupted=interrupted,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Process mode.
+
+
+def plan_links(plans: Sequence[StagePlan], run: RunConfig, ipc_dir: Path | None) -> dict:
+    """One :class:`Link` per (topic, consumer stage), keyed by ``(topic, consumer name)``.
+
+    Raises
+    ------
+    ConfigError
+        If an ipc socket path would be too long for the OS.
+    """
+    links = {}
+    port = run.tcp_base_port
+    for plan in plans:
+        for topic in plan.inputs:
+            if run.transport == "tcp":
+                endpoint = f"tcp://{run.tcp_host}:{port}"
+                port += 1
+            else:
+                path = f"{ipc_dir}/{topic}--{plan.name}"
+                if len(path) > MAX_IPC_PATH:
+                    raise ConfigError(f"ipc socket path {path!r} is longer than {MAX_IPC_PATH} "
+                                      f"bytes; set a shorter run.ipc_dir")
+                endpoint = f"ipc://{path}"
+            links[(topic, plan.name)] = Link(topic, endpoint, plan.queue.policy, plan.queue.hwm,
+                                             plan.queue.depth)
+    return links
+
+
+class _Watch:
+    """The parent's view of the workers: what each reported and whether it is still alive."""
+
+    def __init__(self, names: Sequence[str], procs: dict, conns: dict) -> None:
+        self.names = list(names)
+        self.procs, self.conns = procs, conns
+        self.ready: set[str] = set()
+        self.done: dict[str, dict] = {}
+        self.beats: dict[str, Stats] = {}
+        self.tracebacks: dict[str, str] = {}
+        self.error: str | None = None
+
+    def alive(self) -> list[str]:
+        return [n for n in self.names if self.procs[n].exitcode is None]
+
+    def fail(self, error: str) -> None:
+        if self.error is None:
+            self.error = error
+            logger.error("%s", error)
+
+    def poll(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for reports or exits and account them."""
+        by_obj = {c: n for n, c in self.conns.items()}
+        by_obj.update({self.procs[n].sentinel: n for n in self.alive()})
+        for obj in multiprocessing.connection.wait(list(by_obj), timeout_s):
+            name = by_obj[obj]
+            if obj in self.conns.values():
+                self._read(name)
+            else:
+                self.procs[name].join(0)
+                while name in self.conns and self.conns[name].poll():
+                    self._read(name)
+                self._exited(name)
+
+    def _read(self, name: str) -> None:
+        try:
+            kind, payload = self.conns[name].recv()
+        except (EOFError, OSError):
+            self.conns.pop(name).close()
+            return
+        if kind == "ready":
+            self.ready.add(name)
+        elif kind == "stats":
+            self.beats[name] = payload
+            logger.debug("%s: %s", name, payload)
+        elif kind == "done":
+            self.done[name] = payload
+        elif kind == "error":
+            self.tracebacks[name] = payload
+            last = payload.strip().splitlines()[-1] if payload.strip() else "unknown error"
+            self.fail(f"stage {name!r} failed: {last}")
+
+    def _exited(self, name: str) -> None:
+        proc = self.procs[name]
+        if name in self.done or self.error is not None:
+            return
+        if proc.exitcode == 0:
+            self.fail(f"stage {name!r} (pid {proc.pid}) exited before finishing its stream")
+        else:
+            how = (f"was killed by signal {-proc.exitcode}" if proc.exitcode < 0
+                   else f"exited with code {proc.exitcode}")
+            self.fail(f"stage {name!r} (pid {proc.pid}) {how}")
+
+    def stage_summary(self, name: str) -> dict[str, Any]:
+        """The final statistics of a stage, or what its last heartbeat said."""
+        if name in self.done:
+            return self.done[name]["stats"]
+        summary = StageStats(name).summary()
+        beat = self.beats.get(name)
+        if beat is not None:
+            summary.update(msgs_in=beat.msgs_in, msgs_out=beat.msgs_out, dropped=beat.dropped,
+                           decode_errors=beat.decode_errors, seq_gaps=beat.seq_gaps,
+                           p50_ms=beat.p50_ms, p99_ms=beat.p99_ms)
+        return summary
+
+
+def _spawn(plans: Sequence[StagePlan], run: RunConfig, ipc_dir: Path | None, mp: Any,
+           control: worker.Control) -> tuple[dict, dict]:
+    links = plan_links(plans, run, ipc_dir)
+    limits = Limits(max_total_bytes=run.max_message_bytes)
+    producer_of = {p.output: p.name for p in plans if p.output is not None}
+    procs, conns = {}, {}
+    for i, plan in enumerate(plans):
+        spec = worker.WorkerSpec(
+            name=plan.name, cls=plan.cls, config=plan.config,
+            inputs=tuple(links[(t, plan.name)] for t in plan.inputs),
+            producers=tuple(producer_of[t] for t in plan.inputs),
+            outputs=tuple(link for (t, _), link in links.items() if t == plan.output),
+            frames=run.frames if i == 0 else None, rate_hz=run.rate_hz if i == 0 else None,
+            limits=limits, ready_timeout_s=run.ready_timeout_s, heartbeat_s=run.heartbeat_s,
+            log_level=logging.getLogger().getEffectiveLevel(),
+        )
+        reader, writer = mp.Pipe(duplex=False)
+        proc = mp.Process(target=worker.main, args=(spec, writer, control),
+                          name=f"csist-{plan.name}")
+        proc.start()
+        writer.close()
+        procs[plan.name], conns[plan.name] = proc, reader
+    return procs, conns
+
+
+def _supervise(watch: _Watch, run: RunConfig, control: worker.Control,
+               should_stop: Callable[[], bool], source: str) -> bool:
+    """Drive the workers from start-up to exit; returns True if a stop request cut the run."""
+    interrupted = False
+    deadline = time.monotonic() + run.ready_timeout_s + 30.0  # + spawn and import time
+    while len(watch.ready) < len(watch.names) and watch.error is None:
+        watch.poll(0.1)
+        if should_stop():
+            return True
+        if time.monotonic() > deadline:
+            watch.fail(f"stages {sorted(set(watch.names) - watch.ready)} were not ready within "
+                       f"{run.ready_timeout_s + 30.0:.0f} s")
+    if watch.error is not None:
+        return False
+    control.go.set()
+    logger.info("running %d stages in processes mode", len(watch.names))
+    drain_deadline = math.inf
+    while watch.alive() and watch.error is None:
+        watch.poll(0.1)
+        if should_stop() and not control.stop.is_set():
+            interrupted = True
+            control.stop.set()
+        if (control.stop.is_set() or source in watch.done) and drain_deadline == math.inf:
+            drain_deadline = time.monotonic() + run.drain_timeout_s
+        if time.monotonic() > drain_deadline:
+            watch.fail(f"the chain did not drain within run.drain_timeout_s = "
+                       f"{run.drain_timeout_s} s (still running: {watch.alive()})")
+    return interrupted
+
+
+def _reap(watch: _Watch) -> None:
+    """Wait for every worker to exit; terminate, then kill, the ones that do not."""
+    deadline = time.monotonic() + ABORT_GRACE_S
+    while watch.alive() and time.monotonic() < deadline:
+        watch.poll(0.1)
+    for name in watch.alive():
+        logger.warning("terminating stage %r (pid %d)", name, watch.procs[name].pid)
+        watch.procs[name].terminate()
+        watch.procs[name].join(1.0)
+        if watch.procs[name].exitcode is None:
+            watch.procs[name].kill()
+            watch.procs[name].join(1.0)
+    for conn in watch.conns.values():
+        conn.close()
+
+
+def run_processes(
+    plans: Sequence[StagePlan], run: RunConfig, should_stop: Callable[[], bool] = _never
+) -> dict[str, Any]:
+    """Run one process per stage (see the module docstring); returns the report."""
+    mp = multiprocessing.get_context("spawn")
+    control = worker.Control(go=mp.Event(), stop=mp.Event(), abort=mp.Event(),
+                             finished={p.name: mp.Event() for p in plans})
+    with contextlib.ExitStack() as stack:
+        ipc_dir = None
+        if run.transport == "ipc":
+            if run.ipc_dir:
+                ipc_dir = Path(run.ipc_dir)
+                ipc_dir.mkdir(parents=True, exist_ok=True)
+            else:
+                ipc_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="csist-")))
+        procs, conns = _spawn(plans, run, ipc_dir, mp, control)
+        watch = _Watch([p.name for p in plans], procs, conns)
+        try:
+            interrupted = _supervise(watch, run, control, should_stop, plans[0].name)
+        finally:
+            if watch.alive():  # an error, an early stop or a second signal: stop everyone now
+                control.abort.set()
+            _reap(watch)
+    for name, text in watch.tracebacks.items():
+        logger.error("traceback of stage %r:\n%s", name, text)
+    return build_report(
+        mode="processes", source=plans[0].name,
+        stages={n: watch.stage_summary(n) for n in watch.names},
+        terminal=terminal_stages(plans),
+        summaries={n: d["summary"] for n, d in watch.done.items() if d["summary"] is not None},
+        error=watch.error, interrupted=interrupted,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point with signal handling.
+
+
+def run(plans: Sequence[StagePlan], run_config: RunConfig) -> dict[str, Any]:
+    """Run in ``run_config.mode``; SIGINT/SIGTERM stop the source and drain, a second aborts.
+
+    Signal handlers are installed only when called from the main thread, and restored after.
+    """
+    requests = []
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        requests.append(signum)
+        if len(requests) > 1:
+            raise KeyboardInterrupt(f"second signal {signal.Signals(signum).name}: aborting")
+        logger.warning("%s received: stopping the source and draining the chain "
+                       "(send it again to abort)", signal.Signals(signum).name)
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = {}
+    if main_thread:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, on_signal)
+    try:
+        runner = run_processes if run_config.mode == "processes" else run_inline
+        return runner(plans, run_config, lambda: bool(requests))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

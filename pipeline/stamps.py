@@ -1,0 +1,52 @@
+"""Calling a stage the same way in every runner: time the call, stamp its outputs, count.
+
+Stamps are ``"<stage>.in"`` / ``"<stage>.out"`` Unix times in ns (``time.time_ns``, comparable
+between processes and, with synchronised clocks, hosts). An output message inherits the stamps
+of the input that produced it plus the stage's own pair; a source stamps only ``.out``. Flushed
+outputs carry only the stage's ``.out`` (they have no single input).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator, Mapping
+
+from pipeline.report import StageStats
+from stages.base import Stage
+from stages.messages import Message
+
+
+def _stamp(msg: Message, stamps: Mapping[str, int]) -> Message:
+    return dataclasses.replace(msg, stamps=dict(stamps))
+
+
+def next_from_source(source: Iterator[Message], name: str, stats: StageStats) -> Message | None:
+    """Take the next message of a source iterator, stamped; None when the source is exhausted."""
+    t_in = time.time_ns()
+    msg = next(source, None)
+    if msg is None:
+        return None
+    t_out = time.time_ns()
+    stats.record(t_in, t_out, 0, 1, None)
+    return _stamp(msg, {f"{name}.out": t_out})
+
+
+def process(stage: Stage, name: str, msg: Message, stats: StageStats) -> list[Message]:
+    """Run ``stage.process(msg)``; returns its outputs with stamps."""
+    t_in = time.time_ns()
+    outs = list(stage.process(msg))
+    t_out = time.time_ns()
+    age = t_out - min(msg.stamps.values()) if msg.stamps else None
+    stats.record(t_in, t_out, 1, len(outs), age)
+    stamps = {**msg.stamps, f"{name}.in": t_in, f"{name}.out": t_out}
+    return [_stamp(out, stamps) for out in outs]
+
+
+def flush(stage: Stage, name: str, stats: StageStats) -> list[Message]:
+    """Run ``stage.flush()``; returns its outputs stamped with the stage's ``.out`` only."""
+    t_in = time.time_ns()
+    outs = list(stage.flush())
+    t_out = time.time_ns()
+    stats.record(t_in, t_out, 0, len(outs), None)
+    return [_stamp(out, {f"{name}.out": t_out}) for out in outs]

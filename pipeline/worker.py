@@ -1,0 +1,224 @@
+"""One stage in its own process, behind ZeroMQ links (the child side of ``run_processes``).
+
+Life of a worker: build and ``start()`` the stage, open its links, wait until every output link
+has its consumer, report ``ready`` and wait for ``go``; then loop (source: iterate; other
+stages: receive, process, send) until the stream ends, ``flush()``, send EndOfStream on every
+output link, report ``done`` with its statistics, and exit. Every wait is a poll of at most
+:data:`~pipeline.bus.POLL_MS` that also checks the shared ``abort`` event, so a failure
+anywhere stops every worker within a fraction of a second.
+
+The parent talks to the worker through multiprocessing events and one pipe (worker -> parent)
+carrying tuples ``(kind, payload)``: ``("ready", None)``, ``("stats", Stats)`` heartbeats,
+``("done", {"stats": ..., "summary": ...})`` and ``("error", traceback text)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import zmq
+
+from pipeline import stamps
+from pipeline.bus import POLL_MS, Inlet, Link, Outlet
+from pipeline.codec import Limits
+from pipeline.report import StageStats, percentiles_ms
+from stages.messages import Message, Stats
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker process needs (picklable).
+
+    Attributes
+    ----------
+    name : str
+        Stage name.
+    cls : type
+        Stage class (pickled by reference: the child imports only its module).
+    config : dataclass instance
+        Validated stage config.
+    inputs : tuple of Link
+        Input links (empty for the source).
+    producers : tuple of str
+        Producer stage of each input link.
+    outputs : tuple of Link
+        Output links (one per consumer of the output topic).
+    frames : int or None
+        Source only: stop after this many messages.
+    rate_hz : float or None
+        Source only: pace the messages.
+    limits : Limits
+        Decoder limits of the input links.
+    ready_timeout_s : float
+        How long to wait for the output links' consumers.
+    heartbeat_s : float
+        Interval of the ``stats`` heartbeats.
+    log_level : int
+    """
+
+    name: str
+    cls: type
+    config: Any
+    inputs: tuple[Link, ...]
+    producers: tuple[str, ...]
+    outputs: tuple[Link, ...]
+    frames: int | None
+    rate_hz: float | None
+    limits: Limits
+    ready_timeout_s: float
+    heartbeat_s: float
+    log_level: int = logging.WARNING
+
+
+@dataclasses.dataclass(frozen=True)
+class Control:
+    """Multiprocessing events shared by the parent and all workers.
+
+    Attributes
+    ----------
+    go : Event
+        Set by the parent once every worker is ready.
+    stop : Event
+        Graceful stop: the source stops producing and the chain drains.
+    abort : Event
+        Immediate stop: every worker leaves its loop without draining.
+    finished : mapping of str -> Event
+        Set by a worker after it has sent its EndOfStream markers.
+    """
+
+    go: Any
+    stop: Any
+    abort: Any
+    finished: Mapping[str, Any]
+
+
+class _Heartbeat:
+    """Sends a ``stats`` heartbeat at most every ``interval_s``."""
+
+    def __init__(self, spec: WorkerSpec, conn: Any, stats: StageStats, inlet: Inlet | None):
+        self.spec, self.conn, self.stats, self.inlet = spec, conn, stats, inlet
+        self.count = 0
+        self.next_t = time.monotonic() + spec.heartbeat_s
+
+    def maybe_send(self) -> None:
+        if time.monotonic() < self.next_t:
+            return
+        self.next_t = time.monotonic() + self.spec.heartbeat_s
+        links = [c.as_dict() for c in self.inlet.counters] if self.inlet else []
+        p50, p99 = percentiles_ms(self.stats.durations)
+        self.conn.send(("stats", Stats(
+            seq=self.count, t_source_ns=time.time_ns(), stage=self.spec.name,
+            msgs_in=self.stats.msgs_in, msgs_out=self.stats.msgs_out,
+            dropped=sum(c["dropped"] for c in links),
+            decode_errors=sum(c["decode_errors"] for c in links),
+            seq_gaps=sum(c["seq_gaps"] for c in links), p50_ms=p50, p99_ms=p99,
+        )))
+        self.count += 1
+
+
+def _send_all(outlet: Outlet, msgs: list[Message], should_stop: Callable[[], bool]) -> bool:
+    return all(outlet.send(m, should_stop) for m in msgs)
+
+
+def _run_source(spec: WorkerSpec, stage: Any, outlet: Outlet, control: Control,
+                stats: StageStats, beat: _Heartbeat) -> None:
+    source = iter(stage)
+    period = 1.0 / spec.rate_hz if spec.rate_hz else 0.0
+    next_t = time.monotonic()
+    while spec.frames is None or stats.msgs_out < spec.frames:
+        if control.stop.is_set() or control.abort.is_set():
+            return
+        if period:
+            delay = next_t - time.monotonic()
+            if delay > 0 and control.stop.wait(delay):
+                return
+            next_t = max(next_t + period, time.monotonic() - period)
+        msg = stamps.next_from_source(source, spec.name, stats)
+        if msg is None or not outlet.send(msg, control.abort.is_set):
+            return
+        beat.maybe_send()
+
+
+def _run_stage(spec: WorkerSpec, stage: Any, inlet: Inlet, outlet: Outlet,
+               control: Control, stats: StageStats, beat: _Heartbeat) -> None:
+    idle_polls = [0] * len(spec.inputs)
+    while not inlet.ended:
+        if control.abort.is_set():
+            return
+        got = inlet.recv(POLL_MS)
+        beat.maybe_send()
+        if got is None:
+            # An EndOfStream lost on a drop_oldest link: the producer has finished and nothing
+            # arrived for two polls, so its stream is over.
+            for i, producer in enumerate(spec.producers):
+                finished = control.finished[producer].is_set()
+                idle_polls[i] = idle_polls[i] + 1 if finished else 0
+                if idle_polls[i] >= 2:
+                    inlet.end_link(i)
+            continue
+        idle_polls[got[0]] = 0
+        outs = stamps.process(stage, spec.name, got[1], stats)
+        if not _send_all(outlet, outs, control.abort.is_set):
+            return
+
+
+def main(spec: WorkerSpec, conn: Any, control: Control) -> None:
+    """Entry point of a worker process (see the module docstring); exits 1 on failure."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C for everyone
+    logging.basicConfig(level=spec.log_level, stream=sys.stderr,
+                        format=f"%(levelname)s [{spec.name}] %(name)s: %(message)s")
+    ctx = zmq.Context()
+    stage, inlet, outlet = None, None, None
+    try:
+        stage = spec.cls(spec.config)
+        stage.start()
+        outlet = Outlet(ctx, spec.outputs)
+        inlet = Inlet(ctx, spec.inputs, spec.limits) if spec.inputs else None
+        if not outlet.wait_ready(spec.ready_timeout_s, control.abort.is_set):
+            raise RuntimeError(f"stage {spec.name!r}: output consumers did not connect within "
+                               f"{spec.ready_timeout_s} s")
+        conn.send(("ready", None))
+        while not control.go.wait(POLL_MS / 1000):
+            if control.abort.is_set():
+                return
+        stats = StageStats(spec.name)
+        beat = _Heartbeat(spec, conn, stats, inlet)
+        if inlet is None:
+            _run_source(spec, stage, outlet, control, stats, beat)
+        else:
+            _run_stage(spec, stage, inlet, outlet, control, stats, beat)
+        if control.abort.is_set():
+            return
+        _send_all(outlet, stamps.flush(stage, spec.name, stats), control.abort.is_set)
+        outlet.send_end(should_stop=control.abort.is_set)
+        control.finished[spec.name].set()
+        links = [c.as_dict() for c in inlet.counters] if inlet else []
+        for link, dropped in zip(spec.outputs, outlet.send_dropped, strict=True):
+            if dropped:
+                logger.warning("%d message(s) dropped sending on %s", dropped, link.endpoint)
+        conn.send(("done", {"stats": stats.summary(links), "summary": stage.summary()}))
+    except Exception:
+        control.abort.set()
+        try:
+            conn.send(("error", traceback.format_exc()))
+        except OSError:
+            pass  # the parent is gone; the exit code still tells
+        sys.exit(1)
+    finally:
+        aborted = control.abort.is_set()
+        if stage is not None:
+            stage.stop()
+        if inlet is not None:
+            inlet.close()
+        if outlet is not None:
+            outlet.close(linger_ms=0 if aborted else None)
+        ctx.term()
