@@ -1,0 +1,83 @@
+"""Extractor: HR maps → sub-pixel points in frame coordinates.
+
+The shared :func:`models.extract.extract_points` finds the points of each map in PATCH
+pixels (integer = centre of a patch pixel); a window's origin is the frame pixel of patch
+pixel (0, 0), so ``frame = origin + patch`` exactly. Each point carries its window's track id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+
+from stages.base import ConfigError, NoConfig, Stage
+from stages.messages import Maps, Message, Point, Points, WindowInfo
+
+#: ``extract(maps (N, 33, 33), windows (N, 5, 11, 11)) -> N arrays (n_i, 3) (row, col, score)``
+ExtractFn = Callable[[np.ndarray, np.ndarray], Sequence[np.ndarray]]
+
+
+def to_frame_points(
+    patch_points: Sequence[np.ndarray], windows: Sequence[WindowInfo]
+) -> tuple[Point, ...]:
+    """Shift per-window patch points by their window origins.
+
+    Parameters
+    ----------
+    patch_points : sequence of N ndarrays of shape (n_i, 3)
+        (row, col, score) in patch pixels.
+    windows : sequence of N WindowInfo
+
+    Returns
+    -------
+    tuple of Point, window by window: (origin_row + row, origin_col + col, score, track id).
+    """
+    if len(patch_points) != len(windows):
+        raise ValueError(
+            f"the extractor returned {len(patch_points)} point sets for {len(windows)} windows"
+        )
+    points = []
+    for found, info in zip(patch_points, windows, strict=True):
+        for row, col, score in np.asarray(found, dtype=np.float64).reshape(-1, 3):
+            points.append(
+                Point(
+                    row=info.origin_row + float(row),
+                    col=info.origin_col + float(col),
+                    score=float(score),
+                    track_id=info.track_id,
+                )
+            )
+    return tuple(points)
+
+
+class Extractor(Stage):
+    """Maps → one :class:`Points` message per frame.
+
+    Parameters
+    ----------
+    config : NoConfig, optional
+    extract : callable, optional
+        Replaces :func:`models.extract.extract_points` (tests); by default that function is
+        imported on construction, so importing this module does not import torch.
+    """
+
+    Config = NoConfig
+    INPUTS = ("maps",)
+    OUTPUT = "points"
+
+    def __init__(self, config: NoConfig | None = None, extract: ExtractFn | None = None) -> None:
+        super().__init__(config)
+        if extract is None:
+            from models.extract import extract_points as extract
+        self.extract = extract
+
+    def process(self, msg: Message) -> Iterable[Message]:
+        if not isinstance(msg, Maps):
+            raise ConfigError(
+                f"the extractor takes Maps messages, got {type(msg).__name__}; "
+                "subscribe it to the maps topic"
+            )
+        found = self.extract(msg.maps, msg.patches) if msg.windows else []
+        points = to_frame_points(found, msg.windows)
+        return [Points(seq=msg.seq, t_source_ns=msg.t_source_ns, points=points)]

@@ -1,0 +1,106 @@
+"""Unmixer and extractor stages: one batched forward per frame, exact patch → frame mapping."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from stages.base import ConfigError
+from stages.extractor import Extractor, to_frame_points
+from stages.messages import Maps, Point, Points, WindowInfo, Windows
+from stages.unmixer import UnmixerConfig, UnmixerStage
+
+
+class CountingModel(nn.Module):
+    """Fake unmixer: the map is the middle frame upsampled 3×; counts forward calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[int, list[int]]] = []
+
+    def forward(self, windows: torch.Tensor, frame_index: torch.Tensor):
+        self.calls.append((windows.shape[0], frame_index.tolist()))
+        middle = windows[:, 2]
+        return middle.repeat_interleave(3, dim=1).repeat_interleave(3, dim=2), {}
+
+
+def _windows(n: int, seq: int = 5) -> Windows:
+    rng = np.random.default_rng(n)
+    infos = tuple(
+        WindowInfo(track_id=10 + i, origin_row=3 * i, origin_col=7 + i, frame_index=2 + i)
+        for i in range(n)
+    )
+    patches = rng.uniform(0, 255, (n, 5, 11, 11)).astype(np.float32)
+    return Windows(seq=seq, t_source_ns=99, windows=infos, patches=patches)
+
+
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_all_windows_of_a_frame_go_through_one_forward(restore_threads):
+    model = CountingModel()
+    stage = UnmixerStage(UnmixerConfig(threads=1), model=model)
+    stage.start()
+    assert torch.get_num_threads() == 1
+    msg = _windows(4)
+    (out,) = stage.process(msg)
+    assert model.calls == [(4, [2, 3, 4, 5])]
+    assert isinstance(out, Maps) and (out.seq, out.t_source_ns) == (5, 99)
+    assert out.maps.shape == (4, 33, 33) and out.maps.dtype == np.float32
+    np.testing.assert_array_equal(out.maps[1, 3:6, 6:9], np.full((3, 3), msg.patches[1, 2, 1, 2]))
+    assert out.windows == msg.windows
+    np.testing.assert_array_equal(out.patches, msg.patches)
+
+
+def test_a_frame_without_windows_skips_the_model():
+    model = CountingModel()
+    (out,) = UnmixerStage(model=model).process(_windows(0))
+    assert model.calls == [] and out.maps.shape == (0, 33, 33)
+
+
+def test_a_registered_model_loads_and_runs(restore_threads):
+    stage = UnmixerStage(UnmixerConfig(model="ista", threads=1))
+    stage.start()
+    (out,) = stage.process(_windows(2))
+    assert out.maps.shape == (2, 33, 33) and np.all(np.isfinite(out.maps))
+
+
+def test_unmixer_rejects_other_messages():
+    with pytest.raises(ConfigError, match="Windows"):
+        UnmixerStage(model=CountingModel()).process(Points(seq=0, t_source_ns=0))
+
+
+def test_extractor_maps_patch_points_to_frame_points_exactly():
+    def fake_extract(maps, windows):
+        assert maps.shape == (2, 33, 33) and windows.shape == (2, 5, 11, 11)
+        return [np.array([[4.25, 5.0, 90.0], [0.0, 10.0, 75.5]]), np.zeros((0, 3))]
+
+    msg = _windows(2)
+    maps = Maps(seq=msg.seq, t_source_ns=msg.t_source_ns, windows=msg.windows,
+                patches=msg.patches, maps=np.zeros((2, 33, 33), np.float32))
+    (out,) = Extractor(extract=fake_extract).process(maps)
+    assert isinstance(out, Points) and out.seq == 5
+    assert out.points == (
+        Point(row=0 + 4.25, col=7 + 5.0, score=90.0, track_id=10),
+        Point(row=0 + 0.0, col=7 + 10.0, score=75.5, track_id=10),
+    )
+
+
+def test_extractor_checks_the_number_of_point_sets():
+    with pytest.raises(ValueError, match="2 point sets for 1 windows"):
+        to_frame_points([np.zeros((0, 3)), np.zeros((0, 3))], _windows(1).windows)
+
+
+def test_extractor_on_an_empty_frame_does_not_call_extract():
+    def must_not_run(maps, windows):
+        raise AssertionError("extract called without windows")
+
+    msg = _windows(0)
+    maps = Maps(seq=1, t_source_ns=0, windows=(), patches=msg.patches,
+                maps=np.zeros((0, 33, 33), np.float32))
+    (out,) = Extractor(extract=must_not_run).process(maps)
+    assert out.points == ()
