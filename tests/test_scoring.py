@@ -1,0 +1,108 @@
+"""Scoring: GOSPA hand cases, group detection by window, CSO-mAP over detected groups."""
+
+import json
+
+import numpy as np
+import pytest
+
+from stages.messages import Frame, Point, Points, TruthPoint, WindowInfo, Windows
+from stages.scoring import (
+    ScoreAccumulator,
+    Scoring,
+    ScoringConfig,
+    detected_groups,
+    gospa,
+    group_references,
+)
+
+
+def test_gospa_perfect_is_zero():
+    x = np.array([[1.0, 2.0], [5.0, 5.0]])
+    terms = gospa(x, x[::-1].copy(), c=2.0, p=1.0)
+    assert terms.distance == 0.0 and terms.assigned == 2
+    assert terms.localisation == terms.missed == terms.false == 0.0
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0])
+def test_gospa_one_missed_target_costs_half_c_to_the_p(p):
+    terms = gospa(np.array([[0.0, 0.0], [9.0, 9.0]]), np.array([[9.0, 9.0]]), c=2.0, p=p)
+    assert terms.missed == pytest.approx(2.0**p / 2) and terms.false == 0.0
+    assert terms.distance == pytest.approx((2.0**p / 2) ** (1 / p))
+
+
+def test_gospa_localisation_error_and_cut_off():
+    terms = gospa(np.array([[0.0, 0.0]]), np.array([[0.3, 0.4]]), c=2.0, p=2.0)
+    assert terms.localisation == pytest.approx(0.25) and terms.distance == pytest.approx(0.5)
+    far = gospa(np.array([[0.0, 0.0]]), np.array([[3.0, 0.0]]), c=2.0, p=1.0)
+    assert (far.assigned, far.missed, far.false, far.distance) == (0, 1.0, 1.0, 2.0)
+
+
+def test_gospa_of_empty_sets():
+    assert gospa(np.zeros((0, 2)), np.zeros((0, 2))).distance == 0.0
+    assert gospa(np.zeros((0, 2)), np.array([[1.0, 1.0]]), c=4.0).false == 2.0
+
+
+def test_gospa_picks_the_optimal_assignment():
+    # Greedy nearest pairing would take (0,0)-(0,0.9) and leave (0,1.8) to (0,-0.5): 0.9+2.3.
+    truth = np.array([[0.0, 0.0], [0.0, 1.8]])
+    est = np.array([[0.0, 0.9], [0.0, -0.5]])
+    assert gospa(truth, est, c=5.0, p=1.0).localisation == pytest.approx(0.5 + 0.9)
+
+
+def _truth() -> tuple[TruthPoint, ...]:
+    # group 0 near (20, 30); group 1 near (60, 60)
+    return (
+        TruthPoint(group=0, row=19.7, col=30.0, brightness=230.0),
+        TruthPoint(group=0, row=20.3, col=30.0, brightness=240.0),
+        TruthPoint(group=1, row=60.0, col=59.7, brightness=225.0),
+        TruthPoint(group=1, row=60.0, col=60.3, brightness=235.0),
+    )
+
+
+def test_a_group_is_detected_when_its_reference_is_inside_a_window():
+    refs = group_references(_truth())
+    np.testing.assert_allclose(refs[0], [20.0, 30.0])
+    windows = (
+        WindowInfo(track_id=4, origin_row=15, origin_col=25, frame_index=2),  # holds group 0
+        WindowInfo(track_id=5, origin_row=49, origin_col=49, frame_index=2),  # 60.0 > 59.5: no
+    )
+    assert detected_groups(refs, windows) == {0: 4}
+    nearer = WindowInfo(track_id=6, origin_row=14, origin_col=25, frame_index=2)
+    assert detected_groups(refs, (nearer, windows[0])) == {0: 4}
+
+
+def test_accumulator_scores_only_detected_groups_in_cso_map_but_all_targets_in_gospa():
+    scores = ScoreAccumulator(c=2.0, p=1.0)
+    windows = (WindowInfo(track_id=4, origin_row=15, origin_col=25, frame_index=2),)
+    points = (
+        Point(row=19.7, col=30.0, score=200.0, track_id=4),
+        Point(row=20.3, col=30.0, score=190.0, track_id=4),
+        Point(row=80.0, col=80.0, score=100.0, track_id=9),  # a false window: GOSPA only
+    )
+    terms = scores.add(_truth(), windows, points)
+    assert terms.missed == pytest.approx(2 * 1.0) and terms.false == pytest.approx(1.0)
+    summary = scores.summary()
+    assert summary["groups"] == 2 and summary["groups_detected"] == 1
+    assert summary["group_detection_rate"] == 0.5
+    assert summary["cso_map"]["mAP"] == pytest.approx(1.0)
+    assert summary["gospa"]["distance"] == pytest.approx(3.0)
+    assert (summary["frames"], summary["windows"], summary["points"]) == (1, 1, 3)
+
+
+def test_stage_joins_by_seq_and_writes_its_summary(tmp_path):
+    out = tmp_path / "scores.json"
+    stage = Scoring(ScoringConfig(output=str(out)))
+    image = np.zeros((100, 100), np.float32)
+    windows = (WindowInfo(track_id=4, origin_row=15, origin_col=25, frame_index=2),)
+    for seq in range(3):
+        stage.process(Frame(seq=seq, t_source_ns=0, image=image, truth=_truth()))
+    for seq in (1, 2):  # frame 0 never gets results and is dropped
+        stage.process(Windows(seq=seq, t_source_ns=0, windows=windows,
+                              patches=np.zeros((1, 5, 11, 11), np.float32)))
+        pts = (Point(row=20.2, col=30.0, score=150.0, track_id=4),)
+        stage.process(Points(seq=seq, t_source_ns=0, points=pts))
+    stage.flush()
+    summary = json.loads(out.read_text())
+    assert summary["frames"] == 2 and summary["groups_detected"] == 2
+    assert 0 < summary["cso_map"]["mAP"] < 1
+    assert summary == json.loads(json.dumps(stage.summary()))
