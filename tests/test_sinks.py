@@ -1,0 +1,119 @@
+"""Sinks: console lines, JSON lines (valid, deterministic), overlay PNG/video of the right size."""
+
+import io
+import json
+
+import cv2
+import numpy as np
+
+from stages.messages import Blob, Blobs, Frame, Point, Points, Track, Tracks, WindowInfo, Windows
+from stages.sinks import (
+    ConsoleConfig,
+    ConsoleSummary,
+    JsonLinesConfig,
+    JsonLinesWriter,
+    OverlayConfig,
+    OverlayWriter,
+    draw_overlay,
+    stretch_to_uint8,
+)
+
+SHAPE = (40, 50)
+
+
+def _messages(seq: int, stamp: int | None = None):
+    stamps = {"tracker.out": stamp} if stamp is not None else {}
+    image = np.full(SHAPE, 20.0, np.float32)
+    image[10:13, 20:23] = 200.0
+    info = WindowInfo(track_id=3, origin_row=6, origin_col=16, frame_index=2)
+    return [
+        Frame(seq=seq, t_source_ns=seq * 40, image=image),
+        Blobs(seq=seq, t_source_ns=seq * 40, blobs=(Blob(row=11.0, col=21.0, peak=180.0,
+                                                         area=9, snr=90.0),)),
+        Windows(seq=seq, t_source_ns=seq * 40, windows=(info,),
+                patches=np.zeros((1, 5, 11, 11), np.float32)),
+        Points(seq=seq, t_source_ns=seq * 40, points=(
+            Point(row=10.8123456, col=21.1, score=201.237, track_id=3),
+            Point(row=11.2, col=20.9, score=190.0, track_id=3),
+        )),
+        Tracks(seq=seq, t_source_ns=seq * 40, stamps=stamps, tracks=(
+            Track(track_id=0, row=10.81, col=21.1, vrow=0.1, vcol=-0.0004, score=200.0, age=4),
+        )),
+    ]
+
+
+def _feed(stage, seqs, stamps=False):
+    for seq in seqs:
+        for msg in _messages(seq, 1_000_000_000 + seq * 20_000_000 if stamps else None):
+            if type(msg) in stage.join.kinds:
+                stage.process(msg)
+
+
+def test_console_prints_one_line_per_block_with_fps_from_runner_stamps():
+    stream = io.StringIO()
+    stage = ConsoleSummary(ConsoleConfig(every=5), stream=stream)
+    _feed(stage, range(12), stamps=True)
+    stage.flush()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 3  # frames 5, 10 and the flushed rest
+    assert lines[0] == "frames 5 | fps 50.0 | groups 1.0 | points 2.0 | tracks 1.0"
+    assert lines[1].startswith("frames 10 | fps 50.0 |") and lines[2].startswith("frames 12 |")
+
+
+def test_console_without_stamps_shows_no_fps():
+    stream = io.StringIO()
+    stage = ConsoleSummary(ConsoleConfig(every=2), stream=stream)
+    _feed(stage, range(2))
+    assert stream.getvalue() == "frames 2 | fps - | groups 1.0 | points 2.0 | tracks 1.0\n"
+
+
+def test_json_lines_are_valid_rounded_and_deterministic(tmp_path):
+    texts = []
+    for run in range(2):
+        path = tmp_path / f"run{run}" / "points.jsonl"
+        stage = JsonLinesWriter(JsonLinesConfig(path=str(path), decimals=3))
+        stage.start()
+        _feed(stage, range(3))
+        stage.flush()
+        stage.stop()
+        texts.append(path.read_bytes())
+    assert texts[0] == texts[1] and b"-0.0" not in texts[0]
+    records = [json.loads(line) for line in texts[0].decode().splitlines()]
+    assert [r["seq"] for r in records] == [0, 1, 2]
+    first = records[0]
+    assert first["points"][0] == {"row": 10.812, "col": 21.1, "score": 201.24, "track_id": 3}
+    assert first["tracks"][0] == {"id": 0, "row": 10.81, "col": 21.1, "vrow": 0.1,
+                                  "vcol": 0.0, "score": 200.0, "age": 4}
+
+
+def test_overlay_png_has_the_scaled_size_and_shows_the_marks(tmp_path):
+    stage = OverlayWriter(OverlayConfig(directory=str(tmp_path), png_every=2, scale=3))
+    _feed(stage, range(3))
+    stage.stop()
+    assert [p.name for p in stage.written] == ["overlay_000000.png", "overlay_000002.png"]
+    picture = cv2.imread(str(stage.written[0]), cv2.IMREAD_COLOR)
+    assert picture.shape == (SHAPE[0] * 3, SHAPE[1] * 3, 3)
+    b, g, r = (picture[..., k].astype(int) for k in range(3))
+    assert np.any((r > 200) & (g < 80) & (b < 80))  # red point crosses
+    assert np.any((g > 200) & (r < 80) & (b < 80))  # green track id
+    y, x = 6 * 3, 16 * 3 + 10  # top edge of the window's crop box
+    assert tuple(picture[y, x]) == (255, 160, 0)
+
+
+def test_overlay_video_is_written(tmp_path):
+    video = tmp_path / "live.avi"
+    stage = OverlayWriter(OverlayConfig(png_every=0, video=str(video), scale=2))
+    _feed(stage, range(4))
+    stage.stop()
+    capture = cv2.VideoCapture(str(video))
+    ok, first = capture.read()
+    count = 1 + sum(1 for _ in iter(lambda: capture.read()[0], False))
+    capture.release()
+    assert ok and first.shape == (SHAPE[0] * 2, SHAPE[1] * 2, 3) and count == 4
+
+
+def test_draw_overlay_and_stretch():
+    img = np.linspace(0, 1000, 100, dtype=np.float32).reshape(10, 10)
+    grey = stretch_to_uint8(img, 0.0, 100.0)
+    assert grey.dtype == np.uint8 and grey.min() == 0 and grey.max() == 255
+    assert draw_overlay(img, scale=4).shape == (40, 40, 3)
