@@ -301,14 +301,19 @@ class Inlet:
         (link index, message) or None
             None on timeout. Messages of different links come back in arrival order.
         """
-        self._fill(0 if any(self._queues) else timeout_ms)
+        self.poll(0 if any(self._queues) else timeout_ms)
         heads = [(q[0][0], i) for i, q in enumerate(self._queues) if q]
         if not heads:
             return None
         _, index = min(heads)
         return index, self._queues[index].popleft()[1]
 
-    def _fill(self, timeout_ms: int) -> None:
+    def poll(self, timeout_ms: int) -> int:
+        """Move what has arrived (waiting at most ``timeout_ms``) into the receive queues.
+
+        A ``block`` link takes one message when its queue is empty; a ``drop_oldest`` link
+        drains its socket. Returns the number of messages queued (:meth:`pending`).
+        """
         events = dict(self._poller.poll(timeout_ms))
         for index, (link, sock) in enumerate(zip(self.links, self._sockets, strict=True)):
             if sock not in events:
@@ -321,6 +326,7 @@ class Inlet:
                     self._take(index, sock)
                     if not sock.poll(0, zmq.POLLIN):
                         break
+        return self.pending()
 
     def _take(self, index: int, sock: zmq.Socket) -> None:
         frames = sock.recv_multipart(copy=True)

@@ -28,6 +28,7 @@ without windows gives N = 0.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -229,10 +230,14 @@ class Message:
 
     def __post_init__(self) -> None:
         name = type(self).__name__
-        if not isinstance(self.seq, int) or self.seq < 0:
-            raise MessageError(f"{name}.seq must be an int >= 0, got {self.seq!r}")
-        if not isinstance(self.t_source_ns, int):
-            raise MessageError(f"{name}.t_source_ns must be an int (ns), got {self.t_source_ns!r}")
+        try:  # numpy integers are accepted and stored as int
+            object.__setattr__(self, "seq", operator.index(self.seq))
+            object.__setattr__(self, "t_source_ns", operator.index(self.t_source_ns))
+        except TypeError as exc:
+            raise MessageError(f"{name}.seq and t_source_ns must be ints, got {self.seq!r} and "
+                               f"{self.t_source_ns!r}") from exc
+        if self.seq < 0:
+            raise MessageError(f"{name}.seq must be >= 0, got {self.seq}")
         for key, kind in self.RECORDS.items():
             value = getattr(self, key)
             if value is not None:
