@@ -212,7 +212,7 @@ class _Watch:
             if obj in self.conns.values():
                 self._read(name)
             else:
-                self.procs[name].join(0)
+                self.procs[name].join(1.0)  # the sentinel can fire just before the exit
                 while name in self.conns and self.conns[name].poll():
                     self._read(name)
                 self._exited(name)
@@ -242,8 +242,9 @@ class _Watch:
         if proc.exitcode == 0:
             self.fail(f"stage {name!r} (pid {proc.pid}) exited before finishing its stream")
         else:
-            how = (f"was killed by signal {-proc.exitcode}" if proc.exitcode < 0
-                   else f"exited with code {proc.exitcode}")
+            code = proc.exitcode
+            how = (f"was killed by signal {-code}" if code is not None and code < 0
+                   else f"exited with code {code}")
             self.fail(f"stage {name!r} (pid {proc.pid}) {how}")
 
     def stage_summary(self, name: str) -> dict[str, Any]:

@@ -1,0 +1,276 @@
+"""Runner: the same fake chain in one process and one process per stage; failures and signals.
+
+The fake stages live at module level so that spawned worker processes can import them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.config import QueueConfig, RunConfig, StagePlan
+from pipeline.report import write_report
+from pipeline.runner import run, run_inline, run_processes
+from stages.base import Source, Stage
+from stages.messages import Frame, Point, Points
+
+#: Calls of stop() seen in this process (inline tests only).
+STOPPED: list[str] = []
+
+
+@dataclasses.dataclass(frozen=True)
+class CounterConfig:
+    n: int = 10
+
+
+class Counter(Source):
+    """Frames 0..n-1 whose single pixel holds the seq."""
+
+    Config = CounterConfig
+
+    def __iter__(self):
+        for i in range(self.config.n):
+            yield Frame(seq=i, t_source_ns=i * 40_000_000, image=np.full((1, 1), i, np.float32))
+
+
+@dataclasses.dataclass(frozen=True)
+class DoublerConfig:
+    die_at: int = -1
+    raise_at: int = -1
+
+
+class Doubler(Stage):
+    """Frame -> Points with one point at row = 2 * pixel; can die or raise on request."""
+
+    Config = DoublerConfig
+    INPUTS = ("frames",)
+    OUTPUT = "points"
+
+    def process(self, msg):
+        if msg.seq == self.config.die_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if msg.seq == self.config.raise_at:
+            raise ValueError(f"bad frame {msg.seq}")
+        value = float(msg.image[0, 0]) * 2
+        yield Points(seq=msg.seq, t_source_ns=msg.t_source_ns,
+                     points=[Point(row=value, col=0.0, score=1.0)])
+
+    def stop(self):
+        STOPPED.append("doubler")
+
+
+class Holder(Stage):
+    """Holds every message until flush (a stage with buffered state)."""
+
+    INPUTS = ("points",)
+    OUTPUT = "held"
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        self.held = []
+
+    def process(self, msg):
+        self.held.append(msg)
+        return ()
+
+    def flush(self):
+        held, self.held = self.held, []
+        return held
+
+
+class Collector(Stage):
+    """Sink: records what it saw; its summary() goes into the report."""
+
+    INPUTS = ("points",)
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        self.seen = []
+
+    def process(self, msg):
+        self.seen.append((type(msg).__name__, msg.seq, msg.points[0].row if msg.points else None,
+                          sorted(msg.stamps)))
+        return ()
+
+    def summary(self):
+        return {"seqs": [s[1] for s in self.seen], "values": [s[2] for s in self.seen],
+                "stamps": self.seen[-1][3] if self.seen else []}
+
+
+class Joiner(Collector):
+    """Sink reading two topics: records the order of arrival."""
+
+    INPUTS = ("frames", "points")
+
+    def process(self, msg):
+        self.seen.append((type(msg).__name__, msg.seq, None, sorted(msg.stamps)))
+        return ()
+
+    def summary(self):
+        return {"order": [(s[0], s[1]) for s in self.seen]}
+
+
+def plan(name, cls, config=None, inputs=None, output="default", policy="block"):
+    return StagePlan(name, name, cls, config if config is not None else cls.Config(),
+                     cls.INPUTS if inputs is None else inputs,
+                     cls.OUTPUT if output == "default" else output, QueueConfig(policy=policy))
+
+
+def chain_plans(n=10, doubler=None, sink=Collector):
+    return [plan("source", Counter, CounterConfig(n=n)),
+            plan("doubler", Doubler, doubler or DoublerConfig()),
+            plan("sink", sink)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Inline.
+
+
+def test_inline_chain_runs_every_frame_with_stamps():
+    report = run_inline(chain_plans(n=12), RunConfig())
+    assert report["ok"] and report["frames"] == 12 and not report["interrupted"]
+    sink = report["scores"]["sink"]
+    assert sink["seqs"] == list(range(12))
+    assert sink["values"] == [2.0 * i for i in range(12)]
+    assert sink["stamps"] == ["doubler.in", "doubler.out", "source.out"]
+    stages = report["stages"]
+    assert (stages["source"]["msgs_out"], stages["doubler"]["msgs_in"],
+            stages["doubler"]["msgs_out"], stages["sink"]["msgs_in"]) == (12, 12, 12, 12)
+    assert report["end_to_end"]["at"] == "sink"
+    assert 0 <= report["end_to_end"]["p50_ms"] <= report["end_to_end"]["p99_ms"]
+
+
+def test_inline_delivers_breadth_first():
+    plans = [plan("source", Counter, CounterConfig(n=3)), plan("doubler", Doubler),
+             plan("join", Joiner)]
+    order = run_inline(plans, RunConfig())["scores"]["join"]["order"]
+    assert order == [("Frame", 0), ("Points", 0), ("Frame", 1), ("Points", 1),
+                     ("Frame", 2), ("Points", 2)]
+
+
+def test_inline_flush_drains_buffered_messages():
+    plans = [*chain_plans(n=5)[:2], plan("holder", Holder),
+             plan("sink", Collector, inputs=("held",))]
+    report = run_inline(plans, RunConfig())
+    assert report["scores"]["sink"]["seqs"] == [0, 1, 2, 3, 4]
+    assert report["stages"]["holder"]["msgs_out"] == 5
+
+
+def test_inline_frames_limit_and_stop_request():
+    assert run_inline(chain_plans(n=100), RunConfig(frames=7))["frames"] == 7
+    calls = iter(range(1000))
+    report = run_inline(chain_plans(n=100), RunConfig(), should_stop=lambda: next(calls) >= 4)
+    assert report["interrupted"] and report["frames"] == 4 and report["ok"]
+    assert report["scores"]["sink"]["seqs"] == [0, 1, 2, 3]  # what was produced is drained
+
+
+def test_inline_stage_error_is_reported_and_stops_the_stages():
+    STOPPED.clear()
+    report = run_inline(chain_plans(n=10, doubler=DoublerConfig(raise_at=3)), RunConfig())
+    assert not report["ok"]
+    assert report["error"] == "stage 'doubler' failed: ValueError: bad frame 3"
+    assert STOPPED == ["doubler"]
+
+
+def test_report_is_strict_json(tmp_path):
+    report = run_inline(chain_plans(n=3), RunConfig())
+    path = write_report(report, tmp_path / "r" / "report.json")
+    data = json.loads(path.read_text())
+    assert data["stages"]["source"]["age_p50_ms"] is None  # NaN written as null
+    assert {"frames", "fps", "stages", "end_to_end", "scores"} <= set(data)
+    assert set(data["stages"]["doubler"]) >= {"p50_ms", "p99_ms", "msgs_in", "msgs_out",
+                                              "dropped", "decode_errors", "seq_gaps"}
+
+
+# ---------------------------------------------------------------------------------------------
+# One process per stage.
+
+
+def test_processes_chain_end_to_end():
+    report = run_processes(chain_plans(n=30), RunConfig(mode="processes"))
+    assert report["ok"], report["error"]
+    assert report["frames"] == 30
+    sink = report["scores"]["sink"]
+    assert sink["seqs"] == list(range(30))
+    assert sink["values"] == [2.0 * i for i in range(30)]
+    assert sink["stamps"] == ["doubler.in", "doubler.out", "source.out"]
+    for name in ("doubler", "sink"):
+        s = report["stages"][name]
+        assert (s["msgs_in"], s["dropped"], s["seq_gaps"], s["decode_errors"]) == (30, 0, 0, 0)
+    assert not math.isnan(report["end_to_end"]["p99_ms"])
+
+
+def test_processes_dead_stage_fails_fast():
+    t0 = time.monotonic()
+    report = run_processes(chain_plans(n=1000, doubler=DoublerConfig(die_at=5)),
+                           RunConfig(mode="processes", rate_hz=200))
+    assert time.monotonic() - t0 < 15
+    assert not report["ok"]
+    assert "stage 'doubler'" in report["error"] and "killed by signal 9" in report["error"]
+
+
+def test_processes_stage_exception_is_reported():
+    plans = [plan("source", Counter, CounterConfig(n=50)),
+             plan("doubler", Doubler, DoublerConfig(raise_at=2), output=None)]
+    report = run_processes(plans, RunConfig(mode="processes"))
+    assert not report["ok"]
+    assert report["error"] == "stage 'doubler' failed: ValueError: bad frame 2"
+
+
+SIGTERM_SCRIPT = """
+import json, logging, sys
+sys.path.insert(0, {tests!r})
+logging.basicConfig(level=logging.INFO)
+from test_runner import chain_plans
+from pipeline.config import RunConfig
+from pipeline.runner import run
+report = run(chain_plans(n=100000), RunConfig(mode={mode!r}, rate_hz=100))
+print(json.dumps({{"ok": report["ok"], "interrupted": report["interrupted"],
+                  "frames": report["frames"], "seen": len(report["scores"]["sink"]["seqs"])}}))
+sys.exit(0 if report["ok"] else 1)
+"""
+
+
+@pytest.mark.parametrize("mode, started", [("processes", "running 3 stages"),
+                                           ("inline", None)])
+def test_sigterm_stops_the_source_and_drains(mode, started):
+    script = SIGTERM_SCRIPT.format(tests=str(Path(__file__).parent), mode=mode)
+    repo = str(Path(__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": repo + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=repo)
+    try:
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(x) for x in proc.stderr], daemon=True).start()
+        deadline = time.monotonic() + 30
+        if started:  # wait for the workers to be up, then let frames flow a little
+            while time.monotonic() < deadline:
+                if started in lines.get(timeout=max(0.1, deadline - time.monotonic())):
+                    break
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["ok"] and result["interrupted"]
+    assert 0 < result["frames"] < 100000
+    assert result["seen"] == result["frames"]  # lossless: every produced frame was drained
+
+
+def test_run_dispatches_on_mode():
+    report = run(chain_plans(n=4), RunConfig(mode="inline"))
+    assert report["mode"] == "inline" and report["frames"] == 4
