@@ -209,30 +209,39 @@ class Outlet:
         return True
 
     def send_end(self, timeout_s: float = 2.0, should_stop: Callable[[], bool] = _never) -> bool:
-        """Send the EndOfStream marker on every link, retrying full ``drop_oldest`` links.
+        """Send the EndOfStream marker on every link.
+
+        A ``block`` link waits for room as long as it takes (until ``should_stop()``), like
+        any lossless send; a full ``drop_oldest`` link is retried for at most ``timeout_s``.
 
         Returns
         -------
         bool
-            False if some link could not take it within ``timeout_s`` or before a stop.
+            False if some link did not take the marker.
         """
         end = EndOfStream(seq=self.sent, t_source_ns=0)
         deadline = time.monotonic() + timeout_s
+        ok = True
         for link, sock in zip(self.links, self._sockets, strict=True):
             frames = encode(end, link.topic)
             while True:
-                if link.policy == "block" and not sock.poll(POLL_MS, zmq.POLLOUT):
-                    pass
+                if link.policy == "block":
+                    if sock.poll(POLL_MS, zmq.POLLOUT):
+                        sock.send_multipart(frames, flags=zmq.NOBLOCK)
+                        break
                 else:
                     try:
                         sock.send_multipart(frames, flags=zmq.NOBLOCK)
                         break
                     except zmq.Again:
                         time.sleep(RETRY_S)
-                if should_stop() or time.monotonic() > deadline:
-                    logger.warning("could not send EndOfStream on %s", link.endpoint)
+                    if time.monotonic() > deadline:
+                        logger.warning("could not send EndOfStream on %s", link.endpoint)
+                        ok = False
+                        break
+                if should_stop():
                     return False
-        return True
+        return ok
 
     def close(self, linger_ms: int | None = None) -> None:
         """Close the sockets; ``linger_ms=0`` discards anything still queued (abort)."""

@@ -87,7 +87,6 @@ def run_inline(
     plans: Sequence[StagePlan], run: RunConfig, should_stop: Callable[[], bool] = _never
 ) -> dict[str, Any]:
     """Run the chain in this process (see the module docstring); returns the report."""
-    stages = [p.build() for p in plans]
     stats = [StageStats(p.name) for p in plans]
     consumers = {
         topic: [i for i, p in enumerate(plans) if topic in p.inputs]
@@ -106,13 +105,15 @@ def run_inline(
                 queue.extend((plans[i].output, out) for out in outs)
 
     error, interrupted, started, summaries = None, False, [], {}
+    stages: list[Any] = []
     try:
-        for plan, stage in zip(plans, stages, strict=True):
+        for plan in plans:
             try:
-                stage.start()
+                stages.append(plan.build())
+                stages[-1].start()
             except Exception as exc:
                 raise StageFailed(plan.name) from exc
-            started.append(stage)
+            started.append(stages[-1])
         source = iter(stages[0])
         for wait in _pace(run.rate_hz):
             if run.frames is not None and stats[0].msgs_out >= run.frames:
@@ -272,6 +273,7 @@ def _spawn(plans: Sequence[StagePlan], run: RunConfig, ipc_dir: Path | None, mp:
             inputs=tuple(links[(t, plan.name)] for t in plan.inputs),
             producers=tuple(producer_of[t] for t in plan.inputs),
             outputs=tuple(link for (t, _), link in links.items() if t == plan.output),
+            consumers=tuple(c for (t, c) in links if t == plan.output),
             frames=run.frames if i == 0 else None, rate_hz=run.rate_hz if i == 0 else None,
             limits=limits, ready_timeout_s=run.ready_timeout_s, heartbeat_s=run.heartbeat_s,
             log_level=logging.getLogger().getEffectiveLevel(),
@@ -337,7 +339,8 @@ def run_processes(
     """Run one process per stage (see the module docstring); returns the report."""
     mp = multiprocessing.get_context("spawn")
     control = worker.Control(go=mp.Event(), stop=mp.Event(), abort=mp.Event(),
-                             finished={p.name: mp.Event() for p in plans})
+                             ended={p.name: mp.Event() for p in plans},
+                             drained={p.name: mp.Event() for p in plans})
     with contextlib.ExitStack() as stack:
         ipc_dir = None
         if run.transport == "ipc":

@@ -52,6 +52,8 @@ class WorkerSpec:
         Producer stage of each input link.
     outputs : tuple of Link
         Output links (one per consumer of the output topic).
+    consumers : tuple of str
+        Stage names reading the output topic.
     frames : int or None
         Source only: stop after this many messages.
     rate_hz : float or None
@@ -71,6 +73,7 @@ class WorkerSpec:
     inputs: tuple[Link, ...]
     producers: tuple[str, ...]
     outputs: tuple[Link, ...]
+    consumers: tuple[str, ...]
     frames: int | None
     rate_hz: float | None
     limits: Limits
@@ -91,14 +94,19 @@ class Control:
         Graceful stop: the source stops producing and the chain drains.
     abort : Event
         Immediate stop: every worker leaves its loop without draining.
-    finished : mapping of str -> Event
-        Set by a worker after it has sent its EndOfStream markers.
+    ended : mapping of str -> Event
+        Set by a worker once it has sent (or tried to send) its EndOfStream markers; a
+        consumer whose marker was lost on a ``drop_oldest`` link ends that link on it.
+    drained : mapping of str -> Event
+        Set by a worker once it has received everything on all its inputs; a producer keeps
+        its sockets open until every consumer is drained, so nothing queued is lost on exit.
     """
 
     go: Any
     stop: Any
     abort: Any
-    finished: Mapping[str, Any]
+    ended: Mapping[str, Any]
+    drained: Mapping[str, Any]
 
 
 class _Heartbeat:
@@ -157,11 +165,11 @@ def _run_stage(spec: WorkerSpec, stage: Any, inlet: Inlet, outlet: Outlet,
         got = inlet.recv(POLL_MS)
         beat.maybe_send()
         if got is None:
-            # An EndOfStream lost on a drop_oldest link: the producer has finished and nothing
+            # An EndOfStream lost on a drop_oldest link: the producer has ended and nothing
             # arrived for two polls, so its stream is over.
             for i, producer in enumerate(spec.producers):
-                finished = control.finished[producer].is_set()
-                idle_polls[i] = idle_polls[i] + 1 if finished else 0
+                ended = control.ended[producer].is_set()
+                idle_polls[i] = idle_polls[i] + 1 if ended else 0
                 if idle_polls[i] >= 2:
                     inlet.end_link(i)
             continue
@@ -196,11 +204,15 @@ def main(spec: WorkerSpec, conn: Any, control: Control) -> None:
             _run_source(spec, stage, outlet, control, stats, beat)
         else:
             _run_stage(spec, stage, inlet, outlet, control, stats, beat)
+            control.drained[spec.name].set()
         if control.abort.is_set():
             return
         _send_all(outlet, stamps.flush(stage, spec.name, stats), control.abort.is_set)
         outlet.send_end(should_stop=control.abort.is_set)
-        control.finished[spec.name].set()
+        control.ended[spec.name].set()
+        while not all(control.drained[c].wait(POLL_MS / 1000) for c in spec.consumers):
+            if control.abort.is_set():
+                return
         links = [c.as_dict() for c in inlet.counters] if inlet else []
         for link, dropped in zip(spec.outputs, outlet.send_dropped, strict=True):
             if dropped:
@@ -214,11 +226,10 @@ def main(spec: WorkerSpec, conn: Any, control: Control) -> None:
             pass  # the parent is gone; the exit code still tells
         sys.exit(1)
     finally:
-        aborted = control.abort.is_set()
         if stage is not None:
             stage.stop()
         if inlet is not None:
             inlet.close()
         if outlet is not None:
-            outlet.close(linger_ms=0 if aborted else None)
+            outlet.close(linger_ms=0)  # consumers are drained (or the run is aborted)
         ctx.term()

@@ -15,8 +15,19 @@ from stages.base import ConfigError, Stage
 
 #: Stage kind (as written in the pipeline config) -> "module:Class".
 STAGES: dict[str, str] = {
+    # sources
     "simulator": "stages.source:SimulatorSource",
+    # processing, in chain order
     "detector": "stages.detector:Detector",
+    "cropper": "stages.cropper:Cropper",
+    "unmixer": "stages.unmixer:UnmixerStage",
+    "extractor": "stages.extractor:Extractor",
+    "tracker": "stages.tracker:Tracker",
+    # sinks
+    "scoring": "stages.scoring:Scoring",
+    "console": "stages.sinks:ConsoleSummary",
+    "jsonl": "stages.sinks:JsonLinesWriter",
+    "overlay": "stages.sinks:OverlayWriter",
 }
 
 

@@ -122,10 +122,13 @@ class Joiner(Collector):
         return {"order": [(s[0], s[1]) for s in self.seen]}
 
 
-def plan(name, cls, config=None, inputs=None, output="default", policy="block"):
+LOSSLESS = QueueConfig()
+
+
+def plan(name, cls, config=None, inputs=None, output="default", queue=LOSSLESS):
     return StagePlan(name, name, cls, config if config is not None else cls.Config(),
                      cls.INPUTS if inputs is None else inputs,
-                     cls.OUTPUT if output == "default" else output, QueueConfig(policy=policy))
+                     cls.OUTPUT if output == "default" else output, queue)
 
 
 def chain_plans(n=10, doubler=None, sink=Collector):
@@ -199,7 +202,11 @@ def test_report_is_strict_json(tmp_path):
 
 
 def test_processes_chain_end_to_end():
-    report = run_processes(chain_plans(n=30), RunConfig(mode="processes"))
+    # doubler reads over a lossless PUSH/PULL link, the sink over a live XPUB/SUB link whose
+    # queue is deep enough to drop nothing: both paths, handshake and EndOfStream included.
+    plans = chain_plans(n=30)
+    plans[2] = plan("sink", Collector, queue=QueueConfig(policy="drop_oldest", hwm=64, depth=64))
+    report = run_processes(plans, RunConfig(mode="processes"))
     assert report["ok"], report["error"]
     assert report["frames"] == 30
     sink = report["scores"]["sink"]
