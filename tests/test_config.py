@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import yaml
@@ -181,3 +186,42 @@ def test_cli_validate_exits_2_naming_the_key(tmp_path, capsys):
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err
     assert "run.frams: unknown key" in err and str(path) in err
+
+
+REPO = Path(__file__).parents[1]
+
+
+def test_every_registered_stage_imports():
+    for kind in stages.STAGES:
+        if kind in ("tick", "scale", "sink"):  # this module's fakes
+            continue
+        cls = stages.stage_class(kind)
+        assert issubclass(cls, Stage), kind
+        assert dataclasses.is_dataclass(cls.Config), kind
+
+
+def test_shipped_live_config_is_valid(capsys):
+    assert main(["validate", str(REPO / "configs" / "live.yaml")]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert [s["kind"] for s in printed["stages"]][:3] == ["simulator", "detector", "cropper"]
+
+
+def test_cli_run_smoke(tmp_path):
+    """The real CLI in a subprocess: simulator + detector for 3 frames, report written."""
+    config = write(tmp_path, """
+        stages:
+          - {name: source, kind: simulator, config: {height: 64, width: 64, groups: 2}}
+          - {name: detector, kind: detector}
+    """)
+    report_path = tmp_path / "report.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", str(config), "--frames", "3",
+         "--report", str(report_path)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "3 frames" in done.stdout
+    report = json.loads(report_path.read_text())
+    assert report["ok"] and report["frames"] == 3
+    assert report["stages"]["detector"]["msgs_in"] == 3
