@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import multiprocessing
 import signal
 import sys
 import time
@@ -108,6 +109,16 @@ class Control:
     ended: Mapping[str, Any]
     drained: Mapping[str, Any]
 
+    def aborted(self) -> bool:
+        """True once ``abort`` is set, or the parent process is gone (then ``abort`` is set
+        too), so workers never outlive a killed runner."""
+        if not self.abort.is_set():
+            parent = multiprocessing.parent_process()
+            if parent is None or parent.is_alive():
+                return False
+            self.abort.set()
+        return True
+
 
 class _Heartbeat:
     """Sends a ``stats`` heartbeat at most every ``interval_s``."""
@@ -143,7 +154,7 @@ def _run_source(spec: WorkerSpec, stage: Any, outlet: Outlet, control: Control,
     period = 1.0 / spec.rate_hz if spec.rate_hz else 0.0
     next_t = time.monotonic()
     while spec.frames is None or stats.msgs_out < spec.frames:
-        if control.stop.is_set() or control.abort.is_set():
+        if control.stop.is_set() or control.aborted():
             return
         if period:
             delay = next_t - time.monotonic()
@@ -151,7 +162,7 @@ def _run_source(spec: WorkerSpec, stage: Any, outlet: Outlet, control: Control,
                 return
             next_t = max(next_t + period, time.monotonic() - period)
         msg = stamps.next_from_source(source, spec.name, stats)
-        if msg is None or not outlet.send(msg, control.abort.is_set):
+        if msg is None or not outlet.send(msg, control.aborted):
             return
         beat.maybe_send()
 
@@ -160,7 +171,7 @@ def _run_stage(spec: WorkerSpec, stage: Any, inlet: Inlet, outlet: Outlet,
                control: Control, stats: StageStats, beat: _Heartbeat) -> None:
     idle_polls = [0] * len(spec.inputs)
     while not inlet.ended:
-        if control.abort.is_set():
+        if control.aborted():
             return
         got = inlet.recv(POLL_MS)
         beat.maybe_send()
@@ -175,7 +186,7 @@ def _run_stage(spec: WorkerSpec, stage: Any, inlet: Inlet, outlet: Outlet,
             continue
         idle_polls[got[0]] = 0
         outs = stamps.process(stage, spec.name, got[1], stats)
-        if not _send_all(outlet, outs, control.abort.is_set):
+        if not _send_all(outlet, outs, control.aborted):
             return
 
 
@@ -191,12 +202,12 @@ def main(spec: WorkerSpec, conn: Any, control: Control) -> None:
         stage.start()
         outlet = Outlet(ctx, spec.outputs)
         inlet = Inlet(ctx, spec.inputs, spec.limits) if spec.inputs else None
-        if not outlet.wait_ready(spec.ready_timeout_s, control.abort.is_set):
+        if not outlet.wait_ready(spec.ready_timeout_s, control.aborted):
             raise RuntimeError(f"stage {spec.name!r}: output consumers did not connect within "
                                f"{spec.ready_timeout_s} s")
         conn.send(("ready", None))
         while not control.go.wait(POLL_MS / 1000):
-            if control.abort.is_set():
+            if control.aborted():
                 return
         stats = StageStats(spec.name)
         beat = _Heartbeat(spec, conn, stats, inlet)
@@ -205,13 +216,13 @@ def main(spec: WorkerSpec, conn: Any, control: Control) -> None:
         else:
             _run_stage(spec, stage, inlet, outlet, control, stats, beat)
             control.drained[spec.name].set()
-        if control.abort.is_set():
+        if control.aborted():
             return
-        _send_all(outlet, stamps.flush(stage, spec.name, stats), control.abort.is_set)
-        outlet.send_end(should_stop=control.abort.is_set)
+        _send_all(outlet, stamps.flush(stage, spec.name, stats), control.aborted)
+        outlet.send_end(should_stop=control.aborted)
         control.ended[spec.name].set()
         while not all(control.drained[c].wait(POLL_MS / 1000) for c in spec.consumers):
-            if control.abort.is_set():
+            if control.aborted():
                 return
         links = [c.as_dict() for c in inlet.counters] if inlet else []
         for link, dropped in zip(spec.outputs, outlet.send_dropped, strict=True):
