@@ -6,9 +6,12 @@ Latency comes only from the runner's stamps (Unix ns, ``time.time_ns``):
   time to produce one message);
 - *age* of a message at a stage's exit: that exit time minus the earliest stamp the input
   message carries (the source's ``.out``), i.e. queueing + processing along the whole path;
-- *end-to-end* latency: the age at the exit of the last stage of the chain (a stage whose
-  output nobody reads). With windows centred two frames back, this is measured from the newest
-  frame a result used, so the fixed two-frame delay of the window is not included.
+- *end-to-end* latency: the age at the exit of the deepest stage that publishes something
+  (the tracker in the standard chain: source frame out -> tracks out); sinks are consumers of
+  the result, not part of it. With windows centred two frames back, it is measured from the
+  newest frame a result used, so the fixed two-frame delay of the window is not included.
+
+A stage's ``flush`` is counted in its message totals but not in its latency samples.
 """
 
 from __future__ import annotations
@@ -73,6 +76,11 @@ class StageStats:
         self.first_ns = t_in if self.first_ns is None else self.first_ns
         self.last_ns = t_out
 
+    def record_flush(self, t_out: int, n_out: int) -> None:
+        """Account the end-of-stream ``flush`` call (not a latency sample)."""
+        self.msgs_out += n_out
+        self.last_ns = t_out
+
     def summary(self, links: Sequence[Mapping[str, int]] = ()) -> dict[str, Any]:
         """Plain-data summary; ``links`` are the receiver counters of the stage's input links."""
         p50, p99 = percentiles_ms(self.durations)
@@ -92,21 +100,17 @@ class StageStats:
         return out
 
 
-def end_to_end(stages: Mapping[str, Mapping[str, Any]], terminal: Sequence[str]) -> dict[str, Any]:
-    """End-to-end latency: the worst age (by p99) among the terminal stages.
+def end_to_end(stages: Mapping[str, Mapping[str, Any]], at: str | None) -> dict[str, Any]:
+    """End-to-end latency: the age of messages at the exit of stage ``at``.
 
     Returns
     -------
     dict
-        ``p50_ms``, ``p99_ms`` and ``at`` (the stage it was measured at; None if none had data).
+        ``p50_ms``, ``p99_ms`` and ``at``.
     """
-    best: dict[str, Any] = {"p50_ms": math.nan, "p99_ms": math.nan, "at": None}
-    for name in terminal:
-        s = stages[name]
-        if not math.isnan(s["age_p99_ms"]) and (best["at"] is None
-                                                or s["age_p99_ms"] > best["p99_ms"]):
-            best = {"p50_ms": s["age_p50_ms"], "p99_ms": s["age_p99_ms"], "at": name}
-    return best
+    if at is None:
+        return {"p50_ms": math.nan, "p99_ms": math.nan, "at": None}
+    return {"p50_ms": stages[at]["age_p50_ms"], "p99_ms": stages[at]["age_p99_ms"], "at": at}
 
 
 def build_report(
@@ -114,7 +118,7 @@ def build_report(
     mode: str,
     source: str,
     stages: Mapping[str, Mapping[str, Any]],
-    terminal: Sequence[str],
+    latency_at: str | None,
     summaries: Mapping[str, Any],
     error: str | None,
     interrupted: bool,
@@ -129,8 +133,8 @@ def build_report(
         Name of the source stage; its ``msgs_out`` is the frame count.
     stages : mapping
         Stage name -> :meth:`StageStats.summary`.
-    terminal : sequence of str
-        Stages whose output nobody reads (where end-to-end latency is measured).
+    latency_at : str or None
+        Stage at whose exit end-to-end latency is measured (see :func:`end_to_end`).
     summaries : mapping
         Stage name -> the stage's ``summary()`` (stages returning None left out); a scoring
         sink's summary is where the scores come from.
@@ -161,7 +165,7 @@ def build_report(
             name: {k: v for k, v in s.items() if k not in ("first_ns", "last_ns")}
             for name, s in stages.items()
         },
-        "end_to_end": end_to_end(stages, terminal),
+        "end_to_end": end_to_end(stages, latency_at),
         "scores": dict(summaries),
     }
 

@@ -64,10 +64,22 @@ def _never() -> bool:
     return False
 
 
-def terminal_stages(plans: Sequence[StagePlan]) -> list[str]:
-    """Stages whose output no stage reads (end-to-end latency is measured there)."""
-    read = {topic for p in plans for topic in p.inputs}
-    return [p.name for p in plans[1:] if p.output is None or p.output not in read]
+def latency_stage(plans: Sequence[StagePlan]) -> str | None:
+    """Where end-to-end latency is measured: the deepest stage that publishes a topic (the
+    tracker in the standard chain), else the deepest stage; None for a lone source.
+
+    Depth counts the stages between the source and a stage along its longest input path.
+    """
+    depth_of_topic: dict[str, int] = {}
+    best: tuple[int, int, str] | None = None
+    for plan in plans:
+        depth = 1 + max((depth_of_topic[t] for t in plan.inputs), default=-1)
+        if plan.output is not None:
+            depth_of_topic[plan.output] = depth
+        if plan.inputs:
+            key = (plan.output is not None, depth, plan.name)
+            best = key if best is None or key[:2] >= best[:2] else best
+    return None if best is None else best[2]
 
 
 def _pace(rate_hz: float | None) -> Iterator[float]:
@@ -148,7 +160,7 @@ def run_inline(
                 logger.exception("stop() of %s failed", type(stage).__name__)
     return build_report(
         mode="inline", source=plans[0].name,
-        stages={s.name: s.summary() for s in stats}, terminal=terminal_stages(plans),
+        stages={s.name: s.summary() for s in stats}, latency_at=latency_stage(plans),
         summaries={k: v for k, v in summaries.items() if v is not None},
         error=error, interrupted=interrupted,
     )
@@ -362,7 +374,7 @@ def run_processes(
     return build_report(
         mode="processes", source=plans[0].name,
         stages={n: watch.stage_summary(n) for n in watch.names},
-        terminal=terminal_stages(plans),
+        latency_at=latency_stage(plans),
         summaries={n: d["summary"] for n, d in watch.done.items() if d["summary"] is not None},
         error=watch.error, interrupted=interrupted,
     )

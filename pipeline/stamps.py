@@ -45,8 +45,7 @@ def process(stage: Stage, name: str, msg: Message, stats: StageStats) -> list[Me
 
 def flush(stage: Stage, name: str, stats: StageStats) -> list[Message]:
     """Run ``stage.flush()``; returns its outputs stamped with the stage's ``.out`` only."""
-    t_in = time.time_ns()
     outs = list(stage.flush())
     t_out = time.time_ns()
-    stats.record(t_in, t_out, 0, len(outs), None)
+    stats.record_flush(t_out, len(outs))
     return [_stamp(out, {f"{name}.out": t_out}) for out in outs]

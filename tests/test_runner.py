@@ -22,7 +22,7 @@ import pytest
 
 from pipeline.config import QueueConfig, RunConfig, StagePlan
 from pipeline.report import write_report
-from pipeline.runner import run, run_inline, run_processes
+from pipeline.runner import latency_stage, run, run_inline, run_processes
 from stages.base import Source, Stage
 from stages.messages import Frame, Point, Points
 
@@ -151,8 +151,16 @@ def test_inline_chain_runs_every_frame_with_stamps():
     stages = report["stages"]
     assert (stages["source"]["msgs_out"], stages["doubler"]["msgs_in"],
             stages["doubler"]["msgs_out"], stages["sink"]["msgs_in"]) == (12, 12, 12, 12)
-    assert report["end_to_end"]["at"] == "sink"
+    assert report["end_to_end"]["at"] == "doubler"
     assert 0 <= report["end_to_end"]["p50_ms"] <= report["end_to_end"]["p99_ms"]
+
+
+def test_latency_is_measured_at_the_deepest_publishing_stage():
+    full = [*chain_plans()[:2], plan("holder", Holder), plan("sink", Collector),
+            plan("late", Collector, inputs=("held",))]
+    assert latency_stage(full) == "holder"  # depth 2 and publishes; the sinks only consume
+    assert latency_stage([chain_plans()[0], plan("join", Joiner, inputs=("frames",))]) == "join"
+    assert latency_stage(chain_plans()[:1]) is None
 
 
 def test_inline_delivers_breadth_first():
