@@ -170,6 +170,8 @@ class Outlet:
         """
         waiting = {sock: link for link, sock in zip(self.links, self._sockets, strict=True)}
         for _ in range(max(1, round(timeout_s * 1000 / POLL_MS))):
+            if not waiting:
+                return True
             poller = zmq.Poller()
             for sock, link in waiting.items():
                 poller.register(sock, zmq.POLLOUT if link.policy == "block" else zmq.POLLIN)
