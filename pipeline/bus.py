@@ -169,9 +169,14 @@ class Outlet:
             True when all links are ready, False on timeout or stop.
         """
         waiting = {sock: link for link, sock in zip(self.links, self._sockets, strict=True)}
-        for _ in range(max(1, round(timeout_s * 1000 / POLL_MS))):
-            if not waiting:
-                return True
+        deadline = time.monotonic() + timeout_s
+        while waiting:
+            if should_stop():
+                return False
+            if time.monotonic() > deadline:
+                logger.warning("no consumer on %s after %.1f s",
+                               [lk.endpoint for lk in waiting.values()], timeout_s)
+                return False
             poller = zmq.Poller()
             for sock, link in waiting.items():
                 poller.register(sock, zmq.POLLOUT if link.policy == "block" else zmq.POLLIN)
@@ -179,13 +184,7 @@ class Outlet:
                 # A writable PUSH has a peer; an XPUB's first read is the consumer's subscription.
                 if waiting[sock].policy == "block" or sock.recv()[:1] == b"\x01":
                     del waiting[sock]
-            if not waiting:
-                return True
-            if should_stop():
-                return False
-        logger.warning("no consumer on %s after %.1f s", [lk.endpoint for lk in waiting.values()],
-                       timeout_s)
-        return False
+        return True
 
     def send(self, msg: Message, should_stop: Callable[[], bool] = _never) -> bool:
         """Encode ``msg`` once and send it on every link of the topic.
