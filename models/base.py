@@ -17,6 +17,7 @@ Single-frame models use the middle frame ``windows[:, 2]``.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -34,7 +35,7 @@ class Unmixer(nn.Module):
 
     def __init__(self, phi, qinit=None) -> None:
         super().__init__()
-        phi_t = torch.as_tensor(phi, dtype=torch.float32)  # (121, 1089)
+        phi_t = torch.tensor(np.asarray(phi), dtype=torch.float32)  # (121, 1089)
         self.register_buffer("phi", phi_t)
         q = torch.zeros(phi_t.shape[1], phi_t.shape[0]) if qinit is None else qinit
         self.register_buffer("qinit", torch.as_tensor(q, dtype=torch.float32))  # (1089, 121)

@@ -23,7 +23,6 @@ DCNs, the symmetry residual on r_k. We drop the ×2 of MMEngine's ``parse_losses
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -183,7 +182,8 @@ class DeRefNet(Unmixer):
         b = windows.shape[0]
         offsets = torch.arange(-(WINDOW // 2), WINDOW // 2 + 1, device=windows.device)
         tau = (frame_index[:, None] + offsets[None]).reshape(-1)
-        x, h_time, l_cons = self.frame_features(windows.reshape(b * WINDOW, *windows.shape[2:]), tau)
+        frames = windows.reshape(b * WINDOW, *windows.shape[2:])
+        x, h_time, l_cons = self.frame_features(frames, tau)
         x = x.view(b, WINDOW, -1)
         maps, l_align = self.fuse(h_time.view(b, WINDOW, -1), x[:, WINDOW // 2])
         aux = {}
@@ -205,7 +205,8 @@ class DeRefNet(Unmixer):
         n_win = length - WINDOW + 1
         idx = torch.arange(n_win, device=frames.device)[:, None] + torch.arange(WINDOW)[None]
         win = h_time[:, idx].reshape(n * n_win, WINDOW, -1)
-        maps, l_align = self.fuse(win, x[:, WINDOW // 2 : WINDOW // 2 + n_win].reshape(n * n_win, -1))
+        centre = x[:, WINDOW // 2 : WINDOW // 2 + n_win].reshape(n * n_win, -1)
+        maps, l_align = self.fuse(win, centre)
         aux = {"cons": l_cons, "align": l_align} if self.training else {}
         return maps.view(n, n_win, HR, HR), aux
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.config import ConfigError, effective, load
+from pipeline.config import ConfigError, apply_override, effective, load_raw, validate
 from pipeline.report import write_report
 from pipeline.runner import run
 
@@ -51,15 +51,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_overrides(args: argparse.Namespace) -> list[str]:
-    extra = []
-    if getattr(args, "frames", None) is not None:
-        extra.append(f"run.frames={args.frames}")
-    if getattr(args, "mode", None):
-        extra.append(f"run.mode={args.mode}")
-    if getattr(args, "report", None):
-        extra.append(f"run.report={yaml.safe_dump(args.report).strip()}")
-    return [*args.overrides, *extra]
+def _load(args: argparse.Namespace) -> tuple[Any, list]:
+    """Read the config, apply ``--set`` and then the explicit run options, validate."""
+    raw = load_raw(args.config, args.overrides)
+    for key in ("frames", "mode", "report"):
+        value = getattr(args, key, None)
+        if value is not None:
+            apply_override(raw, ["run", key], value)
+    return validate(raw, args.config)
 
 
 def _ms(value: float) -> str:
@@ -82,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
-        config, plans = load(args.config, _run_overrides(args))
+        config, plans = _load(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

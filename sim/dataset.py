@@ -6,6 +6,7 @@ k·traj_len … k·traj_len + traj_len − 1 (facts §1.5).
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,7 +100,7 @@ class SeqDataset:
 def simulate(
     n_trajectories: int,
     seed: int,
-    rules: TrajectoryRules = TrajectoryRules(),
+    rules: TrajectoryRules | None = None,
     noise_sigma: float = 0.0,
     backgrounds: np.ndarray | None = None,
 ) -> SeqDataset:
@@ -111,6 +112,7 @@ def simulate(
         Background patches in grey levels; trajectory i uses backgrounds[j] for a random j
         (the same patch for all its frames).
     """
+    rules = TrajectoryRules() if rules is None else rules
     traj = generate_trajectories(n_trajectories, seed, rules)  # (n, T, K, 3)
     rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(n_trajectories + 1)[-1])
     bg = None
@@ -143,17 +145,23 @@ def load_npz(path: str | Path) -> SeqDataset:
     """Read the compact format written by :func:`save_npz`."""
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise DatasetError(f"{path}: holds a single array, not a compact SeqCSIST .npz file")
+        with z:
             missing = {"images", "targets", "traj_len"} - set(z.files)
             if missing:
                 raise DatasetError(
                     f"{path}: not a compact SeqCSIST file (missing {sorted(missing)}); "
                     "write it with `python -m sim generate --format npz`"
                 )
-            return SeqDataset(
-                z["images"], z["targets"], int(z["traj_len"]), float(z.get("sigma", SIGMA))
-            )
-    except (OSError, ValueError) as exc:
+            try:
+                return SeqDataset(
+                    z["images"], z["targets"], int(z["traj_len"]), float(z.get("sigma", SIGMA))
+                )
+            except DatasetError as exc:
+                raise DatasetError(f"{path}: {exc}") from None
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
         if isinstance(exc, DatasetError):
             raise
         raise DatasetError(f"{path}: cannot read compact dataset ({exc})") from exc

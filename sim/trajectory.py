@@ -17,6 +17,7 @@ import numpy as np
 # (d_row, d_col) unit vectors: up, down, left, right.
 DIRECTIONS = np.array([[-1.0, 0.0], [1.0, 0.0], [0.0, -1.0], [0.0, 1.0]])
 CURVES = ("quadratic", "circle", "line")
+MAX_SLOPE = 2.0  # |df/dx| bound: rejects circle arcs that reach their vertical tangent
 
 
 @dataclass(frozen=True)
@@ -73,9 +74,10 @@ def _curve(x0: float, y0: float, kind: str, rng: np.random.Generator):
 
 
 def generate_trajectory(
-    rng: np.random.Generator, rules: TrajectoryRules = TrajectoryRules()
+    rng: np.random.Generator, rules: TrajectoryRules | None = None
 ) -> np.ndarray:
     """One trajectory: ndarray of shape (frames, K, 3) = (row, col, brightness) per target."""
+    rules = TrajectoryRules() if rules is None else rules
     lo, hi = rules.margin, rules.patch - 1 - rules.margin
     x0 = float(rng.integers(1, rules.patch - 1))  # 1..9 on an 11-px patch
     v = rules.row_speed if x0 < (rules.patch - 1) / 2 else -rules.row_speed
@@ -83,7 +85,8 @@ def generate_trajectory(
     for _ in range(100):
         f = _curve(x0, rng.uniform(lo, hi), CURVES[rng.integers(len(CURVES))], rng)
         ys = f(xs)
-        if np.all((ys >= lo) & (ys <= hi)):
+        steep = np.abs(np.diff(ys)).max(initial=0.0) > MAX_SLOPE * rules.row_speed
+        if np.all((ys >= lo) & (ys <= hi)) and not steep:
             break
     else:  # pragma: no cover - practically unreachable; keep the column fixed
         ys = np.full_like(xs, (lo + hi) / 2)
@@ -102,13 +105,14 @@ def generate_trajectory(
 
 
 def generate_trajectories(
-    n: int, seed: int, rules: TrajectoryRules = TrajectoryRules()
+    n: int, seed: int, rules: TrajectoryRules | None = None
 ) -> np.ndarray:
     """n trajectories, NaN-padded to the largest K: shape (n, frames, max_targets, 3).
 
     Deterministic per seed: trajectory i draws from its own child stream, so the first m
     trajectories of a seed do not depend on n.
     """
+    rules = TrajectoryRules() if rules is None else rules
     streams = np.random.SeedSequence(seed).spawn(n)
     out = np.full((n, rules.frames, rules.max_targets, 3), np.nan)
     for i, ss in enumerate(streams):

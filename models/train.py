@@ -1,0 +1,306 @@
+"""Train any registered model: ``python -m models train --config FILE [--budget-minutes M]``.
+
+Plain PyTorch loop (Adam), trajectories shuffled per epoch with 20-frame blocks kept intact,
+seeded, checkpoint + resume, validation CSO-mAP every N steps with the best checkpoint kept,
+a progress bar with loss and ETA, a metrics log (JSON lines) and a learning-curve PNG.
+
+Outputs in ``out``: ``last.ckpt`` (resume point), ``best.pt`` + ``best.json`` (weights with
+metadata, see :mod:`models.weights`), ``metrics.jsonl``, ``curve.png``, ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from models.base import WINDOW, Unmixer
+from models.registry import get_model
+from models.weights import save_weights
+from sim import load_dataset
+from sim.phi import fit_qinit
+from sim.render import gt_map, splat_map
+
+TARGETS = {"gt": gt_map, "splat": splat_map}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on (the YAML file's keys)."""
+
+    model: str = "derefnet"
+    model_config: dict = field(default_factory=dict)
+    data: str = "data/seqcsist"
+    train_split: str = "train"
+    val_split: str = "val"
+    target: str = "gt"  # "gt" (reference GT maps) or "splat" (bilinear splat)
+    loss_weights: dict = field(default_factory=lambda: {"reg": 1.0, "cons": 0.1, "align": 0.1})
+    lr: float = 1e-4
+    lr_schedule: str = "constant"  # "constant" or "cosine" (over the budget or the epochs)
+    lr_min: float = 1e-6
+    weight_decay: float = 1e-5
+    grad_clip: float = 0.0  # 0 = off
+    batch_trajectories: int = 1
+    sequence_length: int = 20  # frames per training sequence (≥ 5); 20 = whole trajectory
+    epochs: int = 100
+    budget_minutes: float = 0.0  # 0 = no limit
+    val_every_steps: int = 500
+    val_trajectories: int = 0  # 0 = the whole val split
+    val_mode: str = "grid"
+    checkpoint_every_steps: int = 100
+    seed: int = 0
+    threads: int = 2
+    device: str = "cpu"
+    out: str = "runs/derefnet"
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(
+                f"{path}: unknown key(s) {unknown}; valid keys are {sorted(known)}"
+            )
+        cfg = cls(**raw)
+        if cfg.target not in TARGETS:
+            raise ValueError(f"{path}: target must be one of {sorted(TARGETS)}, got {cfg.target!r}")
+        if cfg.sequence_length < WINDOW:
+            raise ValueError(f"{path}: sequence_length must be >= {WINDOW}")
+        return cfg
+
+
+def _loss(model: Unmixer, frames, start, target, weights: dict):
+    """Weighted training loss of a batch of sequences; returns (total, parts)."""
+    if hasattr(model, "forward_sequences"):
+        maps, aux = model.forward_sequences(frames, start)
+    else:
+        n, length = frames.shape[:2]
+        n_win = length - WINDOW + 1
+        idx = torch.arange(n_win)[:, None] + torch.arange(WINDOW)[None]
+        windows = frames[:, idx].reshape(n * n_win, WINDOW, *frames.shape[2:])
+        mid = (start[:, None] + torch.arange(n_win)[None] + WINDOW // 2).reshape(-1)
+        maps, aux = model(windows, mid)
+        maps = maps.view(n, n_win, *maps.shape[1:])
+    reg = torch.mean((maps - target) ** 2)
+    parts = {"reg": reg, **aux}
+    total = sum(weights.get(k, 0.0) * v for k, v in parts.items() if v is not None)
+    return total, {k: float(v.detach()) for k, v in parts.items() if v is not None}
+
+
+class Trainer:
+    """Owns the model, optimiser, data and run folder of one training run."""
+
+    def __init__(self, cfg: TrainConfig, progress: bool = True) -> None:
+        self.cfg, self.progress = cfg, progress
+        torch.manual_seed(cfg.seed)
+        torch.set_num_threads(cfg.threads)
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.device = torch.device(cfg.device)
+        self.train_ds = load_dataset(cfg.data, cfg.train_split)
+        self.val_ds = load_dataset(cfg.data, cfg.val_split)
+        if cfg.val_trajectories:
+            self.val_ds = self.val_ds.subset(range(min(cfg.val_trajectories,
+                                                        self.val_ds.n_trajectories)))
+        make_target = TARGETS[cfg.target]
+        self.images = torch.from_numpy(self.train_ds.trajectory_images().astype(np.float32))
+        self.targets = torch.from_numpy(make_target(self.train_ds.trajectory_targets()))
+        self.model = get_model(cfg.model, **cfg.model_config).to(self.device)
+        self.model.set_qinit(fit_qinit(self.targets.reshape(-1, self.targets.shape[-1] ** 2)
+                                       .numpy()))
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr,
+                                    weight_decay=cfg.weight_decay)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.step, self.epoch, self.seconds = 0, 0, 0.0
+        self.best = -math.inf
+        self.order = self.rng.permutation(self.train_ds.n_trajectories)
+        self.cursor = 0
+
+    # -- state ------------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "model": self.model.state_dict(), "opt": self.opt.state_dict(),
+            "step": self.step, "epoch": self.epoch, "seconds": self.seconds, "best": self.best,
+            "order": self.order, "cursor": self.cursor, "rng": self.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(), "config": asdict(self.cfg),
+        }
+
+    def resume(self, path: Path) -> None:
+        ck = torch.load(path, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(ck["model"])
+        self.opt.load_state_dict(ck["opt"])
+        self.step, self.epoch, self.seconds = ck["step"], ck["epoch"], ck["seconds"]
+        self.best, self.order, self.cursor = ck["best"], ck["order"], ck["cursor"]
+        self.rng.bit_generator.state = ck["rng"]
+        torch.set_rng_state(ck["torch_rng"])
+
+    def save_checkpoint(self) -> None:
+        tmp = self.out / "last.ckpt.tmp"
+        torch.save(self.state(), tmp)
+        tmp.replace(self.out / "last.ckpt")
+
+    # -- data -------------------------------------------------------------------------------
+    def next_batch(self):
+        """B sequences from the shuffled trajectory order (a new permutation each epoch)."""
+        cfg, traj_len = self.cfg, self.images.shape[1]
+        picks = []
+        while len(picks) < cfg.batch_trajectories:
+            if self.cursor >= len(self.order):
+                self.epoch += 1
+                self.order = self.rng.permutation(len(self.order))
+                self.cursor = 0
+            picks.append(int(self.order[self.cursor]))
+            self.cursor += 1
+        length = min(cfg.sequence_length, traj_len)
+        starts = self.rng.integers(0, traj_len - length + 1, size=len(picks))
+        pairs = list(zip(picks, starts, strict=True))
+        frames = torch.stack([self.images[p, s:s + length] for p, s in pairs])
+        half = WINDOW // 2
+        target = torch.stack([self.targets[p, s + half:s + length - half] for p, s in pairs])
+        return frames, torch.as_tensor(starts), target
+
+    # -- loop -------------------------------------------------------------------------------
+    def lr_at(self, progress: float) -> float:
+        cfg = self.cfg
+        if cfg.lr_schedule == "constant":
+            return cfg.lr
+        return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * min(progress, 1)))
+
+    def progress_fraction(self) -> float:
+        cfg = self.cfg
+        if cfg.budget_minutes:
+            return self.seconds / (cfg.budget_minutes * 60)
+        steps_per_epoch = math.ceil(self.train_ds.n_trajectories / cfg.batch_trajectories)
+        return self.step / (cfg.epochs * steps_per_epoch)
+
+    def validate(self) -> dict:
+        from models.evaluate import evaluate_model
+
+        self.model.eval()
+        result = evaluate_model(self.model, self.val_ds, mode=self.cfg.val_mode)
+        self.model.train()
+        return result
+
+    def log(self, record: dict) -> None:
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        (self.out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+        self.model.train()
+        bar = tqdm(total=None if not cfg.budget_minutes else int(cfg.budget_minutes * 60),
+                   unit="s" if cfg.budget_minutes else "step", disable=not self.progress,
+                   desc=f"train {cfg.model}")
+        running = None
+        while self.progress_fraction() < 1.0:
+            t0 = time.perf_counter()
+            lr = self.lr_at(self.progress_fraction())
+            for group in self.opt.param_groups:
+                group["lr"] = lr
+            frames, starts, target = self.next_batch()
+            loss, parts = _loss(self.model, frames.to(self.device), starts.to(self.device),
+                                target.to(self.device), cfg.loss_weights)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.opt.step()
+            self.step += 1
+            dt = time.perf_counter() - t0
+            self.seconds += dt
+            running = parts["reg"] if running is None else 0.98 * running + 0.02 * parts["reg"]
+            bar.update(int(dt) if cfg.budget_minutes else 1)
+            bar.set_postfix(loss=f"{float(loss):.1f}", mse=f"{running:.1f}", ep=self.epoch)
+            self.log({"step": self.step, "epoch": self.epoch, "seconds": round(self.seconds, 2),
+                      "lr": lr, "loss": float(loss), **parts})
+            if self.step % cfg.checkpoint_every_steps == 0:
+                self.save_checkpoint()
+            if self.step % cfg.val_every_steps == 0:
+                self.validate_and_keep_best()
+        bar.close()
+        self.save_checkpoint()
+        return self.validate_and_keep_best()
+
+    def validate_and_keep_best(self) -> dict:
+        result = self.validate()
+        record = {"step": self.step, "epoch": self.epoch, "seconds": round(self.seconds, 2),
+                  "val": {k: result[k] for k in ("mAP", "AP05", "AP10", "AP15", "AP20", "AP25")}}
+        self.log(record)
+        if result["mAP"] > self.best:
+            self.best = result["mAP"]
+            meta = {
+                "data": self.cfg.data, "target": self.cfg.target, "seed": self.cfg.seed,
+                "step": self.step, "epochs": round(self.step * self.cfg.batch_trajectories
+                                                   / self.train_ds.n_trajectories, 3),
+                "train_seconds": round(self.seconds, 1), "val": record["val"],
+                "train_config": asdict(self.cfg),
+            }
+            save_weights(self.out / "best.pt", self.model, self.cfg.model,
+                         getattr(self.model, "config", self.cfg.model_config), meta)
+        plot_curve(self.out)
+        return result
+
+
+def plot_curve(out: Path) -> None:
+    """Learning curve (training MSE and validation mAP against steps) as ``out/curve.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    train = [r for r in rows if "reg" in r]
+    val = [r for r in rows if "val" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        steps = np.array([r["step"] for r in train])
+        mse = np.array([r["reg"] for r in train])
+        k = max(1, len(mse) // 50)
+        smooth = np.convolve(mse, np.ones(k) / k, mode="valid")
+        ax.semilogy(steps[k - 1:], smooth, color="tab:blue", label="train MSE (smoothed)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("MSE (grey levels²)")
+    if val:
+        ax2 = ax.twinx()
+        ax2.plot([r["step"] for r in val], [100 * r["val"]["mAP"] for r in val], "o-",
+                 color="tab:red", label="val CSO-mAP")
+        ax2.set_ylabel("val CSO-mAP ×100")
+    fig.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(out / "curve.png", dpi=100)
+    plt.close(fig)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="training YAML (see configs/models/)")
+    p.add_argument("--budget-minutes", type=float, help="stop after this much training time")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="override the config's device")
+    p.add_argument("--out", help="override the run folder")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.ckpt")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = TrainConfig.from_yaml(args.config)
+    for key in ("budget_minutes", "device", "out"):
+        if getattr(args, key) is not None:
+            setattr(cfg, key, getattr(args, key))
+    trainer = Trainer(cfg, progress=not args.no_progress)
+    if args.resume:
+        ckpt = Path(cfg.out) / "last.ckpt"
+        if not ckpt.exists():
+            raise SystemExit(f"--resume: {ckpt} does not exist")
+        trainer.resume(ckpt)
+    result = trainer.run()
+    print(json.dumps({k: result[k] for k in ("mAP", "AP05", "AP10", "AP15", "AP20", "AP25")}))
+    return 0
