@@ -33,7 +33,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,15 +82,6 @@ def latency_stage(plans: Sequence[StagePlan]) -> str | None:
     return None if best is None else best[2]
 
 
-def _pace(rate_hz: float | None) -> Iterator[float]:
-    """Yield how long to wait before each message so that messages go out at ``rate_hz``."""
-    period = 1.0 / rate_hz if rate_hz else 0.0
-    next_t = time.monotonic()
-    while True:
-        yield max(0.0, next_t - time.monotonic())
-        next_t = max(next_t + period, time.monotonic() - period)
-
-
 # ---------------------------------------------------------------------------------------------
 # Inline mode.
 
@@ -127,7 +118,7 @@ def run_inline(
                 raise StageFailed(plan.name) from exc
             started.append(stages[-1])
         source = iter(stages[0])
-        for wait in _pace(run.rate_hz):
+        for wait in stamps.pace(run.rate_hz):
             if run.frames is not None and stats[0].msgs_out >= run.frames:
                 break
             if should_stop():
@@ -321,7 +312,7 @@ def _supervise(watch: _Watch, run: RunConfig, control: worker.Control,
         if should_stop() and not control.stop.is_set():
             interrupted = True
             control.stop.set()
-        if (control.stop.is_set() or source in watch.done) and drain_deadline == math.inf:
+        if (control.stop.is_set() or control.ended[source].is_set()) and drain_deadline == math.inf:
             drain_deadline = time.monotonic() + run.drain_timeout_s
         if time.monotonic() > drain_deadline:
             watch.fail(f"the chain did not drain within run.drain_timeout_s = "

@@ -1,4 +1,5 @@
-"""Calling a stage the same way in every runner: time the call, stamp its outputs, count.
+"""Calling a stage the same way in every runner: pace the source, time each call, stamp its
+outputs, count.
 
 Stamps are ``"<stage>.in"`` / ``"<stage>.out"`` Unix times in ns (``time.time_ns``, comparable
 between processes and, with synchronised clocks, hosts). An output message inherits the stamps
@@ -15,6 +16,19 @@ from collections.abc import Iterator, Mapping
 from pipeline.report import StageStats
 from stages.base import Stage
 from stages.messages import Message
+
+
+def pace(rate_hz: float | None) -> Iterator[float]:
+    """Seconds to wait before each source message so that messages go out at ``rate_hz``.
+
+    Yields 0 forever when ``rate_hz`` is None. A source that falls behind catches up by at
+    most one period (no burst after a stall).
+    """
+    period = 1.0 / rate_hz if rate_hz else 0.0
+    next_t = time.monotonic()
+    while True:
+        yield max(0.0, next_t - time.monotonic())
+        next_t = max(next_t + period, time.monotonic() - period)
 
 
 def _stamp(msg: Message, stamps: Mapping[str, int]) -> Message:

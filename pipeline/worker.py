@@ -151,16 +151,13 @@ def _send_all(outlet: Outlet, msgs: list[Message], should_stop: Callable[[], boo
 def _run_source(spec: WorkerSpec, stage: Any, outlet: Outlet, control: Control,
                 stats: StageStats, beat: _Heartbeat) -> None:
     source = iter(stage)
-    period = 1.0 / spec.rate_hz if spec.rate_hz else 0.0
-    next_t = time.monotonic()
-    while spec.frames is None or stats.msgs_out < spec.frames:
+    for delay in stamps.pace(spec.rate_hz):
+        if spec.frames is not None and stats.msgs_out >= spec.frames:
+            return
         if control.stop.is_set() or control.aborted():
             return
-        if period:
-            delay = next_t - time.monotonic()
-            if delay > 0 and control.stop.wait(delay):
-                return
-            next_t = max(next_t + period, time.monotonic() - period)
+        if delay > 0 and control.stop.wait(delay):
+            return
         msg = stamps.next_from_source(source, spec.name, stats)
         if msg is None or not outlet.send(msg, control.aborted):
             return

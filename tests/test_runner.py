@@ -23,6 +23,7 @@ import pytest
 from pipeline.config import QueueConfig, RunConfig, StagePlan
 from pipeline.report import write_report
 from pipeline.runner import latency_stage, run, run_inline, run_processes
+from pipeline.stamps import pace
 from stages.base import Source, Stage
 from stages.messages import Frame, Point, Points
 
@@ -289,3 +290,10 @@ def test_sigterm_stops_the_source_and_drains(mode, started):
 def test_run_dispatches_on_mode():
     report = run(chain_plans(n=4), RunConfig(mode="inline"))
     assert report["mode"] == "inline" and report["frames"] == 4
+
+
+def test_pace_spaces_source_messages():
+    assert [next(pace(None)) for _ in range(3)] == [0.0, 0.0, 0.0]
+    ticks = pace(50.0)
+    assert next(ticks) == 0.0
+    assert 0.0 < next(ticks) <= 0.02
