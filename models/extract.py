@@ -39,6 +39,7 @@ class ExtractorConfig:
     max_targets: int = 4
     min_mass: float = 0.5  # windows with mass < min_mass·brightness_mean yield no targets
     splat_iterations: int = 15
+    splat_starts: int = 4  # multi-start Gauss–Newton (see splat_fit)
     refine: str = "physics"  # "none", "splat" or "physics"
     physics_iterations: int = 10
     prior_px: float = 0.05  # std of the prior keeping physics positions near the splat fit
@@ -123,42 +124,70 @@ def _solve(jac: torch.Tensor, res: torch.Tensor, damping: torch.Tensor) -> torch
     return torch.linalg.solve(jtj, jtr)
 
 
-def splat_fit(maps: torch.Tensor, counts: torch.Tensor, cfg: ExtractorConfig):
-    """Fit K bilinear splats to each map. Returns HR positions (B, K_max, 2), brightness (B, K_max).
+def _splat_gn(local: torch.Tensor, pos, bright, act, cfg: ExtractorConfig):
+    """Gauss–Newton of the splat model on cropped maps (B, S, S) from one start.
 
-    The fit looks at a ``splat_crop``² region around the map's centre of mass, with a
-    Gaussian prior N(brightness_mean, brightness_std²) on each brightness.
-    Targets k ≥ counts[b] are inactive (zero brightness, no parameters updated).
+    Returns positions (B, K, 2) in crop cells, brightness (B, K) and the final cost (B,).
     """
-    k_max, size = cfg.max_targets, min(cfg.splat_crop, maps.shape[-1])
-    origin = crop_origin(maps, size)
-    local = crop(maps, origin, size)
-    pos, bright = _greedy_init(local, k_max, cfg)
-    active = torch.arange(k_max)[None, :] < counts[:, None]  # (B, K)
-    act = active.to(maps.dtype)
-    b = maps.shape[0]
-    grid = torch.arange(size, dtype=maps.dtype).expand(b, size)
+    b, size = local.shape[0], local.shape[-1]
+    k_max = pos.shape[1]
+    grid = torch.arange(size, dtype=local.dtype).expand(b, size)
     target = local.reshape(b, -1)
     mask3 = act.repeat_interleave(3, dim=1)  # (B, 3K) per-parameter mask
     w_b = 1.0 / cfg.brightness_std
-    prior_jac = torch.zeros(k_max, 3 * k_max, dtype=maps.dtype)
+    prior_jac = torch.zeros(k_max, 3 * k_max, dtype=local.dtype)
     prior_jac[torch.arange(k_max), 3 * torch.arange(k_max) + 2] = w_b
-    for _ in range(cfg.splat_iterations):
+
+    def residual(pos, bright):
         wr, dwr = _tent(pos[..., 0], grid)
         wc, dwc = _tent(pos[..., 1], grid)
         bk = bright * act
         model = torch.einsum("bk,bki,bkj->bij", bk, wr, wc).reshape(b, -1)
+        res = torch.cat([target - model, (cfg.brightness_mean - bright) * w_b * act], dim=1)
+        return res, (wr, dwr, wc, dwc, bk)
+
+    for _ in range(cfg.splat_iterations):
+        res, (wr, dwr, wc, dwc, bk) = residual(pos, bright)
         j_r = (bk[..., None, None] * dwr[..., :, None] * wc[..., None, :]).reshape(b, k_max, -1)
         j_c = (bk[..., None, None] * wr[..., :, None] * dwc[..., None, :]).reshape(b, k_max, -1)
         j_b = (wr[..., :, None] * wc[..., None, :]).reshape(b, k_max, -1)
         jac = torch.stack([j_r, j_c, j_b], dim=2).reshape(b, 3 * k_max, -1).transpose(1, 2)
         jac = torch.cat([jac, prior_jac.expand(b, -1, -1)], dim=1) * mask3[:, None, :]
-        res = torch.cat([target - model, (cfg.brightness_mean - bright) * w_b], dim=1)
         damping = 1e-2 * jac.pow(2).sum(dim=1) + 1e-6 + (1 - mask3)
         step = _solve(jac, res, damping).view(b, k_max, 3)
         pos = (pos + step[..., :2].clamp(-0.3, 0.3)).clamp(0, size - 1)
         bright = bright + step[..., 2] * act
-    return pos + origin[:, None, :].to(maps.dtype), bright * act
+    res, _ = residual(pos, bright)
+    return pos, bright * act, res.pow(2).sum(dim=1)
+
+
+def splat_fit(maps: torch.Tensor, counts: torch.Tensor, cfg: ExtractorConfig):
+    """Fit K bilinear splats to each map. Returns HR positions (B, K_max, 2), brightness (B, K_max).
+
+    The fit looks at a ``splat_crop``² region around the map's centre of mass, with a
+    Gaussian prior N(brightness_mean, brightness_std²) on each brightness. It starts from the
+    greedy peaks and from ``splat_starts − 1`` deterministic perturbations of them (the
+    overlapping footprints of targets 0.9 cells apart make the cost multimodal) and keeps
+    the start with the lowest final cost. Targets k ≥ counts[b] are inactive.
+    """
+    k_max, size = cfg.max_targets, min(cfg.splat_crop, maps.shape[-1])
+    origin = crop_origin(maps, size)
+    local = crop(maps, origin, size)
+    pos0, bright0 = _greedy_init(local, k_max, cfg)
+    act = (torch.arange(k_max)[None, :] < counts[:, None]).to(maps.dtype)  # (B, K)
+    best = None
+    for s in range(cfg.splat_starts):
+        angle = 2 * np.pi * (np.arange(k_max) / k_max + s / cfg.splat_starts)
+        jitter = 0.0 if s == 0 else 0.35 * torch.as_tensor(
+            np.stack([np.cos(angle), np.sin(angle)], axis=1), dtype=maps.dtype)
+        pos, bright, cost = _splat_gn(local, (pos0 + jitter).clamp(0, size - 1), bright0, act, cfg)
+        if best is None:
+            best = (pos, bright, cost)
+            continue
+        better = cost < best[2]
+        best = (torch.where(better[:, None, None], pos, best[0]),
+                torch.where(better[:, None], bright, best[1]), torch.minimum(cost, best[2]))
+    return best[0] + origin[:, None, :].to(maps.dtype), best[1]
 
 
 def _pixel_response(t: torch.Tensor, pixels: torch.Tensor, sigma: float):

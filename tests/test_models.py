@@ -1,0 +1,160 @@
+"""Model interface, DeRefNet structure, deformable conv, weights files and the registry."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import models
+from models.deform import deform_conv2d
+from models.derefnet import DeRefNet, count_parameters
+from models.weights import WeightsError, load_model, load_weights, save_weights
+
+torch.set_num_threads(1)
+LEARNED = ["derefnet", "fastunmix"]
+
+
+def small(name):
+    cfg = {"derefnet": {"layers": 2, "channels": 8, "res_blocks": 1},
+           "fastunmix": {"channels": 8, "blocks": 1, "hr_channels": 4}}[name]
+    return models.get_model(name, **cfg)
+
+
+def windows(b=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, 5, 11, 11, generator=g) * 200, torch.arange(b) + 2
+
+
+@pytest.mark.parametrize("name", LEARNED + ["ista"])
+def test_output_shapes(name):
+    model = (small(name) if name in LEARNED else models.get_model(name)).eval()
+    with torch.inference_mode():
+        maps, aux = model(*windows())
+    assert maps.shape == (3, 33, 33)
+    assert maps.dtype == torch.float32
+    assert aux == {}
+
+
+@pytest.mark.parametrize("name", LEARNED)
+def test_bad_input_shape_is_a_clear_error(name):
+    with pytest.raises(ValueError, match=r"\(B, 5, 11, 11\)"):
+        small(name)(torch.zeros(2, 4, 11, 11), torch.zeros(2, dtype=torch.long))
+
+
+@pytest.mark.parametrize("name", LEARNED)
+def test_gradients_reach_every_parameter(name):
+    model = small(name).train()
+    # DeRefNet's offset convs start at zero (as in the reference), which blocks the gradient
+    # to the attention module at step 0 only; give them a small value as after one update.
+    for module in model.modules():
+        if hasattr(module, "offset") and isinstance(module.offset, torch.nn.Conv2d):
+            torch.nn.init.normal_(module.offset.weight, std=1e-3)
+    maps, aux = model(*windows())
+    loss = maps.pow(2).mean() + sum(aux.values())
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
+    assert missing == []
+
+
+def test_derefnet_reference_size_and_losses():
+    model = DeRefNet()
+    assert count_parameters(model) == 1_482_879  # facts §4.8, derived from the reference code
+    model.train()
+    _, aux = model(*windows(2))
+    assert set(aux) == {"cons", "align"}
+    assert all(torch.isfinite(v) for v in aux.values())
+
+
+def test_forward_sequences_equals_per_window_forward():
+    torch.manual_seed(0)
+    model = small("derefnet").eval()
+    frames = torch.rand(2, 8, 11, 11) * 200
+    start = torch.tensor([0, 6])
+    with torch.inference_mode():
+        seq_maps, _ = model.forward_sequences(frames, start)
+        idx = torch.arange(4)[:, None] + torch.arange(5)[None]
+        win = frames[:, idx].reshape(8, 5, 11, 11)
+        mid = (start[:, None] + torch.arange(4)[None] + 2).reshape(-1)
+        win_maps, _ = model(win, mid)
+    torch.testing.assert_close(seq_maps.reshape(8, 33, 33), win_maps, rtol=1e-4, atol=1e-3)
+
+
+def direct_deform_conv(x, offset, weight):
+    """Deformable conv from the definition: explicit bilinear sampling per tap and pixel."""
+    b, c, h, w = x.shape
+    c_out = weight.shape[0]
+    out = torch.zeros(b, c_out, h, w, dtype=x.dtype)
+
+    def sample(n, ch, r, q):
+        r0, q0 = int(np.floor(r)), int(np.floor(q))
+        val = 0.0
+        for rr, wr in ((r0, 1 - (r - r0)), (r0 + 1, r - r0)):
+            for qq, wq in ((q0, 1 - (q - q0)), (q0 + 1, q - q0)):
+                if 0 <= rr < h and 0 <= qq < w:
+                    val += wr * wq * float(x[n, ch, rr, qq])
+        return val
+
+    for n in range(b):
+        for i in range(h):
+            for j in range(w):
+                for k in range(9):
+                    ki, kj = divmod(k, 3)
+                    r = i - 1 + ki + float(offset[n, 2 * k, i, j])
+                    q = j - 1 + kj + float(offset[n, 2 * k + 1, i, j])
+                    vals = torch.tensor([sample(n, ch, r, q) for ch in range(c)], dtype=x.dtype)
+                    out[n, :, i, j] += weight[:, :, ki, kj] @ vals
+    return out
+
+
+def test_deform_conv_matches_direct_formula():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 6, 5, generator=g, dtype=torch.float64)
+    offset = 1.5 * torch.randn(2, 18, 6, 5, generator=g, dtype=torch.float64)
+    weight = torch.randn(4, 3, 3, 3, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(deform_conv2d(x, offset, weight),
+                               direct_deform_conv(x, offset, weight))
+
+
+def test_deform_conv_with_zero_offsets_is_a_plain_conv():
+    x = torch.randn(1, 2, 7, 7, dtype=torch.float64)
+    weight = torch.randn(3, 2, 3, 3, dtype=torch.float64)
+    got = deform_conv2d(x, torch.zeros(1, 18, 7, 7, dtype=torch.float64), weight)
+    torch.testing.assert_close(got, torch.nn.functional.conv2d(x, weight, padding=1))
+
+
+def test_weights_round_trip_with_metadata(tmp_path):
+    model = small("fastunmix")
+    path = tmp_path / "w.pt"
+    meta = save_weights(path, model, "fastunmix", model.config,
+                        {"epochs": 1.5, "val": {"mAP": 0.5}})
+    loaded, meta2 = load_weights(path)
+    assert meta2 == meta == json.loads(path.with_suffix(".json").read_text())
+    assert meta2["epochs"] == 1.5 and len(meta2["sha256"]) == 64
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items(),
+                                strict=True):
+        assert k == k2 and torch.equal(v, v2)
+
+
+def test_corrupt_weights_are_refused(tmp_path):
+    model = small("fastunmix")
+    path = tmp_path / "w.pt"
+    save_weights(path, model, "fastunmix", model.config, {})
+    with open(path, "r+b") as f:
+        f.seek(100)
+        f.write(b"\x00\x01\x02")
+    with pytest.raises(WeightsError, match="sha256"):
+        load_weights(path)
+
+
+def test_missing_weights_name_the_fix(tmp_path):
+    with pytest.raises(WeightsError, match="does not exist"):
+        load_model("fastunmix", tmp_path / "nope.pt")
+
+
+def test_registry_lists_models_and_rejects_unknown_names():
+    assert {"derefnet", "fastunmix", "ista"} <= set(models.list_models())
+    with pytest.raises(ValueError, match="registered models: .*derefnet"):
+        models.get_model("no-such-model")
+    with pytest.raises(ValueError, match="already registered"):
+        models.register_model("derefnet")(lambda: None)
