@@ -48,6 +48,8 @@ class TrainConfig:
     lr_min: float = 1e-6
     weight_decay: float = 1e-5
     grad_clip: float = 0.0  # 0 = off
+    noise_augment: float = 0.0  # max std (grey levels) of noise added to a sequence's frames
+    noise_fraction: float = 0.5  # fraction of sequences that get noise (σ ~ U(0, max))
     batch_trajectories: int = 1
     sequence_length: int = 20  # frames per training sequence (≥ 5); 20 = whole trajectory
     epochs: int = 100
@@ -164,9 +166,20 @@ class Trainer:
         starts = self.rng.integers(0, traj_len - length + 1, size=len(picks))
         pairs = list(zip(picks, starts, strict=True))
         frames = torch.stack([self.images[p, s:s + length] for p, s in pairs])
+        if cfg.noise_augment > 0:
+            frames = self.add_noise(frames)
         half = WINDOW // 2
         target = torch.stack([self.targets[p, s + half:s + length - half] for p, s in pairs])
         return frames, torch.as_tensor(starts), target
+
+    def add_noise(self, frames: torch.Tensor) -> torch.Tensor:
+        """Additive Gaussian noise on a random fraction of sequences, re-quantised to uint8."""
+        n = frames.shape[0]
+        sigma = self.rng.uniform(0, self.cfg.noise_augment, size=n)
+        sigma *= self.rng.random(n) < self.cfg.noise_fraction
+        noise = self.rng.standard_normal(frames.shape).astype(np.float32)
+        noise *= sigma.astype(np.float32)[:, None, None, None]
+        return (frames + torch.from_numpy(noise)).round().clamp(0, 255)
 
     # -- loop -------------------------------------------------------------------------------
     def lr_at(self, progress: float) -> float:
@@ -198,7 +211,7 @@ class Trainer:
         cfg = self.cfg
         (self.out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
         self.model.train()
-        bar = tqdm(total=None if not cfg.budget_minutes else int(cfg.budget_minutes * 60),
+        bar = tqdm(total=cfg.budget_minutes * 60 if cfg.budget_minutes else None,
                    unit="s" if cfg.budget_minutes else "step", disable=not self.progress,
                    desc=f"train {cfg.model}")
         running = None
@@ -219,10 +232,11 @@ class Trainer:
             dt = time.perf_counter() - t0
             self.seconds += dt
             running = parts["reg"] if running is None else 0.98 * running + 0.02 * parts["reg"]
-            bar.update(int(dt) if cfg.budget_minutes else 1)
-            bar.set_postfix(loss=f"{float(loss):.1f}", mse=f"{running:.1f}", ep=self.epoch)
+            loss_value = float(loss.detach())
+            bar.update(dt if cfg.budget_minutes else 1)
+            bar.set_postfix(loss=f"{loss_value:.1f}", mse=f"{running:.1f}", ep=self.epoch)
             self.log({"step": self.step, "epoch": self.epoch, "seconds": round(self.seconds, 2),
-                      "lr": lr, "loss": float(loss), **parts})
+                      "lr": lr, "loss": loss_value, **parts})
             if self.step % cfg.checkpoint_every_steps == 0:
                 self.save_checkpoint()
             if self.step % cfg.val_every_steps == 0:
@@ -258,7 +272,7 @@ def plot_curve(out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if "reg" in r]
     val = [r for r in rows if "val" in r]
     fig, ax = plt.subplots(figsize=(7, 4))
