@@ -261,6 +261,8 @@ class OverlayConfig:
         Upscaling factor (nearest neighbour) so that sub-pixel marks are visible.
     low_percentile, high_percentile : float
         Contrast stretch: these percentiles of the frame map to 0 and 255.
+    gamma : float
+        Gamma of the stretch (see :func:`stretch_to_uint8`).
     max_pending : int
         Frames held in the join while their messages arrive.
     """
@@ -272,21 +274,26 @@ class OverlayConfig:
     scale: int = 3
     low_percentile: float = 1.0
     high_percentile: float = 99.99
+    gamma: float = 0.5
     max_pending: int = 64
 
     def __post_init__(self) -> None:
         if self.png_every < 0 or self.scale < 1 or self.max_pending < 1 or self.video_fps <= 0:
             raise ValueError("png_every >= 0, scale >= 1, max_pending >= 1, video_fps > 0")
-        if not 0 <= self.low_percentile < self.high_percentile <= 100:
-            raise ValueError("percentiles must satisfy 0 <= low < high <= 100")
+        if not 0 <= self.low_percentile < self.high_percentile <= 100 or self.gamma <= 0:
+            raise ValueError("percentiles must satisfy 0 <= low < high <= 100, and gamma > 0")
 
 
-def stretch_to_uint8(image: np.ndarray, low: float = 1.0, high: float = 99.99) -> np.ndarray:
-    """Linear contrast stretch of the ``low``..``high`` percentiles to 0..255, uint8 (H, W)."""
+def stretch_to_uint8(
+    image: np.ndarray, low: float = 1.0, high: float = 99.99, gamma: float = 0.5
+) -> np.ndarray:
+    """Contrast stretch to uint8 (H, W): the ``low``..``high`` percentiles map to 0..1, then
+    ``x ** gamma`` (γ < 1 lifts the faint background and clutter while bright targets keep
+    their shape), then 0..255."""
     img = np.asarray(image, dtype=np.float32)
     lo, hi = np.percentile(img, [low, high])
-    span = max(float(hi - lo), 1e-6)
-    return np.clip((img - lo) * (255.0 / span), 0, 255).astype(np.uint8)
+    unit = np.clip((img - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0)
+    return np.rint(255.0 * unit**gamma).astype(np.uint8)
 
 
 def _to_canvas(row: float, col: float, scale: int) -> tuple[int, int]:
@@ -305,6 +312,7 @@ def draw_overlay(
     tracks: Sequence[Track] = (),
     scale: int = 3,
     percentiles: tuple[float, float] = (1.0, 99.99),
+    gamma: float = 0.5,
 ) -> np.ndarray:
     """An annotated, upscaled BGR picture of one frame.
 
@@ -319,12 +327,14 @@ def draw_overlay(
         Upscaling factor.
     percentiles : tuple of float
         Contrast stretch percentiles.
+    gamma : float
+        Gamma of the stretch.
 
     Returns
     -------
     ndarray of shape (H·scale, W·scale, 3), uint8 (BGR).
     """
-    grey = stretch_to_uint8(image, *percentiles)
+    grey = stretch_to_uint8(image, *percentiles, gamma)
     big = cv2.resize(grey, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
     canvas = cv2.cvtColor(big, cv2.COLOR_GRAY2BGR)
     for b in blobs:
@@ -341,11 +351,30 @@ def draw_overlay(
         x, y = _to_canvas(p.row, p.col, scale)
         cv2.line(canvas, (x - arm, y), (x + arm, y), POINT_COLOUR, 1, cv2.LINE_8, _SHIFT)
         cv2.line(canvas, (x, y - arm), (x, y + arm), POINT_COLOUR, 1, cv2.LINE_8, _SHIFT)
-    for t in tracks:
-        x, y = _to_canvas(t.row, t.col, scale)
+    for (row, col), ids in label_groups(tracks).items():
+        x, y = _to_canvas(row, col, scale)
         at = (x >> _SHIFT) + 2 * scale, (y >> _SHIFT) - 2 * scale
-        cv2.putText(canvas, str(t.track_id), at, cv2.FONT_HERSHEY_PLAIN, 0.8, TRACK_COLOUR, 1)
+        text = ",".join(map(str, ids))
+        cv2.putText(canvas, text, at, cv2.FONT_HERSHEY_PLAIN, 0.8, TRACK_COLOUR, 1)
     return canvas
+
+
+def label_groups(tracks: Sequence[Track], radius: float = 2.0) -> dict[tuple, list[int]]:
+    """Track ids gathered under one label per cluster, so that the ids of the sub-targets of
+    one CSO group (a fraction of a pixel apart) do not print over each other.
+
+    Returns
+    -------
+    dict mapping the (row, col) of the cluster's first track (lowest id) to its sorted ids;
+    a track joins the first cluster whose anchor is within ``radius`` px.
+    """
+    groups: dict[tuple, list[int]] = {}
+    for t in sorted(tracks, key=lambda t: t.track_id):
+        anchor = next(
+            (a for a in groups if np.hypot(a[0] - t.row, a[1] - t.col) <= radius), None
+        )
+        groups.setdefault(anchor or (t.row, t.col), []).append(t.track_id)
+    return groups
 
 
 class OverlayWriter(Stage):
@@ -377,6 +406,7 @@ class OverlayWriter(Stage):
             parts[Tracks].tracks,
             cfg.scale,
             (cfg.low_percentile, cfg.high_percentile),
+            cfg.gamma,
         )
         if cfg.png_every and self.frames % cfg.png_every == 0:
             path = Path(cfg.directory) / f"overlay_{frame.seq:06d}.png"

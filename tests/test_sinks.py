@@ -15,6 +15,7 @@ from stages.sinks import (
     OverlayConfig,
     OverlayWriter,
     draw_overlay,
+    label_groups,
     stretch_to_uint8,
 )
 
@@ -117,3 +118,9 @@ def test_draw_overlay_and_stretch():
     grey = stretch_to_uint8(img, 0.0, 100.0)
     assert grey.dtype == np.uint8 and grey.min() == 0 and grey.max() == 255
     assert draw_overlay(img, scale=4).shape == (40, 40, 3)
+
+
+def test_ids_of_one_group_share_one_label():
+    tracks = [Track(track_id=i, row=r, col=c, vrow=0.0, vcol=0.0, score=1.0, age=3)
+              for i, (r, c) in enumerate([(10.0, 10.0), (30.0, 5.0), (10.3, 10.0), (9.7, 10.1)])]
+    assert label_groups(tracks) == {(10.0, 10.0): [0, 2, 3], (30.0, 5.0): [1]}
