@@ -22,7 +22,12 @@ paired by ``seq`` with :class:`SeqJoin`. For every paired frame:
    frames; after a lost frame they resume once 5 consecutive frames are buffered.
 4. **Borders.** Crop pixels outside the frame take the frame's median (the background
    level); such a window is flagged (see :class:`CropWindow`).
-5. **Time index.** DeRefNet's time encoder saw middle-frame indices 2 … 17 of 20-frame
+5. **Background.** The unmixers learned SeqCSIST patches, whose background is 0, and they
+   preserve brightness (a pedestal of 20 grey levels over 121 pixels weighs as much as ten
+   targets). With ``subtract_background`` (default) the median of the outer ring of pixels
+   of the 5 patches (200 pixels, away from the blob at the centre) is subtracted from the
+   whole window; the value is kept in :attr:`CropWindow.background`.
+6. **Time index.** DeRefNet's time encoder saw middle-frame indices 2 … 17 of 20-frame
    trajectories. A live track is unbounded, so its index is ``min(t − f0, max_frame_index)``
    (clamped at 17): the index grows with the track like in training and then stays at the
    last trained value. Wrapping (2 + (age − 2) mod 16) was rejected: it would make the model's
@@ -147,6 +152,8 @@ class CropperConfig:
         Clamp of the time index given to the model (17 = last middle frame of training).
     max_pending : int
         Incomplete frame/blob pairs held while waiting for the other part.
+    subtract_background : bool
+        Subtract each window's background level (median of the patches' outer ring).
     """
 
     gate_px: float = 5.0
@@ -154,6 +161,7 @@ class CropperConfig:
     velocity_smoothing: float = 0.5
     max_frame_index: int = 17
     max_pending: int = 16
+    subtract_background: bool = True
 
     def __post_init__(self) -> None:
         if self.gate_px <= 0 or self.max_misses < 1 or self.max_pending < 1:
@@ -176,7 +184,7 @@ class CropWindow:
     origin : tuple of int
         (row, col) frame pixel of patch pixel (0, 0), shared by the 5 patches.
     patches : ndarray of shape (5, 11, 11), float32
-        Crops of frames t − 2 … t + 2.
+        Crops of frames t − 2 … t + 2, minus ``background``.
     frame_index : int
         Time index for the model (see the module docstring).
     padded : bool
@@ -185,6 +193,8 @@ class CropWindow:
         True when the blob was detected in frame t (False: centre interpolated).
     centre : tuple of float
         The blob track's (row, col) in frame t.
+    background : float
+        Level subtracted from the patches (0 when ``subtract_background`` is off).
     """
 
     track_id: int
@@ -195,6 +205,7 @@ class CropWindow:
     padded: bool
     observed: bool
     centre: tuple[float, float]
+    background: float = 0.0
 
 
 @dataclass
@@ -240,6 +251,26 @@ def crop(image: np.ndarray, origin: tuple[int, int], size: int, fill: float) -> 
     if rs < re and cs < ce:
         out[rs - r0 : re - r0, cs - c0 : ce - c0] = image[rs:re, cs:ce]
     return out
+
+
+def ring_median(patches: np.ndarray) -> float:
+    """Median of the outer ring of pixels of a stack of patches (..., S, S).
+
+    Examples
+    --------
+    >>> p = np.full((1, 5, 5), 3.0); p[0, 1:4, 1:4] = 100.0
+    >>> ring_median(p)
+    3.0
+    """
+    ring = np.concatenate(
+        [
+            patches[..., 0, :].ravel(),
+            patches[..., -1, :].ravel(),
+            patches[..., 1:-1, 0].ravel(),
+            patches[..., 1:-1, -1].ravel(),
+        ]
+    )
+    return float(np.median(ring))
 
 
 def centre_at(history: Iterable[tuple[int, float, float, bool]], seq: int) -> tuple | None:
@@ -383,6 +414,8 @@ class WindowCropper:
             patches = np.stack(
                 [crop(f.image, origin, PATCH, v) for f, v in zip(self._frames, fills, strict=True)]
             )
+            background = ring_median(patches) if self.config.subtract_background else 0.0
+            patches -= np.float32(background)
             windows.append(
                 CropWindow(
                     track_id=track.track_id,
@@ -393,6 +426,7 @@ class WindowCropper:
                     padded=padded,
                     observed=observed,
                     centre=(float(centre[0]), float(centre[1])),
+                    background=background,
                 )
             )
         return sorted(windows, key=lambda w: w.track_id)

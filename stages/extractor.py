@@ -3,6 +3,7 @@
 The shared :func:`models.extract.extract_points` finds the points of each map in PATCH
 pixels (integer = centre of a patch pixel); a window's origin is the frame pixel of patch
 pixel (0, 0), so ``frame = origin + patch`` exactly. Each point carries its window's track id.
+The stage's options are those of :class:`models.extract.ExtractorConfig`.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from stages.base import ConfigError, NoConfig, Stage
+from models.extract import ExtractorConfig, extract_points
+from stages.base import ConfigError, Stage
 from stages.messages import Maps, Message, Point, Points, WindowInfo
 
-#: ``extract(maps (N, 33, 33), windows (N, 5, 11, 11)) -> N arrays (n_i, 3) (row, col, score)``
-ExtractFn = Callable[[np.ndarray, np.ndarray], Sequence[np.ndarray]]
+#: ``extract(maps (N, 33, 33), windows (N, 5, 11, 11), config) -> N arrays (n_i, 3)``
+#: of (row, col, score) in patch pixels.
+ExtractFn = Callable[[np.ndarray, np.ndarray, ExtractorConfig], Sequence[np.ndarray]]
 
 
 def to_frame_points(
@@ -56,20 +59,19 @@ class Extractor(Stage):
 
     Parameters
     ----------
-    config : NoConfig, optional
+    config : models.extract.ExtractorConfig, optional
     extract : callable, optional
-        Replaces :func:`models.extract.extract_points` (tests); by default that function is
-        imported on construction, so importing this module does not import torch.
+        Replaces :func:`models.extract.extract_points` (tests).
     """
 
-    Config = NoConfig
+    Config = ExtractorConfig
     INPUTS = ("maps",)
     OUTPUT = "points"
 
-    def __init__(self, config: NoConfig | None = None, extract: ExtractFn | None = None) -> None:
+    def __init__(
+        self, config: ExtractorConfig | None = None, extract: ExtractFn = extract_points
+    ) -> None:
         super().__init__(config)
-        if extract is None:
-            from models.extract import extract_points as extract
         self.extract = extract
 
     def process(self, msg: Message) -> Iterable[Message]:
@@ -78,6 +80,6 @@ class Extractor(Stage):
                 f"the extractor takes Maps messages, got {type(msg).__name__}; "
                 "subscribe it to the maps topic"
             )
-        found = self.extract(msg.maps, msg.patches) if msg.windows else []
+        found = self.extract(msg.maps, msg.patches, self.config) if msg.windows else []
         points = to_frame_points(found, msg.windows)
         return [Points(seq=msg.seq, t_source_ns=msg.t_source_ns, points=points)]

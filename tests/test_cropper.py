@@ -11,6 +11,7 @@ from stages.cropper import (
     WindowCropper,
     centre_at,
     crop,
+    ring_median,
 )
 from stages.detector import Detector
 from stages.messages import Blob, Blobs, Frame, Points, TruthPoint, Windows
@@ -59,13 +60,16 @@ def test_five_patches_share_one_origin_and_equal_the_frames_crops():
     assert w.seq == 4 and w.observed and not w.padded
     r0, c0 = w.origin
     assert (r0, c0) == (int(np.rint(path[4][0])) - 5, int(np.rint(path[4][1])) - 5)
+    level = np.float32(w.background)
+    assert level == ring_median(np.stack([f[r0 : r0 + 11, c0 : c0 + 11] for f in frames[2:]]))
     for k in range(5):
-        np.testing.assert_array_equal(w.patches[k], frames[2 + k][r0 : r0 + 11, c0 : c0 + 11])
+        expected = frames[2 + k][r0 : r0 + 11, c0 : c0 + 11] - level
+        np.testing.assert_array_equal(w.patches[k], expected)
 
 
 def test_border_patches_are_padded_with_the_median_and_flagged():
     frames = _frames(5)
-    core = WindowCropper()
+    core = WindowCropper(CropperConfig(subtract_background=False))
     for seq, image in enumerate(frames):
         windows = core.update(seq, image, np.array([[2.2, 77.6]]))
     (w,) = windows
@@ -75,6 +79,18 @@ def test_border_patches_are_padded_with_the_median_and_flagged():
         assert np.all(w.patches[k][:3] == np.float32(fill))  # rows -3..-1
         assert np.all(w.patches[k][:, 7:] == np.float32(fill))  # cols 80..83
         np.testing.assert_array_equal(w.patches[k][3:, :7], frames[k][0:8, 73:80])
+
+
+def test_background_is_subtracted_from_a_simulated_window():
+    scene = SceneSimulator(SceneConfig(groups=1, background=20.0, gradient=0.0), seed=2)
+    raw, flat = WindowCropper(CropperConfig(subtract_background=False)), WindowCropper()
+    for seq in range(5):
+        image, truth = scene.step()
+        raw_out, flat_out = (c.update(seq, image, truth.references) for c in (raw, flat))
+    (w_raw,), (w_flat,) = raw_out, flat_out
+    assert w_raw.background == 0.0 and w_flat.background == pytest.approx(20.0, abs=1.0)
+    assert abs(float(np.median(w_flat.patches[:, 0, :]))) <= 1.0
+    np.testing.assert_array_equal(w_flat.patches, w_raw.patches - np.float32(w_flat.background))
 
 
 def test_crop_outside_the_image_is_all_fill():
@@ -159,7 +175,8 @@ def test_stage_joins_frames_and_blobs_in_any_order_and_attaches_truth():
     info = outs[2].windows[0]
     assert (info.origin_row, info.origin_col, info.frame_index) == (25, 35, 2)
     assert info.truth == truth[:1] and outs[2].t_source_ns == 20
-    np.testing.assert_array_equal(outs[2].patches[0, 4], frames[4][25:36, 35:46])
+    level = np.float32(ring_median(np.stack([f[25:36, 35:46] for f in frames[:5]])))
+    np.testing.assert_array_equal(outs[2].patches[0, 4], frames[4][25:36, 35:46] - level)
 
 
 def test_seq_join_drops_incomplete_older_seqs():

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from sim.render import gt_map, render
 from stages.base import ConfigError
 from stages.extractor import Extractor, to_frame_points
 from stages.messages import Maps, Point, Points, WindowInfo, Windows
@@ -75,7 +76,7 @@ def test_unmixer_rejects_other_messages():
 
 
 def test_extractor_maps_patch_points_to_frame_points_exactly():
-    def fake_extract(maps, windows):
+    def fake_extract(maps, windows, config):
         assert maps.shape == (2, 33, 33) and windows.shape == (2, 5, 11, 11)
         return [np.array([[4.25, 5.0, 90.0], [0.0, 10.0, 75.5]]), np.zeros((0, 3))]
 
@@ -96,7 +97,7 @@ def test_extractor_checks_the_number_of_point_sets():
 
 
 def test_extractor_on_an_empty_frame_does_not_call_extract():
-    def must_not_run(maps, windows):
+    def must_not_run(maps, windows, config):
         raise AssertionError("extract called without windows")
 
     msg = _windows(0)
@@ -104,3 +105,15 @@ def test_extractor_on_an_empty_frame_does_not_call_extract():
                 maps=np.zeros((0, 33, 33), np.float32))
     (out,) = Extractor(extract=must_not_run).process(maps)
     assert out.points == ()
+
+
+def test_extractor_with_the_shared_extract_points_finds_a_rendered_pair():
+    targets = np.array([[[5.2, 2.1, 235.0], [5.5, 2.4, 230.0]]])
+    maps = gt_map(targets).reshape(1, 33, 33).astype(np.float32)
+    patches = np.repeat(render(targets)[:, None], 5, axis=1).astype(np.float32)
+    info = (WindowInfo(track_id=7, origin_row=100, origin_col=-3, frame_index=2),)
+    msg = Maps(seq=0, t_source_ns=0, windows=info, patches=patches, maps=maps)
+    (out,) = Extractor().process(msg)
+    found = sorted((p.row, p.col) for p in out.points)
+    np.testing.assert_allclose(found, [[105.2, -0.9], [105.5, -0.6]], atol=0.05)
+    assert {p.track_id for p in out.points} == {7}
