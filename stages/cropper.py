@@ -239,9 +239,8 @@ def crop(image: np.ndarray, origin: tuple[int, int], size: int, fill: float) -> 
 
     Examples
     --------
-    >>> crop(np.arange(9.0).reshape(3, 3), (-1, 1), 2, fill=-1.0)
-    array([[-1., -1.],
-           [ 1.,  2.]])
+    >>> crop(np.arange(9.0).reshape(3, 3), (-1, 1), 2, fill=-1.0).tolist()
+    [[-1.0, -1.0], [1.0, 2.0]]
     """
     height, width = image.shape
     r0, c0 = origin

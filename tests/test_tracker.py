@@ -50,7 +50,7 @@ def test_two_crossing_targets_keep_their_ids(gating):
         a = (10.0 + 0.4 * seq, 10.0 + 0.4 * seq)  # diagonal, down-right
         b = (10.0 + 0.4 * seq, 21.6 - 0.4 * seq)  # diagonal, down-left; they cross near seq 14.5
         out = tracker.step(seq, _pts(a, b))
-        for tid, r, c, *_ in out:
+        for tid, _row, c, *_ in out:
             history.setdefault(int(tid), []).append((seq, c))
     assert sorted(history) == [0, 1]
     for track in history.values():
