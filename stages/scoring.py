@@ -218,20 +218,20 @@ class ScoreAccumulator:
         ``group_detection_rate``; ``windows`` and ``points`` (summed); ``cso_map`` (the
         :func:`~models.evaluation.cso_map` dict: mAP, AP05 … AP25, fractions); ``gospa``
         (mean ``distance``, ``localisation``, ``missed``, ``false`` per frame, plus ``c``
-        and ``p``).
+        and ``p``). Averages of nothing are None (valid JSON, unlike NaN).
         """
         from models.evaluation import cso_map
 
         n = len(self._gospa)
         mean = {
-            key: float(np.mean([getattr(t, key) for t in self._gospa])) if n else float("nan")
+            key: float(np.mean([getattr(t, key) for t in self._gospa])) if n else None
             for key in ("distance", "localisation", "missed", "false")
         }
         return {
             "frames": n,
             "groups": self._groups,
             "groups_detected": self._detected,
-            "group_detection_rate": self._detected / self._groups if self._groups else float("nan"),
+            "group_detection_rate": self._detected / self._groups if self._groups else None,
             "windows": self._windows,
             "points": self._points,
             "cso_map": cso_map(self._detections, self._ground_truths),

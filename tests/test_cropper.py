@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stages.base import ConfigError
 from stages.cropper import (
@@ -191,3 +193,25 @@ def test_seq_join_drops_incomplete_older_seqs():
     assert join.dropped == 3  # only max_pending = 2 incomplete seqs are kept
     with pytest.raises(ConfigError, match="Points"):
         join.add(Points(seq=9, t_source_ns=0))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    start=st.tuples(st.floats(-3.0, 66.0), st.floats(-3.0, 82.0)),
+    step=st.tuples(st.floats(-0.6, 0.6), st.floats(-0.6, 0.6)),
+    missed=st.sets(st.integers(0, 11), max_size=3),
+)
+def test_every_window_is_five_crops_at_one_origin(start, step, missed):
+    frames = _frames(12, seed=7)
+    core = WindowCropper()
+    for seq, image in enumerate(frames):
+        pos = np.array(start) + seq * np.array(step)
+        blobs = np.zeros((0, 2)) if seq in missed else pos[None]
+        for w in core.update(seq, image, blobs):
+            assert w.origin == tuple(int(np.rint(v)) - 5 for v in w.centre)
+            assert 2 <= w.frame_index <= 17 and w.patches.shape == (5, 11, 11)
+            for k in range(5):
+                raw = frames[w.seq - 2 + k]
+                fill = np.float32(np.median(raw[::2, ::2]))
+                expected = crop(raw, w.origin, 11, fill) - np.float32(w.background)
+                np.testing.assert_array_equal(w.patches[k], expected)

@@ -106,3 +106,10 @@ def test_stage_joins_by_seq_and_writes_its_summary(tmp_path):
     assert summary["frames"] == 2 and summary["groups_detected"] == 2
     assert 0 < summary["cso_map"]["mAP"] < 1
     assert summary == json.loads(json.dumps(stage.summary()))
+
+
+def test_summary_of_no_frames_is_valid_json():
+    summary = ScoreAccumulator().summary()
+    assert summary["frames"] == 0 and summary["group_detection_rate"] is None
+    assert summary["gospa"]["distance"] is None
+    json.loads(json.dumps(summary, allow_nan=False))
