@@ -216,9 +216,3 @@ def derefnet(**cfg) -> DeRefNet:
     """DeRefNet with the reference defaults (9 layers, 32 channels, 5 residual blocks)."""
     return DeRefNet(**cfg)
 
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-__all__ = ["DeRefNet", "derefnet", "count_parameters"]

@@ -8,7 +8,8 @@ import torch
 
 import models
 from models.deform import deform_conv2d
-from models.derefnet import DeRefNet, count_parameters
+from models.derefnet import DeRefNet
+from models.evaluate import count_params
 from models.weights import WeightsError, load_model, load_weights, save_weights
 
 torch.set_num_threads(1)
@@ -59,7 +60,7 @@ def test_gradients_reach_every_parameter(name):
 
 def test_derefnet_reference_size_and_losses():
     model = DeRefNet()
-    assert count_parameters(model) == 1_482_879  # facts §4.8, derived from the reference code
+    assert count_params(model) == 1_482_879  # facts §4.8, derived from the reference code
     model.train()
     _, aux = model(*windows(2))
     assert set(aux) == {"cons", "align"}
