@@ -27,11 +27,12 @@ import argparse
 import json
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from models.base import HR, WINDOW, Unmixer
@@ -44,6 +45,7 @@ from models.evaluation import (
     precision_recall,
     summarize,
 )
+from models.extract import ExtractorConfig, extract_points
 from models.weights import default_weights, load_model, sha256_file
 from sim import load_dataset
 from sim.dataset import SeqDataset
@@ -182,8 +184,6 @@ def detections_from_maps(
     if mode != "points":
         raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
     if extractor is None:
-        from models.extract import extract_points  # on use: grid mode does not need it
-
         extractor = extract_points
     points = list(extractor(maps, windows))
     if len(points) != len(maps):
@@ -320,6 +320,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--oracle", action="store_true", help="also score the exact GT maps in grid mode"
     )
+    parser.add_argument(
+        "--extract", action="append", default=[], metavar="KEY=VALUE",
+        help="points mode: set an ExtractorConfig field (e.g. refine=splat); repeatable",
+    )
+
+
+def extractor_config(pairs: list[str]):
+    """ExtractorConfig from ``KEY=VALUE`` strings (values YAML-parsed); unknown keys named."""
+    known = {f.name for f in fields(ExtractorConfig)}
+    values = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or key not in known:
+            raise SystemExit(f"--extract {pair!r}: expected KEY=VALUE with KEY one of "
+                             f"{sorted(known)}")
+        values[key] = yaml.safe_load(text)
+    return ExtractorConfig(**values)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -332,7 +349,9 @@ def run(args: argparse.Namespace) -> int:
     weights = weights if weights.exists() else None
 
     pred = predict_maps(model, dataset, args.batch_size)
-    dets = detections_from_maps(pred.maps, pred.windows, args.mode)
+    ext_cfg = extractor_config(args.extract)
+    dets = detections_from_maps(pred.maps, pred.windows, args.mode,
+                                lambda m, w: extract_points(m, w, ext_cfg))
     matching = match_detections(dets, ground_truths(dataset, pred.frames))
     macs = count_macs(model, pred.windows[0], int(eval_frames(dataset)[1][0]))
     result = {
@@ -347,6 +366,7 @@ def run(args: argparse.Namespace) -> int:
         "data": str(Path(args.data).resolve()),
         "split": args.split,
         "mode": args.mode,
+        "extractor": asdict(ext_cfg) if args.mode == "points" else None,
         "trajectories": dataset.n_trajectories,
         "device": args.device,
         "batch_size": args.batch_size,
