@@ -1,8 +1,16 @@
-"""Command line: ``python -m pipeline run CONFIG`` and ``python -m pipeline validate CONFIG``.
+"""Command line of the pipeline.
+
+::
+
+    python -m pipeline run CONFIG [--frames N] [--record FILE] [--publish ENDPOINT] ...
+    python -m pipeline validate CONFIG
+    python -m pipeline replay SOURCE [--config CONFIG] [--rate R] [--loop] [--lossless] ...
+    python -m pipeline subscribe ENDPOINT [--topic T] [--json] [--count N] [--timeout S]
+    python -m pipeline keys DIR [--client NAME ...]
 
 Exit codes: 0 success (also after a SIGINT/SIGTERM that drained cleanly), 1 the run failed (a
-stage raised or died, or the chain did not drain), 2 invalid config or arguments, 130 aborted
-by a second signal.
+stage raised or died, or the chain did not drain) or ``subscribe`` got fewer messages than
+asked, 2 invalid config or arguments, 130 aborted by a second signal.
 """
 
 from __future__ import annotations
@@ -12,53 +20,151 @@ import logging
 import math
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-from pipeline.config import ConfigError, apply_override, effective, load_raw, validate
+from pipeline.config import (
+    ConfigError,
+    apply_override,
+    effective,
+    load_raw,
+    parse_override,
+    validate,
+)
+from pipeline.record import RecordingError
 from pipeline.report import write_report
 from pipeline.runner import run
 
 logger = logging.getLogger("pipeline")
+
+#: Config used by ``replay`` when neither --config nor a recorded config is available.
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "live.yaml"
+
+
+def _topics(text: str) -> tuple[str, ...]:
+    topics = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not topics:
+        raise argparse.ArgumentTypeError("give at least one topic, e.g. frames,blobs")
+    return topics
+
+
+def _rate(text: str) -> float:
+    if text.strip().lower() == "max":
+        return 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"rate must be a number or 'max', got {text!r}") from None
+    if value < 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"rate must be >= 0 (0 or 'max': as fast as "
+                                         f"possible), got {text!r}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline",
         description="Run the CSO unmixing chain (sim/replay source -> detector -> cropper -> "
-                    "unmixer -> extractor -> tracker -> sinks) from one YAML config.",
+                    "unmixer -> extractor -> tracker -> sinks) from one YAML config; record, "
+                    "replay and attach to it.",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more log output (-v debug)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("config", help="pipeline YAML file, e.g. configs/live.yaml")
+    def overrides(p: argparse.ArgumentParser) -> None:
         p.add_argument("--set", dest="overrides", action="append", default=[],
                        metavar="KEY=VALUE",
                        help="override a config value (YAML-parsed), e.g. run.frames=100 or "
                             "stages.detector.k=6; repeatable")
 
-    run_p = sub.add_parser("run", help="run the chain")
-    common(run_p)
-    run_p.add_argument("--frames", type=int, help="stop after N source frames (run.frames)")
-    run_p.add_argument("--mode", choices=("inline", "processes"),
+    def run_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--frames", type=int, help="stop after N source messages (run.frames)")
+        p.add_argument("--mode", choices=("inline", "processes"),
                        help="one process, or one process per stage (run.mode)")
-    run_p.add_argument("--report", metavar="FILE", help="write the JSON run report (run.report)")
+        p.add_argument("--report", metavar="FILE", help="write the JSON run report (run.report)")
+        p.add_argument("--publish", metavar="ENDPOINT",
+                       help="publish every topic on this endpoint, e.g. tcp://127.0.0.1:5555 "
+                            "(run.publish.endpoint)")
+
+    run_p = sub.add_parser("run", help="run the chain")
+    run_p.add_argument("config", help="pipeline YAML file, e.g. configs/live.yaml")
+    overrides(run_p)
+    run_options(run_p)
+    run_p.add_argument("--record", metavar="FILE", help="record to an MCAP file (run.record.path)")
+    run_p.add_argument("--record-topics", type=_topics, metavar="T1,T2",
+                       help="topics to record (default: all)")
+
     validate_p = sub.add_parser("validate", help="check a config and print it with all defaults")
-    common(validate_p)
+    validate_p.add_argument("config", help="pipeline YAML file")
+    overrides(validate_p)
+
+    replay_p = sub.add_parser(
+        "replay", help="feed a recording, image folder, npy/npz stack, video or SeqCSIST "
+                       "dataset into the chain")
+    replay_p.add_argument("source", help="an .mcap recording, an image folder (PNG/TIFF), a "
+                                         ".npy/.npz (T,H,W) stack, a video file, or a SeqCSIST "
+                                         "split/root/.npz")
+    replay_p.add_argument("--config", help="pipeline YAML (default: the config stored in the "
+                                           "recording, else configs/live.yaml)")
+    overrides(replay_p)
+    run_options(replay_p)
+    replay_p.add_argument("--rate", type=_rate, default=1.0,
+                          help="multiple of the recorded timing; 0 or 'max' = as fast as "
+                               "possible (default 1)")
+    replay_p.add_argument("--loop", action="store_true", help="repeat until stopped")
+    replay_p.add_argument("--start", type=float, metavar="S",
+                          help="start S seconds after the recording start")
+    replay_p.add_argument("--end", type=float, metavar="S",
+                          help="stop S seconds after the recording start")
+    replay_p.add_argument("--topics", type=_topics, metavar="T1,T2",
+                          help="recorded topics to replay (default frames); the chain starts "
+                               "after the stages that produced them")
+    replay_p.add_argument("--lossless", action="store_true",
+                          help="every link lossless and rate max: reproduces the recorded "
+                               "run's outputs_digest")
+    replay_p.add_argument("--format", default="auto",
+                          choices=("auto", "mcap", "images", "array", "video", "seqcsist"))
+    replay_p.add_argument("--fps", type=float,
+                          help="frame rate of files without time (default 25; a video's own)")
+    replay_p.add_argument("--key", help="array name in an .npz stack (default: frames, or its "
+                                        "only 3-D array)")
+    replay_p.add_argument("--split", help="split of a SeqCSIST dataset root (e.g. test)")
+
+    sub_p = sub.add_parser("subscribe", help="attach to a running pipeline's tap and print "
+                                             "its messages")
+    sub_p.add_argument("endpoint", help="the pipeline's run.publish.endpoint")
+    sub_p.add_argument("--topic", action="append", default=[],
+                       help="topic to print (repeatable; default all)")
+    sub_p.add_argument("--json", action="store_true", help="one JSON object per line")
+    sub_p.add_argument("--count", type=int, help="exit after N messages")
+    sub_p.add_argument("--timeout", type=float, metavar="S",
+                       help="exit after S seconds without a message")
+    sub_p.add_argument("--server-key", help="CURVE: the pipeline's public key (server.key)")
+    sub_p.add_argument("--client-key", help="CURVE: this client's key pair (NAME.key_secret)")
+
+    keys_p = sub.add_parser("keys", help="create CURVE keys: a server pair, client pairs and "
+                                         "the allow-list folder")
+    keys_p.add_argument("dir", help="folder to write the keys to")
+    keys_p.add_argument("--client", action="append", default=[], metavar="NAME",
+                        help="client to create (repeatable; default: one named 'client')")
     return parser
 
 
-def _load(args: argparse.Namespace) -> tuple[Any, list]:
-    """Read the config, apply ``--set`` and then the explicit run options, validate."""
-    raw = load_raw(args.config, args.overrides)
+def _apply_run_options(raw: dict, args: argparse.Namespace) -> None:
+    """The explicit run options of the command line, applied after ``--set``."""
     for key in ("frames", "mode", "report"):
         value = getattr(args, key, None)
         if value is not None:
             apply_override(raw, ["run", key], value)
-    return validate(raw, args.config)
+    if getattr(args, "publish", None):
+        apply_override(raw, ["run", "publish", "endpoint"], args.publish)
+    if getattr(args, "record", None):
+        apply_override(raw, ["run", "record", "path"], args.record)
+    if getattr(args, "record_topics", None):
+        apply_override(raw, ["run", "record", "topics"], list(args.record_topics))
 
 
 def _ms(value: float) -> str:
@@ -73,23 +179,15 @@ def _print_summary(report: dict[str, Any]) -> None:
         print(f"  {name:12s} in {s['msgs_in']:6d} out {s['msgs_out']:6d}  p50 {_ms(s['p50_ms'])}"
               f"  p99 {_ms(s['p99_ms'])}  dropped {s['dropped']} gaps {s['seq_gaps']} "
               f"decode_errors {s['decode_errors']}")
+    if report.get("outputs_digest"):
+        outputs = report["outputs"]
+        print(f"outputs_digest {report['outputs_digest']} ({outputs['frames']} frames, "
+              + ", ".join(f"{n} {t}" for t, n in outputs["records"].items()) + ")")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` and run the command; returns the exit code."""
-    args = _parser().parse_args(argv)
-    level = logging.DEBUG if args.verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+def _execute(config: Any, plans: list, config_yaml: str = "") -> int:
     try:
-        config, plans = _load(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.command == "validate":
-        print(yaml.safe_dump(effective(config, plans), sort_keys=False), end="")
-        return 0
-    try:
-        report = run(plans, config.run)
+        report = run(plans, config.run, config_yaml)
     except KeyboardInterrupt:
         print("aborted", file=sys.stderr)
         return 130
@@ -103,6 +201,82 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {report['error']}", file=sys.stderr)
         return 1
     return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from pipeline.record import recording_info
+    from pipeline.replay import (
+        ReplayOptions,
+        detect_format,
+        for_replay,
+        plan_replay,
+        recorded_config,
+    )
+
+    if args.config:
+        raw, where = load_raw(args.config), args.config
+    else:
+        stored = None
+        fmt = detect_format(args.source) if args.format == "auto" else args.format
+        if fmt == "mcap":
+            stored = recording_info(args.source).config_yaml
+        if stored:
+            raw, where = recorded_config(stored), f"{args.source} (recorded config)"
+        else:
+            raw, where = load_raw(DEFAULT_CONFIG), str(DEFAULT_CONFIG)
+        logger.info("replay config: %s", where)
+    raw = for_replay(raw)
+    for text in args.overrides:
+        apply_override(raw, *parse_override(text))
+    _apply_run_options(raw, args)
+    options = ReplayOptions(
+        format=args.format, topics=args.topics, rate=args.rate, loop=args.loop,
+        start_s=args.start, end_s=args.end, fps=args.fps, key=args.key, split=args.split,
+        lossless=args.lossless,
+    )
+    config, plans = plan_replay(args.source, raw, options, where)
+    return _execute(config, plans)
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from pipeline.curve import create_keys
+
+    paths = create_keys(args.dir, args.client or ("client",))
+    print(f"server public key (give to clients): {paths['server_public']}")
+    print(f"server key pair (run.curve.secret_key): {paths['server_secret']}")
+    print(f"allow-list folder (run.curve.allowed): {paths['allowed']}")
+    for name, path in paths.items():
+        if name.startswith("client:"):
+            print(f"client {name[7:]} key pair (give to that client only): {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run the command; returns the exit code."""
+    args = _parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "subscribe":
+            from pipeline.subscribe import subscribe
+
+            return subscribe(args.endpoint, args.topic, args.json, args.count, args.timeout,
+                             args.server_key, args.client_key)
+        if args.command == "keys":
+            return _keys(args)
+        if args.command == "replay":
+            return _replay(args)
+        raw = load_raw(args.config, args.overrides)
+        _apply_run_options(raw, args)
+        config, plans = validate(raw, args.config)
+        config_yaml = yaml.safe_dump(effective(config, plans), sort_keys=False)
+        if args.command == "validate":
+            print(config_yaml, end="")
+            return 0
+        return _execute(config, plans, config_yaml)
+    except (ConfigError, RecordingError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

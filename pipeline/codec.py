@@ -19,6 +19,11 @@ Frame layout of one multipart message (see ``docs/wire-format.md``)::
 ``prod(shape) * itemsize`` bytes. Decoding checks every rule and the size limits in
 :class:`Limits`; any violation raises :class:`DecodeError` (one class, a message naming the
 problem), never anything else.
+
+On disk (MCAP recordings) a message is one msgpack blob instead of several frames: the header
+map above with one more key, ``data``, a list holding each buffer as a msgpack ``bin`` value
+in the order of ``buffers`` (:func:`encode_record`, :func:`decode_record`). Both forms share
+every rule.
 """
 
 from __future__ import annotations
@@ -154,27 +159,8 @@ def _encode_array(owner: str, name: str, value: Any) -> tuple[dict[str, Any], me
     return desc, memoryview(arr.reshape(-1).view(np.uint8))
 
 
-def encode(msg: Message, topic: str | None = None) -> list[bytes | memoryview]:
-    """Encode a message as multipart frames ``[topic, header, buffer...]``.
-
-    Parameters
-    ----------
-    msg : Message
-    topic : str, optional
-        Topic to send on; defaults to ``msg.TOPIC``.
-
-    Returns
-    -------
-    list of bytes or memoryview
-        The frames, ready for ``socket.send_multipart(frames, copy=False)``. Buffers are
-        zero-copy views of the message's arrays (when they are already C-contiguous
-        little-endian), so the arrays must not be modified afterwards.
-
-    Raises
-    ------
-    EncodeError
-        A field cannot be carried (e.g. an array of a dtype outside :data:`DTYPES`).
-    """
+def _encode_header(msg: Message, topic: str | None) -> tuple[dict[str, Any], list[memoryview]]:
+    """The header map of ``msg`` and its buffers (zero-copy views when possible)."""
     cls = type(msg)
     owner = cls.__name__
     topic = cls.TOPIC if topic is None else topic
@@ -199,7 +185,48 @@ def encode(msg: Message, topic: str | None = None) -> list[bytes | memoryview]:
         "fields": fields,
         "buffers": descs,
     }
-    return [topic.encode(), msgpack.packb(header, use_bin_type=True), *buffers]
+    return header, buffers
+
+
+def encode(msg: Message, topic: str | None = None) -> list[bytes | memoryview]:
+    """Encode a message as multipart frames ``[topic, header, buffer...]``.
+
+    Parameters
+    ----------
+    msg : Message
+    topic : str, optional
+        Topic to send on; defaults to ``msg.TOPIC``.
+
+    Returns
+    -------
+    list of bytes or memoryview
+        The frames, ready for ``socket.send_multipart(frames, copy=False)``. Buffers are
+        zero-copy views of the message's arrays (when they are already C-contiguous
+        little-endian), so the arrays must not be modified afterwards.
+
+    Raises
+    ------
+    EncodeError
+        A field cannot be carried (e.g. an array of a dtype outside :data:`DTYPES`).
+    """
+    header, buffers = _encode_header(msg, topic)
+    return [header["topic"].encode(), msgpack.packb(header, use_bin_type=True), *buffers]
+
+
+def encode_record(msg: Message, topic: str | None = None) -> bytes:
+    """Encode a message as one msgpack blob (the on-disk form, e.g. one MCAP message).
+
+    The blob is the header map of :func:`encode` plus the key ``data``: the buffers as a list
+    of msgpack ``bin`` values, in the order of ``buffers``.
+
+    Raises
+    ------
+    EncodeError
+        As :func:`encode`.
+    """
+    header, buffers = _encode_header(msg, topic)
+    header["data"] = buffers
+    return msgpack.packb(header, use_bin_type=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,6 +291,13 @@ def _decode_array(where: str, desc: Any, buf: Any, name: str) -> np.ndarray:
     return np.frombuffer(view, dtype=dt).reshape(shape)
 
 
+def _unpack(where: str, data: Any) -> Any:
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=True, timestamp=0)
+    except Exception as exc:  # msgpack raises many types on garbage; all mean the same here
+        raise _fail(where, f"not valid msgpack ({type(exc).__name__}: {exc})") from exc
+
+
 def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
     """Decode multipart frames ``[topic, header, buffer...]`` into a message.
 
@@ -300,21 +334,58 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
     if views[1].nbytes > limits.max_header_bytes:
         raise _fail(where, f"header has {views[1].nbytes} bytes, over the limit of "
                            f"{limits.max_header_bytes}")
-    try:
-        header = msgpack.unpackb(views[1], raw=False, strict_map_key=True, timestamp=0)
-    except Exception as exc:  # msgpack raises many types on garbage; all mean the same here
-        raise _fail(where, f"header is not valid msgpack ({type(exc).__name__}: {exc})") from exc
+    header = _unpack(f"{where} header", views[1])
     _check_keys(f"{where} header", header, HEADER_KEYS)
+    if header["topic"] != topic:
+        raise _fail(where, f"header topic {header['topic']!r} differs from frame 0")
+    return _decode_message(where, header, views[2:], limits)
+
+
+def decode_record(data: Any, limits: Limits = DEFAULT_LIMITS) -> tuple[str, Message]:
+    """Decode one on-disk blob written by :func:`encode_record`.
+
+    Parameters
+    ----------
+    data : bytes-like
+        The blob (e.g. the ``data`` of one MCAP message).
+    limits : Limits
+        Size limits; ``max_total_bytes`` bounds the blob.
+
+    Returns
+    -------
+    (topic, Message)
+        The topic named in the header, and the message.
+
+    Raises
+    ------
+    DecodeError
+        On any violation of the format, with a message naming the rule.
+    """
+    view = memoryview(data)
+    if view.nbytes > limits.max_total_bytes:
+        raise DecodeError(f"record has {view.nbytes} bytes, over the limit of "
+                          f"{limits.max_total_bytes}")
+    record = _unpack("record", view)
+    _check_keys("record", record, (*HEADER_KEYS, "data"))
+    topic = record.pop("topic")
+    if not isinstance(topic, str) or len(topic.encode()) > MAX_TOPIC_BYTES:
+        raise DecodeError(f"record topic must be a str of at most {MAX_TOPIC_BYTES} bytes")
+    buffers = record.pop("data")
+    if not isinstance(buffers, list) or not all(isinstance(b, bytes) for b in buffers):
+        raise DecodeError(f"topic {topic!r}: record data must be a list of bin values")
+    return topic, _decode_message(f"topic {topic!r}", record, buffers, limits)
+
+
+def _decode_message(where: str, header: dict, buffers: Sequence[Any], limits: Limits) -> Message:
+    """Check a parsed header (the topic already checked) and its buffers; build the message."""
     schema = header["schema"]
     cls = MESSAGE_TYPES.get(schema) if isinstance(schema, str) else None
     if cls is None:
         raise _fail(where, f"unknown schema {schema!r}; known: {sorted(MESSAGE_TYPES)}")
-    where = f"topic {topic!r} {schema}"
+    where = f"{where} {schema}"
     if not _is_int(header["version"]) or header["version"] != cls.VERSION:
         raise _fail(where, f"version {header['version']!r} but this receiver speaks "
                            f"version {cls.VERSION}")
-    if header["topic"] != topic:
-        raise _fail(where, f"header topic {header['topic']!r} differs from frame 0")
     seq, t_source = header["seq"], header["t_source_ns"]
     if not (_is_int(seq) and seq >= 0 and _is_int(t_source)):
         raise _fail(where, f"seq and t_source_ns must be ints, seq >= 0 (got {seq!r}, "
@@ -329,11 +400,11 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
     descs = header["buffers"]
     if not isinstance(descs, list) or len(descs) > limits.max_buffers:
         raise _fail(where, f"buffers must be a list of at most {limits.max_buffers} entries")
-    if len(descs) != len(arrays) or len(views) != 2 + len(arrays):
+    if len(descs) != len(arrays) or len(buffers) != len(arrays):
         raise _fail(where, f"expected {len(arrays)} buffer(s) {arrays}, got {len(descs)} "
-                           f"descriptor(s) and {len(views) - 2} buffer frame(s)")
+                           f"descriptor(s) and {len(buffers)} buffer(s)")
     values: dict[str, Any] = {
-        name: _decode_array(f"{where} buffer {i}", desc, views[2 + i], name)
+        name: _decode_array(f"{where} buffer {i}", desc, buffers[i], name)
         for i, (name, desc) in enumerate(zip(arrays, descs, strict=True))
     }
     fields = header["fields"]

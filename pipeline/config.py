@@ -9,6 +9,9 @@ Shape of a config file::
       transport: ipc         # ipc (sockets in ipc_dir, default a temp dir) | tcp
       queue: {policy: block, hwm: 4, depth: 2}   # default of every link
       report: null           # JSON report path
+      record: {path: runs/live.mcap, topics: null}   # MCAP recording (null: none)
+      publish: {endpoint: tcp://127.0.0.1:5555}      # tap: every topic on one PUB endpoint
+      curve: {secret_key: keys/server.key_secret, allowed: keys/allowed}  # CURVE on the tap
     stages:                  # ordered: the source first, every input produced by an earlier stage
       - name: source
         kind: simulator      # a key of stages.STAGES
@@ -51,6 +54,33 @@ class QueueConfig(_Strict):
     depth: int = Field(2, ge=1, description="receiver queue length for drop_oldest")
 
 
+class RecordConfig(_Strict):
+    """MCAP recording of a run (``pipeline.record``)."""
+
+    path: str = Field(min_length=1, description="output .mcap file")
+    topics: tuple[str, ...] | None = Field(None, description="topics to record (null: all)")
+    compression: Literal["zstd", "lz4", "none"] = "zstd"
+    chunk_bytes: int = Field(1 << 20, ge=1024)
+    flush_s: float = Field(1.0, gt=0, description="source seconds between chunk flushes")
+
+
+class PublishConfig(_Strict):
+    """The tap: every topic of the run re-published on one stable XPUB endpoint."""
+
+    endpoint: str = Field(pattern=r"^(tcp|ipc|inproc)://.+",
+                          description="e.g. tcp://127.0.0.1:5555 or ipc:///tmp/csist.pub")
+    hwm: int = Field(64, ge=1, description="messages queued per subscriber before drops")
+    wait_subscribers: int = Field(0, ge=0, description="subscriptions to wait for before "
+                                                       "the source starts (0: none)")
+
+
+class CurveConfig(_Strict):
+    """CURVE encryption and client allow-list of the tap (``python -m pipeline keys DIR``)."""
+
+    secret_key: str = Field(description="server key pair file, e.g. keys/server.key_secret")
+    allowed: str = Field(description="folder of allowed client public keys (*.key)")
+
+
 class RunConfig(_Strict):
     """How the chain runs."""
 
@@ -67,6 +97,9 @@ class RunConfig(_Strict):
     ready_timeout_s: float = Field(60.0, gt=0)
     drain_timeout_s: float = Field(30.0, gt=0)
     heartbeat_s: float = Field(1.0, gt=0)
+    record: RecordConfig | None = None
+    publish: PublishConfig | None = None
+    curve: CurveConfig | None = None
 
 
 class StageEntry(_Strict):
@@ -105,6 +138,9 @@ class StagePlan:
         Topic it publishes on.
     queue : QueueConfig
         Policy of its input links.
+    replay_inputs : SeqTrace or None
+        Lossless replay of a traced recording (:mod:`pipeline.trace`): the only (topic, seq)
+        inputs the stage processes; None processes every input.
     """
 
     name: str
@@ -114,6 +150,7 @@ class StagePlan:
     inputs: tuple[str, ...]
     output: str | None
     queue: QueueConfig
+    replay_inputs: Any = None
 
     def build(self) -> Any:
         """A new stage object."""

@@ -51,6 +51,8 @@ class StageStats:
         self.name = name
         self.msgs_in = 0
         self.msgs_out = 0
+        #: Inputs skipped because the traced live run did not process them (replay).
+        self.skipped = 0
         self.durations: deque[int] = deque(maxlen=MAX_SAMPLES)
         self.ages: deque[int] = deque(maxlen=MAX_SAMPLES)
         self.first_ns: int | None = None
@@ -90,6 +92,7 @@ class StageStats:
             "p99_ms": p99,
             "msgs_in": self.msgs_in,
             "msgs_out": self.msgs_out,
+            "skipped": self.skipped,
             "age_p50_ms": a50,
             "age_p99_ms": a99,
             "first_ns": self.first_ns,
@@ -170,12 +173,12 @@ def build_report(
     }
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """NaN/inf -> None and numpy scalars -> Python, recursively (strict JSON)."""
     if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -187,5 +190,5 @@ def write_report(report: Mapping[str, Any], path: str | Path) -> Path:
     """Write the report as strict JSON (NaN written as null); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_json_safe(report), indent=2, sort_keys=True) + "\n")
+    path.write_text(json.dumps(json_safe(report), indent=2, sort_keys=True) + "\n")
     return path

@@ -28,6 +28,7 @@ import logging
 import math
 import multiprocessing
 import multiprocessing.connection
+import shutil
 import signal
 import tempfile
 import threading
@@ -37,7 +38,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline import stamps, worker
+from pipeline import services, stamps, worker
 from pipeline.bus import Link
 from pipeline.codec import Limits
 from pipeline.config import ConfigError, RunConfig, StagePlan
@@ -73,7 +74,8 @@ def latency_stage(plans: Sequence[StagePlan]) -> str | None:
     depth_of_topic: dict[str, int] = {}
     best: tuple[int, int, str] | None = None
     for plan in plans:
-        depth = 1 + max((depth_of_topic[t] for t in plan.inputs), default=-1)
+        # (a service sink such as the tap sits early and reads topics produced after it)
+        depth = 1 + max((depth_of_topic.get(t, -1) for t in plan.inputs), default=-1)
         if plan.output is not None:
             depth_of_topic[plan.output] = depth
         if plan.inputs:
@@ -101,8 +103,12 @@ def run_inline(
         while queue:
             topic, msg = queue.popleft()
             for i in consumers.get(topic, ()) if topic is not None else ():
+                only = plans[i].replay_inputs
+                if only is not None and (topic, msg.seq) not in only:
+                    stats[i].skipped += 1
+                    continue
                 try:
-                    outs = stamps.process(stages[i], plans[i].name, msg, stats[i])
+                    outs = stamps.process(stages[i], plans[i].name, msg, stats[i], topic)
                 except Exception as exc:
                     raise StageFailed(plans[i].name) from exc
                 queue.extend((plans[i].output, out) for out in outs)
@@ -265,7 +271,7 @@ class _Watch:
 
 
 def _spawn(plans: Sequence[StagePlan], run: RunConfig, ipc_dir: Path | None, mp: Any,
-           control: worker.Control) -> tuple[dict, dict]:
+           control: worker.Control, trace_dir: str | None) -> tuple[dict, dict]:
     links = plan_links(plans, run, ipc_dir)
     limits = Limits(max_total_bytes=run.max_message_bytes)
     producer_of = {p.output: p.name for p in plans if p.output is not None}
@@ -280,6 +286,8 @@ def _spawn(plans: Sequence[StagePlan], run: RunConfig, ipc_dir: Path | None, mp:
             frames=run.frames if i == 0 else None, rate_hz=run.rate_hz if i == 0 else None,
             limits=limits, ready_timeout_s=run.ready_timeout_s, heartbeat_s=run.heartbeat_s,
             log_level=logging.getLogger().getEffectiveLevel(),
+            trace_dir=trace_dir if plan.inputs and plan.output is not None else None,
+            replay_inputs=plan.replay_inputs,
         )
         reader, writer = mp.Pipe(duplex=False)
         proc = mp.Process(target=worker.main, args=(spec, writer, control),
@@ -337,9 +345,14 @@ def _reap(watch: _Watch) -> None:
 
 
 def run_processes(
-    plans: Sequence[StagePlan], run: RunConfig, should_stop: Callable[[], bool] = _never
+    plans: Sequence[StagePlan], run: RunConfig, should_stop: Callable[[], bool] = _never,
+    trace_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Run one process per stage (see the module docstring); returns the report."""
+    """Run one process per stage (see the module docstring); returns the report.
+
+    ``trace_dir``: every producing stage writes its input trace there (:mod:`pipeline.trace`)
+    for the recorder.
+    """
     mp = multiprocessing.get_context("spawn")
     control = worker.Control(go=mp.Event(), stop=mp.Event(), abort=mp.Event(),
                              ended={p.name: mp.Event() for p in plans},
@@ -352,7 +365,7 @@ def run_processes(
                 ipc_dir.mkdir(parents=True, exist_ok=True)
             else:
                 ipc_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="csist-")))
-        procs, conns = _spawn(plans, run, ipc_dir, mp, control)
+        procs, conns = _spawn(plans, run, ipc_dir, mp, control, trace_dir)
         watch = _Watch([p.name for p in plans], procs, conns)
         try:
             interrupted = _supervise(watch, run, control, should_stop, plans[0].name)
@@ -375,11 +388,31 @@ def run_processes(
 # Entry point with signal handling.
 
 
-def run(plans: Sequence[StagePlan], run_config: RunConfig) -> dict[str, Any]:
-    """Run in ``run_config.mode``; SIGINT/SIGTERM stop the source and drain, a second aborts.
+def run(
+    plans: Sequence[StagePlan], run_config: RunConfig, config_yaml: str = ""
+) -> dict[str, Any]:
+    """Run in ``run_config.mode`` with the service sinks of :mod:`pipeline.services` (tap,
+    recorder, outputs digest); SIGINT/SIGTERM stop the source and drain, a second aborts.
 
     Signal handlers are installed only when called from the main thread, and restored after.
+
+    Parameters
+    ----------
+    plans : sequence of StagePlan
+    run_config : RunConfig
+    config_yaml : str
+        Effective config, stored in a recording's metadata.
+
+    Returns
+    -------
+    dict
+        The report of :func:`pipeline.report.build_report` plus ``outputs_digest`` and
+        ``outputs`` (:func:`pipeline.services.finish_report`).
     """
+    # Only a multi-process run can drop messages, so only its recording needs input traces.
+    traced = run_config.mode == "processes" and run_config.record is not None
+    trace_dir = tempfile.mkdtemp(prefix="csist-trace-") if traced else None
+    plans = services.add_services(plans, run_config, config_yaml, trace_dir)
     requests = []
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -395,8 +428,13 @@ def run(plans: Sequence[StagePlan], run_config: RunConfig) -> dict[str, Any]:
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, on_signal)
     try:
-        runner = run_processes if run_config.mode == "processes" else run_inline
-        return runner(plans, run_config, lambda: bool(requests))
+        if run_config.mode == "processes":
+            report = run_processes(plans, run_config, lambda: bool(requests), trace_dir)
+        else:
+            report = run_inline(plans, run_config, lambda: bool(requests))
+        return services.finish_report(report)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if trace_dir is not None:
+            shutil.rmtree(trace_dir, ignore_errors=True)

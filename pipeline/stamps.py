@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator, Mapping
 
 from pipeline.report import StageStats
+from pipeline.topicsink import TopicSink
 from stages.base import Stage
 from stages.messages import Message
 
@@ -46,10 +47,16 @@ def next_from_source(source: Iterator[Message], name: str, stats: StageStats) ->
     return _stamp(msg, {f"{name}.out": t_out})
 
 
-def process(stage: Stage, name: str, msg: Message, stats: StageStats) -> list[Message]:
-    """Run ``stage.process(msg)``; returns its outputs with stamps."""
+def process(
+    stage: Stage, name: str, msg: Message, stats: StageStats, topic: str | None = None
+) -> list[Message]:
+    """Run ``stage.process(msg)`` (``process_topic(topic, msg)`` for a
+    :class:`~pipeline.topicsink.TopicSink`); returns its outputs with stamps."""
     t_in = time.time_ns()
-    outs = list(stage.process(msg))
+    if isinstance(stage, TopicSink):
+        outs = list(stage.process_topic(topic or type(msg).TOPIC, msg))
+    else:
+        outs = list(stage.process(msg))
     t_out = time.time_ns()
     age = t_out - min(msg.stamps.values()) if msg.stamps else None
     stats.record(t_in, t_out, 1, len(outs), age)

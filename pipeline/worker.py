@@ -30,6 +30,7 @@ from pipeline import stamps
 from pipeline.bus import POLL_MS, Inlet, Link, Outlet
 from pipeline.codec import Limits
 from pipeline.report import StageStats, percentiles_ms
+from pipeline.trace import SeqTrace, write_trace
 from stages.messages import Message, Stats
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,11 @@ class WorkerSpec:
     heartbeat_s : float
         Interval of the ``stats`` heartbeats.
     log_level : int
+    trace_dir : str or None
+        Where to write the stage's input trace before its EndOfStream markers
+        (:mod:`pipeline.trace`); None writes none.
+    replay_inputs : SeqTrace or None
+        The only (topic, seq) inputs to process (lossless replay of a traced recording).
     """
 
     name: str
@@ -81,6 +87,8 @@ class WorkerSpec:
     ready_timeout_s: float
     heartbeat_s: float
     log_level: int = logging.WARNING
+    trace_dir: str | None = None
+    replay_inputs: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,7 +173,8 @@ def _run_source(spec: WorkerSpec, stage: Any, outlet: Outlet, control: Control,
 
 
 def _run_stage(spec: WorkerSpec, stage: Any, inlet: Inlet, outlet: Outlet,
-               control: Control, stats: StageStats, beat: _Heartbeat) -> None:
+               control: Control, stats: StageStats, beat: _Heartbeat,
+               trace: SeqTrace | None) -> None:
     idle_polls = [0] * len(spec.inputs)
     while not inlet.ended:
         if control.aborted():
@@ -182,14 +191,28 @@ def _run_stage(spec: WorkerSpec, stage: Any, inlet: Inlet, outlet: Outlet,
                     inlet.end_link(i)
             continue
         idle_polls[got[0]] = 0
-        outs = stamps.process(stage, spec.name, got[1], stats)
+        topic, msg = spec.inputs[got[0]].topic, got[1]
+        if spec.replay_inputs is not None and (topic, msg.seq) not in spec.replay_inputs:
+            stats.skipped += 1
+            continue
+        if trace is not None:
+            trace.add(topic, msg.seq)
+        outs = stamps.process(stage, spec.name, msg, stats, topic)
         if not _send_all(outlet, outs, control.aborted):
             return
 
 
+def _exit_on_sigterm(signum: int, _frame: Any) -> None:
+    """A SIGTERM sent to the worker itself (not via the parent): leave through ``finally``, so
+    the stage's ``stop()`` still runs (a recorder finishes its file)."""
+    raise SystemExit(128 + signum)
+
+
 def main(spec: WorkerSpec, conn: Any, control: Control) -> None:
-    """Entry point of a worker process (see the module docstring); exits 1 on failure."""
+    """Entry point of a worker process (see the module docstring); exits 1 on failure, 143 on
+    a SIGTERM of its own (after ``stop()``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C for everyone
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     logging.basicConfig(level=spec.log_level, stream=sys.stderr,
                         format=f"%(levelname)s [{spec.name}] %(name)s: %(message)s")
     ctx = zmq.Context()
@@ -211,8 +234,11 @@ def main(spec: WorkerSpec, conn: Any, control: Control) -> None:
         if inlet is None:
             _run_source(spec, stage, outlet, control, stats, beat)
         else:
-            _run_stage(spec, stage, inlet, outlet, control, stats, beat)
+            trace = SeqTrace() if spec.trace_dir else None
+            _run_stage(spec, stage, inlet, outlet, control, stats, beat, trace)
             control.drained[spec.name].set()
+            if trace is not None and not control.aborted():
+                write_trace(spec.trace_dir, spec.name, trace)
         if control.aborted():
             return
         _send_all(outlet, stamps.flush(stage, spec.name, stats), control.aborted)

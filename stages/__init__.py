@@ -23,6 +23,8 @@ STAGES: dict[str, str] = {
     "unmixer": "stages.unmixer:UnmixerStage",
     "extractor": "stages.extractor:Extractor",
     "tracker": "stages.tracker:Tracker",
+    # the gate for an outside program's messages (it owns a socket, so it lives in pipeline/)
+    "external_input": "pipeline.external:ExternalInput",
     # sinks
     "scoring": "stages.scoring:Scoring",
     "console": "stages.sinks:ConsoleSummary",

@@ -13,7 +13,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from pipeline.codec import DTYPES, DecodeError, EncodeError, Limits, decode, encode
+from pipeline.codec import (
+    DTYPES,
+    DecodeError,
+    EncodeError,
+    Limits,
+    decode,
+    decode_record,
+    encode,
+    encode_record,
+)
 from stages.messages import (
     MESSAGE_TYPES,
     Blob,
@@ -280,3 +289,51 @@ def test_any_header_value_only_raises_decode_error(key, value):
         decode(frames)
     except DecodeError:
         pass
+
+
+# ---------------------------------------------------------------------------------------------
+# The on-disk form: one msgpack blob per message.
+
+
+@pytest.mark.parametrize("cls", list(MESSAGES), ids=lambda c: c.__name__)
+def test_record_round_trip(cls):
+    @SETTINGS
+    @given(MESSAGES[cls], st.text(min_size=1, max_size=20))
+    def check(msg, topic):
+        got_topic, got = decode_record(encode_record(msg, topic))
+        assert got_topic == topic
+        assert_same(got, msg)
+
+    check()
+
+
+def test_record_is_the_wire_header_plus_bin_buffers():
+    msg = valid_windows()
+    record = msgpack.unpackb(encode_record(msg, "windows"), raw=False)
+    header = msgpack.unpackb(encode(msg)[1], raw=False)
+    assert {k: v for k, v in record.items() if k != "data"} == header
+    assert record["data"] == [np.ascontiguousarray(msg.patches).tobytes()]
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda r: r.pop("data"), "missing \\['data'\\]"),
+    (lambda r: r.update(data="x"), "data must be a list of bin values"),
+    (lambda r: r.update(data=[]), "expected 1 buffer"),
+    (lambda r: r.update(topic=7), "topic must be a str"),
+    (lambda r: r.update(schema="csist.Nope"), "unknown schema"),
+    (lambda r: r["data"].__setitem__(0, b"xx"), "has 2 bytes"),
+])
+def test_malformed_records_raise_decode_error(mutate, match):
+    record = msgpack.unpackb(encode_record(valid_windows(), "windows"), raw=False)
+    mutate(record)
+    with pytest.raises(DecodeError, match=match):
+        decode_record(msgpack.packb(record, use_bin_type=True))
+
+
+def test_record_garbage_and_size_limit():
+    with pytest.raises(DecodeError, match="not valid msgpack"):
+        decode_record(b"\xc1\xc1")
+    with pytest.raises(DecodeError, match="expected a map"):
+        decode_record(msgpack.packb([1, 2]))
+    with pytest.raises(DecodeError, match="over the limit"):
+        decode_record(encode_record(valid_windows()), Limits(max_total_bytes=100))

@@ -259,7 +259,7 @@ sys.exit(0 if report["ok"] else 1)
 """
 
 
-@pytest.mark.parametrize("mode, started", [("processes", "running 3 stages"),
+@pytest.mark.parametrize("mode, started", [("processes", "stages in processes mode"),
                                            ("inline", None)])
 def test_sigterm_stops_the_source_and_drains(mode, started):
     script = SIGTERM_SCRIPT.format(tests=str(Path(__file__).parent), mode=mode)

@@ -1,0 +1,185 @@
+"""A stage whose work is done by another program: the chain's gate for an external process.
+
+``kind: external_input`` binds a PULL socket on ``endpoint``; any number of outside programs
+connect PUSH sockets there and send messages of one schema (e.g. ``csist.Blobs`` from an
+external detector) in the wire format of ``docs/wire-format.md``. For every message the stage
+receives from the chain (typically a frame), it waits up to ``timeout_s`` for the outside
+message with the same ``seq`` and emits it on its output topic, stamped with the chain's own
+``t_source_ns`` (time always comes from the chain's headers). Outside messages for later seqs
+are kept (at most ``max_early``); ones for seqs already passed are dropped and counted
+(``late``). When nothing arrives in time, the stage emits an empty message of the schema when
+the schema has one (Blobs, Points, Tracks) and counts a ``missed`` seq, so the chain keeps one
+message per frame and never stalls.
+
+Wiring (``configs/external-detector.yaml``): the outside detector reads frames from the tap
+(``run.publish``), this stage turns its blobs into the ``external_blobs`` topic, and a
+``detector`` of ``kind: external`` checks them and publishes ``blobs`` for the cropper.
+Bind (the stable side) is here, so outside programs may start, stop and restart at any time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any
+
+import zmq
+
+from pipeline.codec import DEFAULT_LIMITS, DecodeError, decode
+from pipeline.curve import serve
+from stages.base import Stage
+from stages.messages import MESSAGE_TYPES, Message
+
+logger = logging.getLogger(__name__)
+
+#: Problems of each kind logged (all are counted).
+MAX_LOGGED = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class ExternalInputConfig:
+    """Options of :class:`ExternalInput`.
+
+    Attributes
+    ----------
+    endpoint : str
+        Where to bind the PULL socket, e.g. ``tcp://127.0.0.1:5556``.
+    schema : str
+        Schema the outside program sends (e.g. ``csist.Blobs``).
+    timeout_s : float
+        Longest wait for the answer to one chain message.
+    max_early : int
+        Outside messages kept for seqs the chain has not reached yet.
+    hwm : int
+        ZeroMQ receive high-water mark.
+    curve_secret_key, curve_allowed : str or None
+        CURVE server key pair file and client allow-list folder (:mod:`pipeline.curve`);
+        both or neither.
+    """
+
+    endpoint: str
+    schema: str = "csist.Blobs"
+    timeout_s: float = 5.0
+    max_early: int = 64
+    hwm: int = 64
+    curve_secret_key: str | None = None
+    curve_allowed: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.schema not in MESSAGE_TYPES:
+            raise ValueError(f"unknown schema {self.schema!r}; expected one of "
+                             f"{sorted(MESSAGE_TYPES)}")
+        if self.timeout_s <= 0 or self.max_early < 1 or self.hwm < 1:
+            raise ValueError("timeout_s must be > 0, max_early and hwm >= 1")
+        if (self.curve_secret_key is None) != (self.curve_allowed is None):
+            raise ValueError("set both curve_secret_key and curve_allowed, or neither")
+
+
+class ExternalInput(Stage):
+    """Chain message seq n → the outside program's message for seq n (module docstring)."""
+
+    Config = ExternalInputConfig
+    INPUTS = ("frames",)
+    OUTPUT = "external_blobs"
+
+    def __init__(self, config: ExternalInputConfig) -> None:
+        super().__init__(config)
+        self._ctx: zmq.Context | None = None
+        self._sock: zmq.Socket | None = None
+        self._auth: Any = None
+        self._early: OrderedDict[int, Message] = OrderedDict()
+        self.counts = {"received": 0, "missed": 0, "late": 0, "decode_errors": 0,
+                       "wrong_schema": 0}
+
+    def start(self) -> None:
+        cfg = self.config
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.PULL)
+        try:
+            self._sock.setsockopt(zmq.LINGER, 0)
+            self._sock.setsockopt(zmq.RCVHWM, cfg.hwm)
+            self._sock.setsockopt(zmq.MAXMSGSIZE, DEFAULT_LIMITS.max_total_bytes)
+            if cfg.curve_secret_key is not None:
+                self._auth = serve(self._ctx, self._sock, cfg.curve_secret_key,
+                                   cfg.curve_allowed)
+            try:
+                self._sock.bind(cfg.endpoint)
+            except zmq.ZMQError as exc:
+                raise RuntimeError(f"cannot bind the external input on {cfg.endpoint}: "
+                                   f"{exc}") from exc
+        except BaseException:
+            self.stop()
+            raise
+        logger.info("waiting for %s messages on %s", cfg.schema, cfg.endpoint)
+
+    def _count(self, kind: str, text: str) -> None:
+        self.counts[kind] += 1
+        if self.counts[kind] <= MAX_LOGGED:
+            logger.warning("external input %s: %s", self.config.endpoint, text)
+
+    def _receive(self, timeout_ms: int) -> Message | None:
+        """One decoded outside message of the right schema, or None."""
+        assert self._sock is not None
+        if not self._sock.poll(timeout_ms, zmq.POLLIN):
+            return None
+        frames = self._sock.recv_multipart(copy=True)
+        try:
+            msg = decode(frames)
+        except DecodeError as exc:
+            self._count("decode_errors", f"dropped a malformed message: {exc}")
+            return None
+        if msg.SCHEMA != self.config.schema:
+            self._count("wrong_schema", f"dropped a {msg.SCHEMA} message; expected "
+                                        f"{self.config.schema}")
+            return None
+        return msg
+
+    def _wait_for(self, seq: int) -> Message | None:
+        if seq in self._early:
+            return self._early.pop(seq)
+        deadline = time.monotonic() + self.config.timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            msg = self._receive(max(1, int(left * 1000)))
+            if msg is None:
+                continue
+            if msg.seq == seq:
+                return msg
+            if msg.seq < seq:
+                self._count("late", f"seq {msg.seq} arrived after the chain passed it")
+            else:
+                self._early[msg.seq] = msg
+                while len(self._early) > self.config.max_early:
+                    self._early.popitem(last=False)
+        return None
+
+    def process(self, msg: Message) -> Iterable[Message]:
+        if self._sock is None:
+            raise RuntimeError("ExternalInput.start() was not called")
+        for old in [s for s in self._early if s < msg.seq]:
+            del self._early[old]
+        answer = self._wait_for(msg.seq)
+        if answer is not None:
+            self.counts["received"] += 1
+            return [dataclasses.replace(answer, t_source_ns=msg.t_source_ns, stamps={})]
+        self._count("missed", f"nothing for seq {msg.seq} within {self.config.timeout_s} s")
+        try:
+            return [MESSAGE_TYPES[self.config.schema](seq=msg.seq, t_source_ns=msg.t_source_ns)]
+        except TypeError:  # the schema has required fields (arrays): nothing to emit
+            return []
+
+    def stop(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+    def summary(self) -> dict[str, Any]:
+        return dict(self.counts)

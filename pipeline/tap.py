@@ -1,0 +1,149 @@
+"""The tap: every topic of a run re-published on one stable, documented XPUB endpoint.
+
+Anyone may attach a SUB socket to ``run.publish.endpoint`` (``python -m pipeline subscribe``,
+``examples/client.py``, an external detector reading frames) and subscribe by topic prefix.
+Messages are the multipart wire format of ``docs/wire-format.md``, identical to the links
+between stages (the runner's stamps included).
+
+Attaching is best-effort by nature: a subscriber gets nothing sent before its subscription
+reached the tap (the slow-joiner race), and a subscriber that falls ``hwm`` messages behind
+loses the newest ones, which it sees as ``seq`` gaps (the tap never slows the pipeline down:
+ZeroMQ drops for that subscriber only, silently). ``wait_subscribers: N`` makes the run wait,
+before the source starts, until N subscriptions arrived (one per topic a client subscribes to;
+an empty prefix counts once), for clients that must see every message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import zmq
+
+from pipeline.codec import encode
+from pipeline.curve import serve
+from pipeline.topicsink import TopicSink
+from stages.messages import Message
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class PublisherConfig:
+    """Options of :class:`Publisher`.
+
+    Attributes
+    ----------
+    endpoint : str
+        Where to bind, e.g. ``tcp://127.0.0.1:5555`` or ``ipc:///tmp/csist.pub``.
+    hwm : int
+        Messages queued per subscriber before new ones are dropped for it.
+    wait_subscribers : int
+        Subscriptions to wait for in ``start()`` (0: none).
+    wait_s : float
+        Longest wait for them; the run then goes on with a warning.
+    curve_secret_key, curve_allowed : str or None
+        CURVE server key pair file and allow-list folder (:mod:`pipeline.curve`); both or
+        neither.
+    """
+
+    endpoint: str
+    hwm: int = 64
+    wait_subscribers: int = 0
+    wait_s: float = 60.0
+    curve_secret_key: str | None = None
+    curve_allowed: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.curve_secret_key is None) != (self.curve_allowed is None):
+            raise ValueError("set both curve_secret_key and curve_allowed, or neither")
+
+
+class Publisher(TopicSink):
+    """Sink that re-publishes every message on its topic (see the module docstring)."""
+
+    Config = PublisherConfig
+
+    def __init__(self, config: PublisherConfig) -> None:
+        super().__init__(config)
+        self._ctx: zmq.Context | None = None
+        self._sock: zmq.Socket | None = None
+        self._auth: Any = None
+        #: The bound endpoint (a ``tcp://host:*`` endpoint resolved to its port).
+        self.endpoint = config.endpoint
+        self.sent = 0
+        self.subscriptions = 0
+
+    def start(self) -> None:
+        cfg = self.config
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.XPUB)
+        try:
+            self._bind()
+        except BaseException:
+            self.stop()
+            raise
+        logger.info("publishing every topic on %s", self.endpoint)
+        if cfg.wait_subscribers:
+            self._wait_for_subscribers()
+
+    def _bind(self) -> None:
+        cfg, sock = self.config, self._sock
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, cfg.hwm)
+        sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # see every subscription, not just the first
+        if cfg.curve_secret_key is not None:
+            self._auth = serve(self._ctx, sock, cfg.curve_secret_key, cfg.curve_allowed)
+        elif cfg.endpoint.startswith("tcp://") and not cfg.endpoint.startswith(
+            ("tcp://127.", "tcp://localhost:")
+        ):
+            logger.warning("publishing on %s without CURVE: anyone who reaches it can read "
+                           "every topic (set run.curve)", cfg.endpoint)
+        try:
+            sock.bind(cfg.endpoint)
+        except zmq.ZMQError as exc:
+            raise RuntimeError(f"cannot bind the tap on {cfg.endpoint}: {exc}; choose another "
+                               f"run.publish.endpoint") from exc
+        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def _read_subscriptions(self, timeout_ms: int) -> None:
+        assert self._sock is not None
+        while self._sock.poll(timeout_ms, zmq.POLLIN):
+            if self._sock.recv()[:1] == b"\x01":
+                self.subscriptions += 1
+            timeout_ms = 0
+
+    def _wait_for_subscribers(self) -> None:
+        cfg = self.config
+        deadline = time.monotonic() + cfg.wait_s
+        while self.subscriptions < cfg.wait_subscribers and time.monotonic() < deadline:
+            self._read_subscriptions(100)
+        if self.subscriptions < cfg.wait_subscribers:
+            logger.warning("tap %s: %d of %d subscriptions after %.0f s; starting anyway",
+                           cfg.endpoint, self.subscriptions, cfg.wait_subscribers, cfg.wait_s)
+
+    def process_topic(self, topic: str, msg: Message) -> Iterable[Message]:
+        if self._sock is None:
+            raise RuntimeError("Publisher.start() was not called")
+        self._read_subscriptions(0)  # keep the subscription queue short
+        self._sock.send_multipart(encode(msg, topic), copy=False)  # XPUB never blocks
+        self.sent += 1
+        return ()
+
+    def stop(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+    def summary(self) -> dict[str, Any]:
+        return {"endpoint": self.endpoint, "sent": self.sent,
+                "subscriptions": self.subscriptions}

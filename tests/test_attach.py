@@ -1,0 +1,252 @@
+"""Attaching to a running pipeline: the tap, CURVE allow-list, the subscribe CLI, the
+dependency-free example client, and an external detector process feeding the chain."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+from test_record_replay import save_fast_ista
+
+from pipeline.__main__ import main
+from pipeline.curve import connect_client, create_keys
+from pipeline.external import ExternalInput, ExternalInputConfig
+from pipeline.record import read_recording
+from pipeline.subscribe import json_record, summary_line
+from pipeline.tap import Publisher, PublisherConfig
+from stages.base import ConfigError
+from stages.messages import Blob, Blobs, Frame, Point, Points, Track, Tracks
+
+REPO = Path(__file__).parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+TIMEOUT_S = 60
+
+
+def sub_socket(ctx, endpoint, keys=None):
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SUBSCRIBE, b"")
+    if keys is not None:
+        connect_client(sock, *keys)
+    sock.connect(endpoint)
+    return sock
+
+
+def drain(sock, timeout_ms=0):
+    """Messages waiting on ``sock`` (the first wait up to ``timeout_ms``)."""
+    got = []
+    while sock.poll(timeout_ms, zmq.POLLIN):
+        got.append(sock.recv_multipart())
+        timeout_ms = 0
+    return got
+
+
+def test_curve_tap_serves_only_listed_clients(tmp_path):
+    paths = create_keys(tmp_path / "keys", ["viewer", "intruder"])
+    (paths["allowed"] / "intruder.key").unlink()  # a key pair, but not on the allow-list
+    tap = Publisher(PublisherConfig(endpoint="tcp://127.0.0.1:*",
+                                    curve_secret_key=str(paths["server_secret"]),
+                                    curve_allowed=str(paths["allowed"])))
+    tap.start()
+    ctx = zmq.Context()
+    try:
+        server = paths["server_public"]
+        viewer = sub_socket(ctx, tap.endpoint, (server, paths["client:viewer"]))
+        intruder = sub_socket(ctx, tap.endpoint, (server, paths["client:intruder"]))
+        plain = sub_socket(ctx, tap.endpoint)
+        got, seq, deadline = [], 0, time.monotonic() + 10
+        while len(got) < 3 and time.monotonic() < deadline:  # until the handshake is done
+            tap.process_topic("points", Points(seq=seq, t_source_ns=0))
+            seq += 1
+            got += drain(viewer, 20)
+        assert len(got) >= 3 and got[0][0] == b"points"
+        for _ in range(10):
+            tap.process_topic("points", Points(seq=seq, t_source_ns=0))
+            seq += 1
+        assert drain(viewer, 1000)  # the listed client still receives
+        assert drain(intruder, 500) == [] and drain(plain, 500) == []
+        for sock in (viewer, intruder, plain):
+            sock.close(linger=0)
+    finally:
+        tap.stop()
+        ctx.term()
+    create_keys(tmp_path / "k2")
+    with pytest.raises(ConfigError, match="holds only a public key"):
+        Publisher(PublisherConfig(endpoint="tcp://127.0.0.1:*",
+                                  curve_secret_key=str(tmp_path / "k2" / "server.key"),
+                                  curve_allowed=str(tmp_path / "k2" / "allowed"))).start()
+
+
+def test_keys_cli_writes_the_layout(tmp_path, capsys):
+    assert main(["keys", str(tmp_path), "--client", "a", "--client", "b"]) == 0
+    assert "run.curve.secret_key" in capsys.readouterr().out
+    names = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert names == ["allowed/a.key", "allowed/b.key", "clients/a.key", "clients/a.key_secret",
+                     "clients/b.key", "clients/b.key_secret", "server.key", "server.key_secret"]
+
+
+def test_external_input_pairs_answers_by_seq(tmp_path):
+    endpoint = f"ipc://{tmp_path}/ext"
+    stage = ExternalInput(ExternalInputConfig(endpoint=endpoint, timeout_s=0.3))
+    stage.start()
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    push.connect(endpoint)
+    try:
+        def blobs(seq, row):
+            head = {"schema": "csist.Blobs", "version": 1, "topic": "blobs", "seq": seq,
+                    "t_source_ns": 123, "stamps": {},
+                    "fields": {"blobs": [{"row": row, "col": 2.0, "peak": 9.0, "area": 3,
+                                          "snr": 5.0}]}, "buffers": []}
+            return [b"blobs", msgpack.packb(head)]
+
+        push.send_multipart([b"blobs", b"\xc1garbage"])
+        push.send_multipart(blobs(1, 11.0))  # early
+        push.send_multipart(blobs(0, 10.0))
+        frame = Frame(seq=0, t_source_ns=40, image=np.zeros((2, 2), np.float32))
+        (out0,) = stage.process(frame)
+        (out1,) = stage.process(Frame(seq=1, t_source_ns=80, image=frame.image))
+        assert (out0.seq, out0.t_source_ns, out0.blobs[0].row) == (0, 40, 10.0)
+        assert (out1.seq, out1.t_source_ns, out1.blobs[0].row) == (1, 80, 11.0)
+        t0 = time.monotonic()
+        (out2,) = stage.process(Frame(seq=2, t_source_ns=120, image=frame.image))
+        assert 0.25 < time.monotonic() - t0 < 2 and isinstance(out2, Blobs) and not out2.blobs
+        push.send_multipart(blobs(1, 0.0))  # after the chain passed seq 1
+        stage.process(Frame(seq=3, t_source_ns=160, image=frame.image))
+        assert stage.summary() == {"received": 2, "missed": 2, "late": 1, "decode_errors": 1,
+                                   "wrong_schema": 0}
+    finally:
+        push.close(linger=0)
+        ctx.term()
+        stage.stop()
+
+
+def test_subscribe_line_formats():
+    frame = Frame(seq=3, t_source_ns=120_000_000, image=np.zeros((4, 5), np.uint16), truth=())
+    assert summary_line("frames", frame) == (
+        "frames     seq       3  t       0.120 s  image 4x5 uint16  truth 0")
+    tracks = Tracks(seq=1, t_source_ns=0, tracks=[Track(7, 1.5, 2.5, 0.0, 0.1, 90.0, 4)])
+    record = json_record("tracks", tracks)
+    assert record["fields"]["tracks"][0] == {"track_id": 7, "row": 1.5, "col": 2.5, "vrow": 0.0,
+                                             "vcol": 0.1, "score": 90.0, "age": 4}
+    assert json_record("frames", frame)["arrays"] == {"image": {"dtype": "<u2",
+                                                                "shape": [4, 5]}}
+    blobs = Blobs(seq=0, t_source_ns=0, blobs=[Blob(1.0, 2.0, 3.0, 4, 5.0)])
+    assert "blobs 1" in summary_line("blobs", blobs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Live pipelines in subprocesses.
+
+
+def live_config(folder: Path, frames: int) -> Path:
+    path = folder / "live.yaml"
+    path.write_text(f"""
+run: {{frames: {frames}}}
+stages:
+  - {{name: source, kind: simulator, config: {{seed: 3, height: 72, width: 72, groups: 2}}}}
+  - {{name: detector, kind: detector}}
+  - {{name: cropper, kind: cropper}}
+  - {{name: unmixer, kind: unmixer,
+      config: {{model: ista, weights: {save_fast_ista(folder)}, threads: 1}}}}
+  - {{name: extractor, kind: extractor}}
+  - {{name: tracker, kind: tracker}}
+""")
+    return path
+
+
+def finish(*procs):
+    """Wait for every process; returns their (returncode, stdout, stderr)."""
+    out = []
+    try:
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
+            out.append((proc.returncode, stdout, stderr))
+    finally:
+        for proc in procs:
+            proc.kill()
+    return out
+
+
+def popen(*args):
+    return subprocess.Popen([sys.executable, *map(str, args)], cwd=REPO, env=ENV, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_subscribe_cli_and_example_client_read_a_live_pipeline(tmp_path):
+    endpoint = f"ipc://{tmp_path}/pub"
+    rec = tmp_path / "live.mcap"
+    pipeline = popen("-m", "pipeline", "run", live_config(tmp_path, 24), "--publish", endpoint,
+                     "--set", "run.publish.wait_subscribers=2", "--record", rec,
+                     "--record-topics", "points,tracks")
+    client = popen("examples/client.py", endpoint, "--count", 14, "--timeout", TIMEOUT_S)
+    subscriber = popen("-m", "pipeline", "subscribe", endpoint, "--topic", "points", "--json",
+                       "--count", 10, "--timeout", TIMEOUT_S)
+    (run_rc, _, run_err), (client_rc, client_out, client_err), (sub_rc, sub_out, sub_err) = (
+        finish(pipeline, client, subscriber))
+    assert run_rc == 0, run_err
+    assert client_rc == 0, client_err
+    assert sub_rc == 0, sub_err
+    recorded = {t: {m.seq: m for tt, m in read_recording(rec) if tt == t}
+                for t in ("points", "tracks")}
+    # The example client (no project code) decodes the tracks exactly.
+    lines = client_out.strip().splitlines()
+    assert len(lines) == 14
+    with_tracks = 0
+    for line in lines:
+        seq = int(re.match(r"seq (\d+) ", line).group(1))
+        tracks = recorded["tracks"][seq].tracks
+        expected = "".join(f"  #{t.track_id} ({t.row:.3f}, {t.col:.3f})" for t in tracks)
+        assert line.endswith(f"{len(tracks)} tracks{expected}"), line
+        with_tracks += bool(tracks)
+    assert with_tracks >= 3
+    # The subscribe CLI prints one JSON object per points message.
+    records = [json.loads(line) for line in sub_out.strip().splitlines()]
+    assert [r["seq"] for r in records] == list(range(10))
+    for r in records:
+        assert r["topic"] == "points" and r["schema"] == "csist.Points"
+        want = recorded["points"][r["seq"]].points
+        assert [(p["row"], p["col"], p["track_id"]) for p in r["fields"]["points"]] == [
+            (p.row, p.col, p.track_id) for p in want]
+
+
+def test_external_detector_process_feeds_the_chain(tmp_path):
+    frames_endpoint, blobs_endpoint = f"ipc://{tmp_path}/pub", f"ipc://{tmp_path}/blobs"
+    report = tmp_path / "report.json"
+    weights = save_fast_ista(tmp_path)
+    overrides = [
+        "run.frames=12", f"run.publish.endpoint={frames_endpoint}",
+        f"stages.external.endpoint={blobs_endpoint}", "stages.external.timeout_s=20",
+        f"stages.unmixer.weights={weights}", "stages.source.height=72",
+        "stages.source.width=72", "stages.source.groups=2",
+    ]
+    pipeline = popen("-m", "pipeline", "run", REPO / "configs" / "external-detector.yaml",
+                     "--report", report, *[a for o in overrides for a in ("--set", o)])
+    detector = popen("examples/external_detector.py", "--frames", frames_endpoint, "--blobs",
+                     blobs_endpoint, "--count", 12)
+    (run_rc, _, run_err), (det_rc, _, det_err) = finish(pipeline, detector)
+    assert run_rc == 0, run_err
+    assert det_rc == 0 and "done after 12 frames" in det_err
+    data = json.loads(report.read_text())
+    assert data["scores"]["external"] == {"received": 12, "missed": 0, "late": 0,
+                                          "decode_errors": 0, "wrong_schema": 0}
+    assert data["stages"]["detector"]["msgs_in"] == 12  # the external-mode detector
+    assert data["stages"]["cropper"]["msgs_out"] == 10
+    assert data["outputs"]["records"]["points"] > 0  # outside blobs became unmixed points
+    assert data["scores"]["scoring"]["group_detection_rate"] > 0.5
+
+
+def test_point_records_survive_json(tmp_path):
+    points = Points(seq=0, t_source_ns=0, points=[Point(0.1 + 0.2, -3.0, 1e-7, -1)])
+    assert json.loads(json.dumps(json_record("points", points)))["fields"]["points"][0] == {
+        "row": 0.1 + 0.2, "col": -3.0, "score": 1e-7, "track_id": -1}
