@@ -16,11 +16,12 @@ A stage is a plain class built from a small frozen config dataclass::
 
 The runner calls, in this order: ``start()`` once, ``process(msg)`` for every message that
 arrives on one of the ``INPUTS`` topics (in ``seq`` order per topic, but topics interleave in
-any order, so a stage with several inputs joins them by ``seq``), ``flush()`` once at the end
-of the stream so buffered items drain, ``summary()`` for the run report, and ``stop()`` once
-(also after an error). Every message returned by ``process``/``flush`` is published on
-``OUTPUT``. A stage never touches sockets, the clock or ``stamps``; the same object runs in one
-process over an iterator (tests, replay, evaluation) or in its own process behind ZeroMQ.
+any order, so a stage with several inputs joins them by ``seq`` with :class:`SeqJoin`),
+``flush()`` once at the end of the stream so buffered items drain, ``summary()`` for the run
+report, and ``stop()`` once (also after an error). Every message returned by
+``process``/``flush`` is published on ``OUTPUT``. A stage never touches sockets, the clock or
+``stamps``; the same object runs in one process over an iterator (tests, replay, evaluation) or
+in its own process behind ZeroMQ.
 
 A source is a :class:`Source`: no inputs, and ``__iter__`` yields its messages (frames) in
 ``seq`` order. The runner decides how many it takes (``--frames``) and at what rate.
@@ -158,3 +159,45 @@ class Source(Stage):
 
     def process(self, msg: Message) -> Iterable[Message]:
         raise TypeError(f"{type(self).__name__} is a source; it takes no input messages")
+
+
+class SeqJoin:
+    """Pairs messages of several types that describe the same frame ``seq``.
+
+    Each input type arrives in increasing ``seq`` order (topics interleave freely). When the
+    last missing part of a seq arrives, that group is returned and every older, still
+    incomplete seq is dropped: its missing parts can no longer arrive.
+
+    Parameters
+    ----------
+    kinds : tuple of message types
+        The types to join; a message of another type is an error.
+    max_pending : int
+        At most this many incomplete seqs are held (oldest dropped first), so a silent topic
+        cannot grow the buffer without bound.
+    """
+
+    def __init__(self, kinds: tuple[type[Message], ...], max_pending: int = 16) -> None:
+        self.kinds = tuple(kinds)
+        self.max_pending = max_pending
+        self._pending: dict[int, dict[type[Message], Message]] = {}
+        #: Seqs dropped incomplete so far.
+        self.dropped = 0
+
+    def add(self, msg: Message) -> dict[type[Message], Message] | None:
+        """Store ``msg``; return ``{type: message}`` when its seq becomes complete, else None."""
+        kind = type(msg)
+        if kind not in self.kinds:
+            names = ", ".join(k.__name__ for k in self.kinds)
+            raise ConfigError(f"got a {kind.__name__} message; this stage takes {names}")
+        parts = self._pending.setdefault(msg.seq, {})
+        parts[kind] = msg
+        if len(parts) == len(self.kinds):
+            for seq in [s for s in self._pending if s < msg.seq]:
+                del self._pending[seq]
+                self.dropped += 1
+            return self._pending.pop(msg.seq)
+        while len(self._pending) > self.max_pending:
+            del self._pending[min(self._pending)]
+            self.dropped += 1
+        return None

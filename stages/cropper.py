@@ -1,10 +1,10 @@
 """Cropper: blob tracks, a 5-frame ring buffer and 11×11 windows with one shared origin.
 
 Inputs are :class:`Frame` and :class:`Blobs` messages (two topics, any interleaving); they are
-paired by ``seq`` with :class:`SeqJoin`. For every paired frame:
+paired by ``seq`` with :class:`~stages.base.SeqJoin`. For every paired frame:
 
 1. **Blob tracks.** Blob centroids are associated with the blob tracks (nearest neighbour,
-   one-to-one via :func:`gated_assignment`, gate ``gate_px`` around each
+   one-to-one via :func:`~stages.association.gated_assignment`, gate ``gate_px`` around each
    track's predicted position = last position + smoothed velocity). Unpaired blobs start
    tracks with new integer ids; a track is deleted after ``max_misses`` consecutive frames
    without a blob.
@@ -44,96 +44,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
-from stages.base import ConfigError, Stage
+from stages.association import gated_assignment
+from stages.base import SeqJoin, Stage
 from stages.messages import PATCH, WINDOW, Blobs, Frame, Message, TruthPoint, WindowInfo, Windows
 
 logger = logging.getLogger(__name__)
 
 HALF = PATCH // 2
 MIDDLE = WINDOW // 2
-
-
-def gated_assignment(cost: np.ndarray, gate: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Minimum-cost one-to-one pairing of rows and columns, pairs with cost > gate forbidden.
-
-    Parameters
-    ----------
-    cost : ndarray of shape (R, C)
-        Pairing costs (non-negative; inf allowed).
-    gate : float
-        Largest admissible cost (inclusive).
-
-    Returns
-    -------
-    pairs : ndarray of shape (K, 2), int64
-        (row, col) index pairs, sorted by row.
-    free_rows : ndarray of shape (R − K,), int64
-    free_cols : ndarray of shape (C − K,), int64
-
-    Examples
-    --------
-    >>> pairs, rows, cols = gated_assignment(np.array([[0.1, 5.0], [0.2, 0.3]]), gate=1.0)
-    >>> pairs.tolist(), rows.tolist(), cols.tolist()
-    ([[0, 0], [1, 1]], [], [])
-    """
-    cost = np.asarray(cost, dtype=np.float64)
-    n_rows, n_cols = cost.shape
-    allowed = cost <= gate
-    pairs = np.zeros((0, 2), dtype=np.int64)
-    if allowed.any():
-        # Forbidden pairs get a cost larger than any sum of allowed ones, so the solver
-        # only uses them when nothing else is left; they are removed afterwards.
-        big = 1.0 + max(float(gate), 0.0) * (min(n_rows, n_cols) + 1)
-        rows, cols = linear_sum_assignment(np.where(allowed, cost, big))
-        ok = allowed[rows, cols]
-        pairs = np.column_stack([rows[ok], cols[ok]]).astype(np.int64)
-    free_rows = np.setdiff1d(np.arange(n_rows), pairs[:, 0])
-    free_cols = np.setdiff1d(np.arange(n_cols), pairs[:, 1])
-    return pairs, free_rows, free_cols
-
-
-class SeqJoin:
-    """Pairs messages of several types that describe the same frame ``seq``.
-
-    Each input type arrives in increasing ``seq`` order (topics interleave freely). When the
-    last missing part of a seq arrives, that group is returned and every older, still
-    incomplete seq is dropped: its missing parts can no longer arrive.
-
-    Parameters
-    ----------
-    kinds : tuple of message types
-        The types to join; a message of another type is an error.
-    max_pending : int
-        At most this many incomplete seqs are held (oldest dropped first), so a silent topic
-        cannot grow the buffer without bound.
-    """
-
-    def __init__(self, kinds: tuple[type[Message], ...], max_pending: int = 16) -> None:
-        self.kinds = tuple(kinds)
-        self.max_pending = max_pending
-        self._pending: dict[int, dict[type[Message], Message]] = {}
-        #: Seqs dropped incomplete so far.
-        self.dropped = 0
-
-    def add(self, msg: Message) -> dict[type[Message], Message] | None:
-        """Store ``msg``; return ``{type: message}`` when its seq becomes complete, else None."""
-        kind = type(msg)
-        if kind not in self.kinds:
-            names = ", ".join(k.__name__ for k in self.kinds)
-            raise ConfigError(f"got a {kind.__name__} message; this stage takes {names}")
-        parts = self._pending.setdefault(msg.seq, {})
-        parts[kind] = msg
-        if len(parts) == len(self.kinds):
-            for seq in [s for s in self._pending if s < msg.seq]:
-                del self._pending[seq]
-                self.dropped += 1
-            return self._pending.pop(msg.seq)
-        while len(self._pending) > self.max_pending:
-            del self._pending[min(self._pending)]
-            self.dropped += 1
-        return None
 
 
 @dataclass(frozen=True)

@@ -3,22 +3,41 @@
 The shared :func:`models.extract.extract_points` finds the points of each map in PATCH
 pixels (integer = centre of a patch pixel); a window's origin is the frame pixel of patch
 pixel (0, 0), so ``frame = origin + patch`` exactly. Each point carries its window's track id.
-The stage's options are those of :class:`models.extract.ExtractorConfig`.
+The stage's options are those of :class:`models.extract.ExtractorConfig` plus ``threads``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from models.extract import ExtractorConfig, extract_points
 from stages.base import ConfigError, Stage
 from stages.messages import Maps, Message, Point, Points, WindowInfo
+from stages.threads import use_torch_threads
 
 #: ``extract(maps (N, 33, 33), windows (N, 5, 11, 11), config) -> N arrays (n_i, 3)``
 #: of (row, col, score) in patch pixels.
 ExtractFn = Callable[[np.ndarray, np.ndarray, ExtractorConfig], Sequence[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class ExtractorStageConfig(ExtractorConfig):
+    """Options of :class:`Extractor`: every :class:`models.extract.ExtractorConfig` field, plus
+
+    Attributes
+    ----------
+    threads : int
+        Torch intra-op threads of the fits (see :mod:`stages.threads`).
+    """
+
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
 
 
 def to_frame_points(
@@ -59,17 +78,17 @@ class Extractor(Stage):
 
     Parameters
     ----------
-    config : models.extract.ExtractorConfig, optional
+    config : ExtractorStageConfig, optional
     extract : callable, optional
         Replaces :func:`models.extract.extract_points` (tests).
     """
 
-    Config = ExtractorConfig
+    Config = ExtractorStageConfig
     INPUTS = ("maps",)
     OUTPUT = "points"
 
     def __init__(
-        self, config: ExtractorConfig | None = None, extract: ExtractFn = extract_points
+        self, config: ExtractorStageConfig | None = None, extract: ExtractFn = extract_points
     ) -> None:
         super().__init__(config)
         self.extract = extract
@@ -80,6 +99,14 @@ class Extractor(Stage):
                 f"the extractor takes Maps messages, got {type(msg).__name__}; "
                 "subscribe it to the maps topic"
             )
-        found = self.extract(msg.maps, msg.patches, self.config) if msg.windows else []
+        found = self.extract_windows(msg) if msg.windows else []
         points = to_frame_points(found, msg.windows)
         return [Points(seq=msg.seq, t_source_ns=msg.t_source_ns, points=points)]
+
+    def extract_windows(self, msg: Maps) -> Sequence[np.ndarray]:
+        """Points (row, col, score) in patch pixels of every window of ``msg``."""
+        use_torch_threads(self.config.threads)
+        # arrays decoded from the wire are read-only, and torch warns about those
+        maps = np.require(msg.maps, requirements="W")
+        patches = np.require(msg.patches, requirements="W")
+        return self.extract(maps, patches, self.config)

@@ -1,4 +1,5 @@
-"""Scoring a live run against the simulator's truth: CSO-mAP and GOSPA, per frame, averaged.
+"""Scoring a live run against the simulator's truth: CSO-mAP, and GOSPA of the points and of the
+tracks, per frame, averaged.
 
 **CSO-mAP** (:func:`models.evaluation.cso_map`, points mode) is computed at frame level over
 the unmixed targets of the *detected* groups: a truth group is detected in frame t when its
@@ -20,6 +21,12 @@ with *all* unmixed points of that frame:
 over assignments γ of pairs closer than c. The three terms are the localisation, missed and
 false parts (in units of px^p; for p = 1 they add up to the GOSPA distance, in px). They are
 averaged over the scored frames; "missed" is exactly the unmixing failure of merged targets.
+
+**Tracking score.** The same GOSPA compares all true sub-targets with the confirmed *tracks*
+of the frame (the tracker's output, coasting tracks included), plus the number of **identity
+switches**: a true sub-target paired (closer than c) with a track id other than the one it was
+last paired with. A sub-target is identified by its group and its rank among the group's
+sub-targets in the frame's truth (the simulator lists them in a fixed order).
 """
 
 from __future__ import annotations
@@ -33,9 +40,19 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from stages.base import Stage
-from stages.cropper import SeqJoin
-from stages.messages import PATCH, Frame, Message, Point, Points, TruthPoint, WindowInfo, Windows
+from stages.base import SeqJoin, Stage
+from stages.messages import (
+    PATCH,
+    Frame,
+    Message,
+    Point,
+    Points,
+    Track,
+    Tracks,
+    TruthPoint,
+    WindowInfo,
+    Windows,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +79,20 @@ class GospaTerms:
 
 
 def gospa(truth: np.ndarray, estimates: np.ndarray, c: float = 2.0, p: float = 1.0) -> GospaTerms:
-    """GOSPA metric with α = 2 and its decomposition.
+    """GOSPA metric with α = 2 and its decomposition (see :func:`gospa_pairs`).
+
+    Examples
+    --------
+    >>> gospa(np.array([[0.0, 0.0]]), np.zeros((0, 2)), c=2.0, p=1.0).missed
+    1.0
+    """
+    return gospa_pairs(truth, estimates, c, p)[0]
+
+
+def gospa_pairs(
+    truth: np.ndarray, estimates: np.ndarray, c: float = 2.0, p: float = 1.0
+) -> tuple[GospaTerms, np.ndarray]:
+    """GOSPA metric with α = 2, its decomposition and the optimal assignment.
 
     Parameters
     ----------
@@ -77,12 +107,9 @@ def gospa(truth: np.ndarray, estimates: np.ndarray, c: float = 2.0, p: float = 1
 
     Returns
     -------
-    GospaTerms
-
-    Examples
-    --------
-    >>> gospa(np.array([[0.0, 0.0]]), np.zeros((0, 2)), c=2.0, p=1.0).missed
-    1.0
+    terms : GospaTerms
+    pairs : ndarray of shape (assigned, 2), int64
+        (truth index, estimate index) of the pairs closer than c.
     """
     if c <= 0 or p < 1:
         raise ValueError(f"GOSPA needs c > 0 and p >= 1, got c={c}, p={p}")
@@ -97,13 +124,14 @@ def gospa(truth: np.ndarray, estimates: np.ndarray, c: float = 2.0, p: float = 1
     half = c**p / 2
     missed = half * (len(x) - assigned)
     false = half * (len(y) - assigned)
-    return GospaTerms(
+    terms = GospaTerms(
         distance=(localisation + missed + false) ** (1 / p),
         localisation=localisation,
         missed=missed,
         false=false,
         assigned=assigned,
     )
+    return terms, np.column_stack([rows[close], cols[close]]).astype(np.int64)
 
 
 def group_references(truth: Sequence[TruthPoint]) -> dict[int, np.ndarray]:
@@ -112,6 +140,23 @@ def group_references(truth: Sequence[TruthPoint]) -> dict[int, np.ndarray]:
     for p in truth:
         groups.setdefault(p.group, []).append((p.row, p.col))
     return {g: np.mean(pos, axis=0) for g, pos in groups.items()}
+
+
+def target_keys(truth: Sequence[TruthPoint]) -> list[tuple[int, int]]:
+    """Identity of each true sub-target: (group, rank among the group's sub-targets).
+
+    Examples
+    --------
+    >>> target_keys([TruthPoint(7, 0.0, 0.0, 1.0), TruthPoint(7, 1.0, 0.0, 1.0),
+    ...              TruthPoint(2, 5.0, 5.0, 1.0)])
+    [(7, 0), (7, 1), (2, 0)]
+    """
+    seen: dict[int, int] = {}
+    keys = []
+    for p in truth:
+        keys.append((p.group, seen.get(p.group, 0)))
+        seen[p.group] = keys[-1][1] + 1
+    return keys
 
 
 def detected_groups(
@@ -149,8 +194,8 @@ class ScoringConfig:
     output : str or None
         JSON file written at the end of the stream with :meth:`ScoreAccumulator.summary`.
     max_pending : int
-        Frames held while their windows and points are on their way (the points of frame t
-        arrive at least 2 frames after it, later when the unmixer lags).
+        Frames held while their windows, points and tracks are on their way (the points of
+        frame t arrive at least 2 frames after it, later when the unmixer lags).
     """
 
     c: float = 2.0
@@ -163,6 +208,15 @@ class ScoringConfig:
             raise ValueError(f"GOSPA needs c > 0 and p >= 1, got c={self.c}, p={self.p}")
 
 
+def _mean_terms(terms: Sequence[GospaTerms], c: float, p: float) -> dict:
+    """Mean distance and terms over frames (None when there are no frames), plus c and p."""
+    mean = {
+        key: float(np.mean([getattr(t, key) for t in terms])) if terms else None
+        for key in ("distance", "localisation", "missed", "false")
+    }
+    return {**mean, "c": c, "p": p}
+
+
 class ScoreAccumulator:
     """Collects per-frame scores; :meth:`summary` gives the averages and the CSO-mAP."""
 
@@ -171,6 +225,10 @@ class ScoreAccumulator:
         self._detections: list[np.ndarray] = []
         self._ground_truths: list[np.ndarray] = []
         self._gospa: list[GospaTerms] = []
+        self._track_gospa: list[GospaTerms] = []
+        self._last_track: dict[tuple[int, int], int] = {}
+        self._switches = 0
+        self._tracks = 0
         self._groups = 0
         self._detected = 0
         self._windows = 0
@@ -181,13 +239,14 @@ class ScoreAccumulator:
         truth: Sequence[TruthPoint],
         windows: Sequence[WindowInfo],
         points: Sequence[Point],
+        tracks: Sequence[Track],
     ) -> GospaTerms:
-        """Score one frame; returns its GOSPA terms."""
+        """Score one frame; returns the GOSPA terms of its points."""
         refs = group_references(truth)
         detected = detected_groups(refs, windows)
-        tracks = set(detected.values())
+        detecting = set(detected.values())
         self._detections.append(
-            np.array([[q.row, q.col, q.score] for q in points if q.track_id in tracks]).reshape(
+            np.array([[q.row, q.col, q.score] for q in points if q.track_id in detecting]).reshape(
                 -1, 3
             )
         )
@@ -203,11 +262,28 @@ class ScoreAccumulator:
             self.p,
         )
         self._gospa.append(terms)
+        self._score_tracks(truth, tracks)
         self._groups += len(refs)
         self._detected += len(detected)
         self._windows += len(windows)
         self._points += len(points)
         return terms
+
+    def _score_tracks(self, truth: Sequence[TruthPoint], tracks: Sequence[Track]) -> None:
+        terms, pairs = gospa_pairs(
+            np.array([[q.row, q.col] for q in truth]),
+            np.array([[t.row, t.col] for t in tracks]),
+            self.c,
+            self.p,
+        )
+        self._track_gospa.append(terms)
+        self._tracks += len(tracks)
+        keys = target_keys(truth)
+        for ti, ej in pairs:
+            key, track_id = keys[ti], tracks[ej].track_id
+            if self._last_track.get(key, track_id) != track_id:
+                self._switches += 1
+            self._last_track[key] = track_id
 
     def summary(self) -> dict:
         """Averages over the scored frames.
@@ -216,31 +292,38 @@ class ScoreAccumulator:
         -------
         dict with ``frames``; ``groups`` and ``groups_detected`` (summed over frames) and
         ``group_detection_rate``; ``windows`` and ``points`` (summed); ``cso_map`` (the
-        :func:`~models.evaluation.cso_map` dict: mAP, AP05 … AP25, fractions); ``gospa``
-        (mean ``distance``, ``localisation``, ``missed``, ``false`` per frame, plus ``c``
-        and ``p``). Averages of nothing are None (valid JSON, unlike NaN).
+        :func:`~models.evaluation.cso_map` dict: mAP, AP05 … AP25, fractions, plus
+        ``mode: "points"`` and ``level: "frame"``); ``gospa`` of the points (mean
+        ``distance``, ``localisation``, ``missed``, ``false`` per frame, plus ``c`` and
+        ``p``); ``tracking``: ``gospa`` of the tracks (same keys), ``id_switches`` and
+        ``tracks`` (summed). Averages of nothing are None (valid JSON, unlike NaN).
         """
         from models.evaluation import cso_map
 
-        n = len(self._gospa)
-        mean = {
-            key: float(np.mean([getattr(t, key) for t in self._gospa])) if n else None
-            for key in ("distance", "localisation", "missed", "false")
-        }
+        c, p = self.c, self.p
         return {
-            "frames": n,
+            "frames": len(self._gospa),
             "groups": self._groups,
             "groups_detected": self._detected,
             "group_detection_rate": self._detected / self._groups if self._groups else None,
             "windows": self._windows,
             "points": self._points,
-            "cso_map": cso_map(self._detections, self._ground_truths),
-            "gospa": {**mean, "c": self.c, "p": self.p},
+            "cso_map": {
+                "mode": "points",
+                "level": "frame",
+                **cso_map(self._detections, self._ground_truths),
+            },
+            "gospa": _mean_terms(self._gospa, c, p),
+            "tracking": {
+                "gospa": _mean_terms(self._track_gospa, c, p),
+                "id_switches": self._switches,
+                "tracks": self._tracks,
+            },
         }
 
 
 class Scoring(Stage):
-    """Sink: frames (truth) + windows + points of the same seq → running scores.
+    """Sink: frames (truth) + windows + points + tracks of the same seq → running scores.
 
     Frames without truth (``truth is None``) cannot be scored and are counted in
     :attr:`skipped`. At the end of the stream the summary is logged and, if ``output`` is
@@ -248,15 +331,19 @@ class Scoring(Stage):
     """
 
     Config = ScoringConfig
-    INPUTS = ("frames", "windows", "points")
+    INPUTS = ("frames", "windows", "points", "tracks")
     OUTPUT = None
 
     def __init__(self, config: ScoringConfig | None = None) -> None:
         super().__init__(config)
         self.scores = ScoreAccumulator(self.config.c, self.config.p)
-        self.join = SeqJoin((Frame, Windows, Points), self.config.max_pending)
+        self.join = SeqJoin((Frame, Windows, Points, Tracks), self.config.max_pending)
         #: Frames that arrived without truth.
         self.skipped = 0
+
+    def start(self) -> None:
+        """Import the metric now (it pulls in torch), not in the middle of the stream."""
+        import models.evaluation  # noqa: F401
 
     def process(self, msg: Message) -> Iterable[Message]:
         parts = self.join.add(msg)
@@ -266,7 +353,9 @@ class Scoring(Stage):
         if frame.truth is None:
             self.skipped += 1
             return ()
-        self.scores.add(frame.truth, parts[Windows].windows, parts[Points].points)
+        self.scores.add(
+            frame.truth, parts[Windows].windows, parts[Points].points, parts[Tracks].tracks
+        )
         return ()
 
     def flush(self) -> Iterable[Message]:

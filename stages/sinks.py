@@ -1,6 +1,7 @@
-"""Sinks: a console summary, a JSON-lines writer and annotated overlay frames.
+"""Sinks: a console summary, a JSON-lines writer and annotated overlay frames
+(drawn by :mod:`stages.overlay`).
 
-Each sink pairs the messages it needs by ``seq`` (:class:`~stages.cropper.SeqJoin`); the
+Each sink pairs the messages it needs by ``seq`` (:class:`~stages.base.SeqJoin`); the
 points and tracks of frame t arrive at least 2 frames after frame t itself (the cropper's
 window delay), so frames wait in the join until their results come.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -17,21 +18,9 @@ from typing import TextIO
 import cv2
 import numpy as np
 
-from stages.base import Stage
-from stages.cropper import SeqJoin
-from stages.messages import (
-    PATCH,
-    Blob,
-    Blobs,
-    Frame,
-    Message,
-    Point,
-    Points,
-    Track,
-    Tracks,
-    WindowInfo,
-    Windows,
-)
+from stages.base import SeqJoin, Stage
+from stages.messages import PATCH, Blobs, Frame, Message, Points, Tracks, Windows
+from stages.overlay import draw_overlay
 
 # ---------------------------------------------------------------------------------------------
 # Console summary
@@ -236,12 +225,6 @@ class JsonLinesWriter(Stage):
 # ---------------------------------------------------------------------------------------------
 # Overlay frames
 
-BLOB_COLOUR = (0, 200, 255)  # BGR: orange boxes around blobs
-WINDOW_COLOUR = (255, 160, 0)  # blue: the 11×11 crop of each window
-POINT_COLOUR = (0, 0, 255)  # red crosses: unmixed sub-targets
-TRACK_COLOUR = (0, 255, 0)  # green ids: confirmed tracks
-_SHIFT = 4  # cv2 drawing with 4 fractional bits: sub-pixel positions
-
 
 @dataclass(frozen=True)
 class OverlayConfig:
@@ -262,7 +245,13 @@ class OverlayConfig:
     low_percentile, high_percentile : float
         Contrast stretch: these percentiles of the frame map to 0 and 255.
     gamma : float
-        Gamma of the stretch (see :func:`stretch_to_uint8`).
+        Gamma of the stretch (see :func:`stages.overlay.stretch_to_uint8`).
+    tiles : int
+        Windows shown zoomed beside the frame (slots; 0 = none).
+    tile_px : int
+        Pixels per side of the centre of a window's crop shown in its tile (1..11).
+    zoom : int
+        Upscaling factor of those tiles.
     max_pending : int
         Frames held in the join while their messages arrive.
     """
@@ -275,110 +264,25 @@ class OverlayConfig:
     low_percentile: float = 1.0
     high_percentile: float = 99.99
     gamma: float = 0.5
+    tiles: int = 6
+    tile_px: int = 5
+    zoom: int = 44
     max_pending: int = 64
 
     def __post_init__(self) -> None:
         if self.png_every < 0 or self.scale < 1 or self.max_pending < 1 or self.video_fps <= 0:
             raise ValueError("png_every >= 0, scale >= 1, max_pending >= 1, video_fps > 0")
+        if self.tiles < 0 or self.zoom < 1 or not 1 <= self.tile_px <= PATCH:
+            raise ValueError(f"tiles must be >= 0, zoom >= 1 and tile_px in 1..{PATCH}")
         if not 0 <= self.low_percentile < self.high_percentile <= 100 or self.gamma <= 0:
             raise ValueError("percentiles must satisfy 0 <= low < high <= 100, and gamma > 0")
 
 
-def stretch_to_uint8(
-    image: np.ndarray, low: float = 1.0, high: float = 99.99, gamma: float = 0.5
-) -> np.ndarray:
-    """Contrast stretch to uint8 (H, W): the ``low``..``high`` percentiles map to 0..1, then
-    ``x ** gamma`` (γ < 1 lifts the faint background and clutter while bright targets keep
-    their shape), then 0..255."""
-    img = np.asarray(image, dtype=np.float32)
-    lo, hi = np.percentile(img, [low, high])
-    unit = np.clip((img - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0)
-    return np.rint(255.0 * unit**gamma).astype(np.uint8)
-
-
-def _to_canvas(row: float, col: float, scale: int) -> tuple[int, int]:
-    """(x, y) fixed-point canvas coordinates of a frame position (pixel-centre convention)."""
-    factor = 1 << _SHIFT
-    x = ((col + 0.5) * scale - 0.5) * factor
-    y = ((row + 0.5) * scale - 0.5) * factor
-    return round(x), round(y)
-
-
-def draw_overlay(
-    image: np.ndarray,
-    blobs: Sequence[Blob] = (),
-    windows: Sequence[WindowInfo] = (),
-    points: Sequence[Point] = (),
-    tracks: Sequence[Track] = (),
-    scale: int = 3,
-    percentiles: tuple[float, float] = (1.0, 99.99),
-    gamma: float = 0.5,
-) -> np.ndarray:
-    """An annotated, upscaled BGR picture of one frame.
-
-    Parameters
-    ----------
-    image : ndarray of shape (H, W)
-        Raw frame.
-    blobs, windows, points, tracks
-        What to draw, all in frame pixels: blob boxes (orange), window crops (blue), point
-        crosses (red), track ids (green).
-    scale : int
-        Upscaling factor.
-    percentiles : tuple of float
-        Contrast stretch percentiles.
-    gamma : float
-        Gamma of the stretch.
-
-    Returns
-    -------
-    ndarray of shape (H·scale, W·scale, 3), uint8 (BGR).
-    """
-    grey = stretch_to_uint8(image, *percentiles, gamma)
-    big = cv2.resize(grey, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
-    canvas = cv2.cvtColor(big, cv2.COLOR_GRAY2BGR)
-    for b in blobs:
-        half = (np.sqrt(b.area) / 2 + 1.0) * scale
-        x, y = _to_canvas(b.row, b.col, scale)
-        d = round(half * (1 << _SHIFT))
-        cv2.rectangle(canvas, (x - d, y - d), (x + d, y + d), BLOB_COLOUR, 1, cv2.LINE_8, _SHIFT)
-    for w in windows:
-        top = (w.origin_col * scale, w.origin_row * scale)
-        bottom = ((w.origin_col + PATCH) * scale - 1, (w.origin_row + PATCH) * scale - 1)
-        cv2.rectangle(canvas, top, bottom, WINDOW_COLOUR, 1)
-    arm = max(scale, 2) * (1 << _SHIFT)
-    for p in points:
-        x, y = _to_canvas(p.row, p.col, scale)
-        cv2.line(canvas, (x - arm, y), (x + arm, y), POINT_COLOUR, 1, cv2.LINE_8, _SHIFT)
-        cv2.line(canvas, (x, y - arm), (x, y + arm), POINT_COLOUR, 1, cv2.LINE_8, _SHIFT)
-    for (row, col), ids in label_groups(tracks).items():
-        x, y = _to_canvas(row, col, scale)
-        at = (x >> _SHIFT) + 2 * scale, (y >> _SHIFT) - 2 * scale
-        text = ",".join(map(str, ids))
-        cv2.putText(canvas, text, at, cv2.FONT_HERSHEY_PLAIN, 0.8, TRACK_COLOUR, 1)
-    return canvas
-
-
-def label_groups(tracks: Sequence[Track], radius: float = 2.0) -> dict[tuple, list[int]]:
-    """Track ids gathered under one label per cluster, so that the ids of the sub-targets of
-    one CSO group (a fraction of a pixel apart) do not print over each other.
-
-    Returns
-    -------
-    dict mapping the (row, col) of the cluster's first track (lowest id) to its sorted ids;
-    a track joins the first cluster whose anchor is within ``radius`` px.
-    """
-    groups: dict[tuple, list[int]] = {}
-    for t in sorted(tracks, key=lambda t: t.track_id):
-        anchor = next(
-            (a for a in groups if np.hypot(a[0] - t.row, a[1] - t.col) <= radius), None
-        )
-        groups.setdefault(anchor or (t.row, t.col), []).append(t.track_id)
-    return groups
-
-
 class OverlayWriter(Stage):
-    """Annotated frames as PNG files (every n-th frame) and/or an MJPG video (every frame)."""
+    """Annotated frames as PNG files (every n-th frame) and/or an MJPG video (every frame).
+
+    A frame is drawn only when it is written (PNG or video).
+    """
 
     Config = OverlayConfig
     INPUTS = ("frames", "blobs", "windows", "points", "tracks")
@@ -397,6 +301,10 @@ class OverlayWriter(Stage):
         if parts is None:
             return ()
         cfg = self.config
+        png = bool(cfg.png_every) and self.frames % cfg.png_every == 0
+        self.frames += 1
+        if not png and cfg.video is None:
+            return ()
         frame = parts[Frame]
         canvas = draw_overlay(
             frame.image,
@@ -404,11 +312,16 @@ class OverlayWriter(Stage):
             parts[Windows].windows,
             parts[Points].points,
             parts[Tracks].tracks,
-            cfg.scale,
-            (cfg.low_percentile, cfg.high_percentile),
-            cfg.gamma,
+            truth=frame.truth,
+            seq=frame.seq,
+            scale=cfg.scale,
+            percentiles=(cfg.low_percentile, cfg.high_percentile),
+            gamma=cfg.gamma,
+            tiles=cfg.tiles,
+            tile_px=cfg.tile_px,
+            zoom=cfg.zoom,
         )
-        if cfg.png_every and self.frames % cfg.png_every == 0:
+        if png:
             path = Path(cfg.directory) / f"overlay_{frame.seq:06d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             if not cv2.imwrite(str(path), canvas):
@@ -416,7 +329,6 @@ class OverlayWriter(Stage):
             self.written.append(path)
         if cfg.video is not None:
             self._write_video(canvas)
-        self.frames += 1
         return ()
 
     def _write_video(self, canvas: np.ndarray) -> None:

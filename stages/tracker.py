@@ -9,7 +9,7 @@ pixels, pixels per frame) observing ``[r, c]``. Per frame (one :class:`Points` m
    position and the point (``gating="euclidean"``, gate ``gate_px``) or the squared
    Mahalanobis distance under the innovation covariance S = H P Hᵀ + R
    (``gating="mahalanobis"``, gate ``gate_mahalanobis``, default the χ²(2) 99 % quantile);
-3. :func:`~stages.cropper.gated_assignment` pairs tracks and points (Hungarian, pairs beyond
+3. :func:`~stages.association.gated_assignment` pairs tracks and points (Hungarian, pairs beyond
    the gate forbidden); paired tracks are updated;
 4. a track becomes confirmed (and gets its public id) after ``confirm_hits`` hits; a
    confirmed track is deleted after ``max_misses`` consecutive misses, a tentative one at
@@ -27,8 +27,8 @@ import numpy as np
 from filterpy.common import Q_discrete_white_noise
 from filterpy.kalman import KalmanFilter
 
+from stages.association import gated_assignment
 from stages.base import ConfigError, Stage
-from stages.cropper import gated_assignment
 from stages.messages import Message, Points, Track, Tracks
 
 GATINGS = ("mahalanobis", "euclidean")

@@ -5,9 +5,8 @@ Any model of :mod:`models.registry` serves, loaded with its weights by
 go through the model in one ``forward`` under :func:`torch.inference_mode`. The stage is
 stateless, so several unmixer processes can share a windows topic.
 
-``torch.set_num_threads(threads)`` is applied in :meth:`UnmixerStage.start`; it is a
-process-wide setting, which is right when the stage has its own process and harmless in a
-single-process chain.
+The torch thread count (``threads``, default 1) is applied before every forward pass
+(:func:`stages.threads.use_torch_threads`), so it holds in a single-process chain too.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ import numpy as np
 
 from stages.base import ConfigError, Stage
 from stages.messages import HR, Maps, Message, Windows
+from stages.threads import use_torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -36,14 +36,14 @@ class UnmixerConfig:
     weights : str or None
         Weights file; None takes the model's shipped default weights.
     threads : int
-        Torch intra-op threads.
+        Torch intra-op threads (see :mod:`stages.threads`).
     device : str
         Torch device, "cpu" (default) or e.g. "cuda".
     """
 
     model: str = "derefnet"
     weights: str | None = None
-    threads: int = 2
+    threads: int = 1
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -75,9 +75,7 @@ class UnmixerStage(Stage):
     def start(self) -> None:
         """Set the torch thread count and load the model (torch is imported here, not at
         module import, so stages that do not unmix never pay for it)."""
-        import torch
-
-        torch.set_num_threads(self.config.threads)
+        use_torch_threads(self.config.threads)
         if self.model is None:
             from models.weights import load_model
 
@@ -91,6 +89,7 @@ class UnmixerStage(Stage):
         Parameters
         ----------
         patches : ndarray of shape (N, 5, 11, 11), float32 grey levels
+            (read-only arrays, as decoded from the wire, are copied first)
         frame_index : ndarray of shape (N,), int64
 
         Returns
@@ -103,9 +102,10 @@ class UnmixerStage(Stage):
             return np.zeros((0, HR, HR), dtype=np.float32)
         if self.model is None:
             self.start()
+        use_torch_threads(self.config.threads)
         device = self.config.device
         with torch.inference_mode():
-            windows = torch.from_numpy(np.ascontiguousarray(patches, dtype=np.float32))
+            windows = torch.from_numpy(np.require(patches, np.float32, ["C", "W"]))
             index = torch.from_numpy(np.asarray(frame_index, dtype=np.int64))
             maps, _ = self.model(windows.to(device), index.to(device))
             return maps.detach().to("cpu", torch.float32).numpy().reshape(-1, HR, HR)

@@ -5,11 +5,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stages.base import ConfigError
+from stages.base import ConfigError, SeqJoin
 from stages.cropper import (
     Cropper,
     CropperConfig,
-    SeqJoin,
     WindowCropper,
     centre_at,
     crop,

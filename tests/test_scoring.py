@@ -5,14 +5,16 @@ import json
 import numpy as np
 import pytest
 
-from stages.messages import Frame, Point, Points, TruthPoint, WindowInfo, Windows
+from stages.messages import Frame, Point, Points, Track, Tracks, TruthPoint, WindowInfo, Windows
 from stages.scoring import (
     ScoreAccumulator,
     Scoring,
     ScoringConfig,
     detected_groups,
     gospa,
+    gospa_pairs,
     group_references,
+    target_keys,
 )
 
 
@@ -79,13 +81,15 @@ def test_accumulator_scores_only_detected_groups_in_cso_map_but_all_targets_in_g
         Point(row=20.3, col=30.0, score=190.0, track_id=4),
         Point(row=80.0, col=80.0, score=100.0, track_id=9),  # a false window: GOSPA only
     )
-    terms = scores.add(_truth(), windows, points)
+    terms = scores.add(_truth(), windows, points, ())
     assert terms.missed == pytest.approx(2 * 1.0) and terms.false == pytest.approx(1.0)
     summary = scores.summary()
     assert summary["groups"] == 2 and summary["groups_detected"] == 1
     assert summary["group_detection_rate"] == 0.5
     assert summary["cso_map"]["mAP"] == pytest.approx(1.0)
+    assert (summary["cso_map"]["mode"], summary["cso_map"]["level"]) == ("points", "frame")
     assert summary["gospa"]["distance"] == pytest.approx(3.0)
+    assert summary["tracking"]["gospa"]["missed"] == pytest.approx(4.0)  # no track at all
     assert (summary["frames"], summary["windows"], summary["points"]) == (1, 1, 3)
 
 
@@ -101,10 +105,12 @@ def test_stage_joins_by_seq_and_writes_its_summary(tmp_path):
                               patches=np.zeros((1, 5, 11, 11), np.float32)))
         pts = (Point(row=20.2, col=30.0, score=150.0, track_id=4),)
         stage.process(Points(seq=seq, t_source_ns=0, points=pts))
+        stage.process(Tracks(seq=seq, t_source_ns=0, tracks=(_track(0, 20.3, 30.0),)))
     stage.flush()
     summary = json.loads(out.read_text())
     assert summary["frames"] == 2 and summary["groups_detected"] == 2
     assert 0 < summary["cso_map"]["mAP"] < 1
+    assert summary["tracking"]["tracks"] == 2 and summary["tracking"]["id_switches"] == 0
     assert summary == json.loads(json.dumps(stage.summary()))
 
 
@@ -112,4 +118,49 @@ def test_summary_of_no_frames_is_valid_json():
     summary = ScoreAccumulator().summary()
     assert summary["frames"] == 0 and summary["group_detection_rate"] is None
     assert summary["gospa"]["distance"] is None
+    assert summary["tracking"]["gospa"]["distance"] is None
     json.loads(json.dumps(summary, allow_nan=False))
+
+
+def _track(track_id: int, row: float, col: float) -> Track:
+    return Track(track_id=track_id, row=row, col=col, vrow=0.0, vcol=0.0, score=1.0, age=3)
+
+
+def test_gospa_pairs_are_the_assigned_pairs_within_c():
+    truth = np.array([[0.0, 0.0], [10.0, 10.0]])
+    est = np.array([[10.2, 10.0], [50.0, 50.0], [0.0, 0.1]])
+    terms, pairs = gospa_pairs(truth, est, c=2.0, p=1.0)
+    assert pairs.tolist() == [[0, 2], [1, 0]] and terms.assigned == 2
+
+
+def test_target_keys_rank_sub_targets_within_their_group():
+    assert target_keys(_truth()) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+
+
+def test_tracking_score_counts_identity_switches_and_splits_gospa():
+    scores = ScoreAccumulator(c=2.0, p=1.0)
+    truth = _truth()
+    a, b = (truth[0].row, truth[0].col), (truth[1].row, truth[1].col)
+    scores.add(truth, (), (), (_track(0, *a), _track(1, *b)))
+    scores.add(truth, (), (), (_track(0, *a), _track(1, *b)))
+    scores.add(truth, (), (), (_track(1, *a), _track(0, *b)))  # the two ids swap: 2 switches
+    scores.add(truth, (), (), (_track(1, *a),))  # target (0, 1) unpaired: no switch, missed
+    scores.add(truth, (), (), (_track(1, *a), _track(0, *b)))  # (0, 1) back on 0: none
+    tracking = scores.summary()["tracking"]
+    assert tracking["id_switches"] == 2 and tracking["tracks"] == 9
+    # group 1 (2 targets) is never tracked; frame 4 also misses one target of group 0
+    assert tracking["gospa"]["missed"] == pytest.approx((4 * 2 + 3) / 5)
+    assert tracking["gospa"]["false"] == 0.0 and tracking["gospa"]["localisation"] == 0.0
+
+
+def test_stage_scores_tracks_of_the_same_seq():
+    stage = Scoring()
+    image = np.zeros((100, 100), np.float32)
+    stage.process(Frame(seq=5, t_source_ns=0, image=image, truth=_truth()))
+    stage.process(Windows(seq=5, t_source_ns=0, windows=(),
+                          patches=np.zeros((0, 5, 11, 11), np.float32)))
+    stage.process(Points(seq=5, t_source_ns=0, points=()))
+    assert stage.summary()["frames"] == 0  # still waiting for the tracks of frame 5
+    stage.process(Tracks(seq=5, t_source_ns=0, tracks=(_track(3, 60.0, 59.7),)))
+    tracking = stage.summary()["tracking"]
+    assert stage.summary()["frames"] == 1 and tracking["gospa"]["missed"] == pytest.approx(3.0)

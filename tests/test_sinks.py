@@ -6,7 +6,19 @@ import json
 import cv2
 import numpy as np
 
-from stages.messages import Blob, Blobs, Frame, Point, Points, Track, Tracks, WindowInfo, Windows
+from stages.messages import (
+    Blob,
+    Blobs,
+    Frame,
+    Point,
+    Points,
+    Track,
+    Tracks,
+    TruthPoint,
+    WindowInfo,
+    Windows,
+)
+from stages.overlay import CAPTION, GAP, HEADER, draw_overlay, label_groups, stretch_to_uint8
 from stages.sinks import (
     ConsoleConfig,
     ConsoleSummary,
@@ -14,9 +26,6 @@ from stages.sinks import (
     JsonLinesWriter,
     OverlayConfig,
     OverlayWriter,
-    draw_overlay,
-    label_groups,
-    stretch_to_uint8,
 )
 
 SHAPE = (40, 50)
@@ -27,8 +36,9 @@ def _messages(seq: int, stamp: int | None = None):
     image = np.full(SHAPE, 20.0, np.float32)
     image[10:13, 20:23] = 200.0
     info = WindowInfo(track_id=3, origin_row=6, origin_col=16, frame_index=2)
+    truth = (TruthPoint(group=0, row=11.0, col=21.4, brightness=230.0),)
     return [
-        Frame(seq=seq, t_source_ns=seq * 40, image=image),
+        Frame(seq=seq, t_source_ns=seq * 40, image=image, truth=truth),
         Blobs(seq=seq, t_source_ns=seq * 40, blobs=(Blob(row=11.0, col=21.0, peak=180.0,
                                                          area=9, snr=90.0),)),
         Windows(seq=seq, t_source_ns=seq * 40, windows=(info,),
@@ -87,18 +97,44 @@ def test_json_lines_are_valid_rounded_and_deterministic(tmp_path):
                                   "vcol": 0.0, "score": 200.0, "age": 4}
 
 
-def test_overlay_png_has_the_scaled_size_and_shows_the_marks(tmp_path):
-    stage = OverlayWriter(OverlayConfig(directory=str(tmp_path), png_every=2, scale=3))
+def _colour(picture: np.ndarray, bgr: tuple[int, int, int]) -> np.ndarray:
+    """Mask of the pixels within 40 grey levels of ``bgr`` on every channel."""
+    return np.all(np.abs(picture.astype(int) - np.array(bgr)) < 40, axis=-1)
+
+
+def test_overlay_png_has_the_frame_and_a_zoomed_tile_with_every_mark(tmp_path):
+    config = OverlayConfig(directory=str(tmp_path), png_every=2, scale=3, tiles=1, tile_px=5,
+                           zoom=10)
+    stage = OverlayWriter(config)
     _feed(stage, range(3))
     stage.stop()
     assert [p.name for p in stage.written] == ["overlay_000000.png", "overlay_000002.png"]
     picture = cv2.imread(str(stage.written[0]), cv2.IMREAD_COLOR)
-    assert picture.shape == (SHAPE[0] * 3, SHAPE[1] * 3, 3)
-    b, g, r = (picture[..., k].astype(int) for k in range(3))
-    assert np.any((r > 200) & (g < 80) & (b < 80))  # red point crosses
-    assert np.any((g > 200) & (r < 80) & (b < 80))  # green track id
+    tile_h = CAPTION + 5 * 10 + GAP
+    assert picture.shape == (HEADER + max(SHAPE[0] * 3, tile_h), SHAPE[1] * 3 + 5 * 10 + GAP, 3)
+    frame = picture[HEADER:HEADER + SHAPE[0] * 3, : SHAPE[1] * 3]
     y, x = 6 * 3, 16 * 3 + 10  # top edge of the window's crop box
-    assert tuple(picture[y, x]) == (255, 160, 0)
+    assert tuple(frame[y, x]) == (255, 160, 0)
+    assert _colour(frame, (0, 0, 255)).any()  # red point crosses
+    assert _colour(frame, (0, 255, 255)).any()  # yellow track ids
+    tile = picture[HEADER + CAPTION:, SHAPE[1] * 3 + GAP:]
+    # the tile shows window pixels 3..7 (frame 9..13, 19..23) at 10 px per pixel:
+    # truth (11.0, 21.4) -> tile pixel centre (25, 29); a green circle of radius 2-3 around it
+    near = _colour(tile[20:31, 24:35], (0, 220, 0))
+    assert near.any() and not _colour(tile[:, 40:], (0, 220, 0)).any()
+    assert _colour(tile, (0, 0, 255)).any() and _colour(tile, (0, 255, 255)).any()
+
+
+def test_overlay_without_png_draws_nothing(tmp_path, monkeypatch):
+    calls = []
+    def fake_draw(*args, **kwargs):
+        calls.append(kwargs["seq"])
+        return np.zeros((4, 4, 3), np.uint8)
+
+    monkeypatch.setattr("stages.sinks.draw_overlay", fake_draw)
+    stage = OverlayWriter(OverlayConfig(directory=str(tmp_path), png_every=5))
+    _feed(stage, range(7))
+    assert stage.frames == 7 and calls == [0, 5]
 
 
 def test_overlay_video_is_written(tmp_path):
@@ -110,14 +146,28 @@ def test_overlay_video_is_written(tmp_path):
     ok, first = capture.read()
     count = 1 + sum(1 for _ in iter(lambda: capture.read()[0], False))
     capture.release()
-    assert ok and first.shape == (SHAPE[0] * 2, SHAPE[1] * 2, 3) and count == 4
+    expected = draw_overlay(np.zeros(SHAPE, np.float32), scale=2).shape
+    assert ok and first.shape == expected and count == 4
 
 
 def test_draw_overlay_and_stretch():
     img = np.linspace(0, 1000, 100, dtype=np.float32).reshape(10, 10)
     grey = stretch_to_uint8(img, 0.0, 100.0)
     assert grey.dtype == np.uint8 and grey.min() == 0 and grey.max() == 255
-    assert draw_overlay(img, scale=4).shape == (40, 40, 3)
+    assert draw_overlay(img, scale=4, tiles=0).shape == (HEADER + 40, 40, 3)
+    # the picture size does not depend on the number of windows (a video needs one size)
+    infos = [WindowInfo(track_id=i, origin_row=0, origin_col=0, frame_index=2) for i in range(9)]
+    sizes = {draw_overlay(img, windows=infos[:n], tiles=4, zoom=6).shape for n in (0, 2, 9)}
+    assert sizes == {(HEADER + CAPTION + 30 + GAP, 30 + 4 * (30 + GAP), 3)}  # one row of 4
+
+
+def test_track_labels_stay_inside_the_picture():
+    img = np.zeros((20, 20), np.float32)
+    track = Track(track_id=123456, row=10.0, col=19.0, vrow=0.0, vcol=0.0, score=1.0, age=3)
+    picture = draw_overlay(img, tracks=[track], scale=3, tiles=0)
+    yellow = _colour(picture[HEADER:], (0, 255, 255))
+    columns = np.flatnonzero(yellow.any(axis=0))
+    assert columns.size and columns.max() < 60 and columns.min() < 40  # moved left to fit
 
 
 def test_ids_of_one_group_share_one_label():

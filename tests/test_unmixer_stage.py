@@ -117,3 +117,46 @@ def test_extractor_with_the_shared_extract_points_finds_a_rendered_pair():
     found = sorted((p.row, p.col) for p in out.points)
     np.testing.assert_allclose(found, [[105.2, -0.9], [105.5, -0.6]], atol=0.05)
     assert {p.track_id for p in out.points} == {7}
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array = array.copy()
+    array.flags.writeable = False  # as the codec decodes arrays from the wire
+    return array
+
+
+def test_stages_take_read_only_arrays_as_decoded_from_the_wire(restore_threads):
+    msg = _windows(2)
+    windows = Windows(seq=5, t_source_ns=0, windows=msg.windows, patches=_read_only(msg.patches))
+    (maps,) = UnmixerStage(model=CountingModel()).process(windows)  # torch would warn: an error
+    seen = []
+
+    def fake_extract(maps, patches, config):
+        seen.append((maps.flags.writeable, patches.flags.writeable))
+        return [np.zeros((0, 3))] * len(maps)
+
+    frozen = Maps(seq=5, t_source_ns=0, windows=maps.windows, patches=_read_only(maps.patches),
+                  maps=_read_only(maps.maps))
+    Extractor(extract=fake_extract).process(frozen)
+    assert seen == [(True, True)]
+
+
+def test_each_torch_stage_applies_its_thread_count_before_every_call(restore_threads):
+    from stages.extractor import ExtractorStageConfig
+
+    unmixer = UnmixerStage(UnmixerConfig(threads=2), model=CountingModel())
+    unmixer.start()
+    threads_seen = []
+
+    def fake_extract(maps, patches, config):
+        threads_seen.append(torch.get_num_threads())
+        return [np.zeros((0, 3))] * len(maps)
+
+    extractor = Extractor(ExtractorStageConfig(threads=1), extract=fake_extract)
+    for _ in range(2):  # one process, both stages: each call runs with its own count
+        (maps,) = unmixer.process(_windows(1))
+        assert torch.get_num_threads() == 2
+        extractor.process(maps)
+    assert threads_seen == [1, 1]
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        ExtractorStageConfig(threads=0)
