@@ -7,6 +7,7 @@
     python -m pipeline replay SOURCE [--config CONFIG] [--rate R] [--loop] [--lossless] ...
     python -m pipeline subscribe ENDPOINT [--topic T] [--json] [--count N] [--timeout S]
     python -m pipeline keys DIR [--client NAME ...]
+    python -m pipeline bench [--out FILE] [--frames N] [--repeats R]
 
 Exit codes: 0 success (also after a SIGINT/SIGTERM that drained cleanly), 1 the run failed (a
 stage raised or died, or the chain did not drain) or ``subscribe`` got fewer messages than
@@ -150,6 +151,11 @@ def _parser() -> argparse.ArgumentParser:
     keys_p.add_argument("dir", help="folder to write the keys to")
     keys_p.add_argument("--client", action="append", default=[], metavar="NAME",
                         help="client to create (repeatable; default: one named 'client')")
+    from pipeline import bench
+
+    bench.add_arguments(sub.add_parser(
+        "bench", help="frames/s and end-to-end latency of the chain, inline and one process "
+                      "per stage, for 1/6/24 groups (writes benchmarks/pipeline.json)"))
     return parser
 
 
@@ -256,6 +262,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "bench":
+        from pipeline.bench import main as bench_main
+
+        return bench_main(args)
     try:
         if args.command == "subscribe":
             from pipeline.subscribe import subscribe
