@@ -402,6 +402,7 @@ class Cropper(Stage):
                 origin_col=w.origin[1],
                 frame_index=w.frame_index,
                 truth=truth_in_crop(middle.truth, w.origin),
+                background=w.background,
             )
             for w in windows
         )

@@ -116,6 +116,9 @@ class WindowInfo:
     truth : tuple of TruthPoint
         True sub-targets of the middle frame inside the crop, in frame pixels; empty when the
         source has no truth.
+    background : float
+        Level (grey levels) the cropper subtracted from the window's patches: raw intensity =
+        patch value + background. 0 when nothing was subtracted.
     """
 
     track_id: int
@@ -123,6 +126,7 @@ class WindowInfo:
     origin_col: int
     frame_index: int
     truth: tuple[TruthPoint, ...] = ()
+    background: float = 0.0
 
     RECORDS: ClassVar[Mapping[str, type]] = {"truth": TruthPoint}
 
@@ -298,7 +302,9 @@ class Windows(Message):
         Metadata of window i.
     patches : ndarray of shape (N, 5, 11, 11), float32
         Window i holds the 11×11 crops of frames seq−2 … seq+2 (oldest first) at one origin,
-        raw intensities.
+        in grey levels above the window's background: the cropper subtracts
+        ``windows[i].background`` by default (the unmixers were trained on patches whose
+        background is 0), so raw intensity = patch + background.
     """
 
     windows: tuple[WindowInfo, ...]

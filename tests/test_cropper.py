@@ -178,6 +178,7 @@ def test_stage_joins_frames_and_blobs_in_any_order_and_attaches_truth():
     assert info.truth == truth[:1] and outs[2].t_source_ns == 20
     level = np.float32(ring_median(np.stack([f[25:36, 35:46] for f in frames[:5]])))
     np.testing.assert_array_equal(outs[2].patches[0, 4], frames[4][25:36, 35:46] - level)
+    assert info.background == pytest.approx(level)  # raw = patch + background
 
 
 def test_seq_join_drops_incomplete_older_seqs():
