@@ -70,7 +70,11 @@ class CropperConfig:
     max_frame_index : int
         Clamp of the time index given to the model (17 = last middle frame of training).
     max_pending : int
-        Incomplete frame/blob pairs held while waiting for the other part.
+        Incomplete frame/blob pairs held while waiting for the other part: how far (in
+        frames) the frames may run ahead of their blobs before the oldest is dropped. The
+        frames reach the cropper straight from the source, the blobs only after the
+        detector, which lags by many frames when the source is not paced and the cores are
+        busy (16 lost frames in unpaced benchmark runs on 2 busy cores).
     subtract_background : bool
         Subtract each window's background level (median of the patches' outer ring).
     """
@@ -79,7 +83,7 @@ class CropperConfig:
     max_misses: int = 3
     velocity_smoothing: float = 0.5
     max_frame_index: int = 17
-    max_pending: int = 16
+    max_pending: int = 64
     subtract_background: bool = True
 
     def __post_init__(self) -> None:
@@ -367,6 +371,8 @@ class Cropper(Stage):
 
     Every paired frame n ≥ 2 whose middle frame n − 2 is buffered gives one Windows message
     with ``seq = n − 2`` and that frame's ``t_source_ns`` (N = 0 when no track has a window).
+    A frame or blobs message whose partner never came is dropped and counted in the run
+    report (``summary()["join_dropped"]``).
     """
 
     Config = CropperConfig
@@ -382,6 +388,11 @@ class Cropper(Stage):
         """Forget all frames, tracks and pending messages."""
         self.core.reset()
         self.join = SeqJoin((Frame, Blobs), self.config.max_pending)
+
+    def summary(self) -> dict[str, int]:
+        """``join_dropped``: frames dropped without windows because their frame or blobs
+        message was missing (lost upstream, or more than ``max_pending`` frames behind)."""
+        return {"join_dropped": self.join.dropped}
 
     def process(self, msg: Message) -> Iterable[Message]:
         parts = self.join.add(msg)

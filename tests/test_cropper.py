@@ -215,3 +215,13 @@ def test_every_window_is_five_crops_at_one_origin(start, step, missed):
                 fill = np.float32(np.median(raw[::2, ::2]))
                 expected = crop(raw, w.origin, 11, fill) - np.float32(w.background)
                 np.testing.assert_array_equal(w.patches[k], expected)
+
+
+def test_stage_reports_frames_dropped_by_the_join():
+    stage = Cropper(CropperConfig(max_pending=2))
+    image = np.zeros(SHAPE, np.float32)
+    for seq in range(4):
+        stage.process(Frame(seq=seq, t_source_ns=0, image=image))
+    assert stage.summary() == {"join_dropped": 2}  # frames 0 and 1: over max_pending
+    stage.process(Blobs(seq=3, t_source_ns=0))
+    assert stage.summary() == {"join_dropped": 3}  # frame 2 can no longer be completed
