@@ -131,6 +131,30 @@ def _inference(model: torch.nn.Module):
         model.train(was_training)
 
 
+def _batches(model: Unmixer, dataset: SeqDataset, windows, frame_index, batch_size: int,
+             device: torch.device):
+    """(slice of evaluated windows, forward thunk) pairs.
+
+    Models with ``forward_sequences`` (DeRefNet) get whole trajectories, so each frame's
+    features are computed once and shared by the windows that contain it; the windows of a
+    trajectory come out in the same order as :func:`eval_windows` lists them.
+    """
+    if hasattr(model, "forward_sequences"):
+        per_traj = dataset.traj_len - 2 * HALF
+        images = dataset.trajectory_images()
+        step = max(1, batch_size // per_traj)
+        for first in range(0, dataset.n_trajectories, step):
+            frames = torch.from_numpy(images[first:first + step].astype(np.float32)).to(device)
+            starts = torch.zeros(len(frames), dtype=torch.int64, device=device)
+            yield (slice(first * per_traj, (first + len(frames)) * per_traj),
+                   lambda f=frames, s=starts: model.forward_sequences(f, s))
+        return
+    for start in range(0, len(windows), batch_size):
+        w = torch.from_numpy(windows[start:start + batch_size]).to(device)
+        t = torch.from_numpy(frame_index[start:start + batch_size]).to(device)
+        yield slice(start, start + len(w)), lambda w=w, t=t: model(w, t)
+
+
 def predict_maps(model: Unmixer, dataset: SeqDataset, batch_size: int = 256) -> Predictions:
     """Run ``model`` on every evaluated window in eval mode under ``torch.inference_mode``.
 
@@ -143,21 +167,20 @@ def predict_maps(model: Unmixer, dataset: SeqDataset, batch_size: int = 256) -> 
     maps = np.empty((len(windows), HR, HR), dtype=np.float32)
     forward_s = 0.0
     with _inference(model):
-        for start in range(0, len(windows), batch_size):
-            stop = start + batch_size
-            w = torch.from_numpy(windows[start:stop]).to(device)
-            t = torch.from_numpy(frame_index[start:stop]).to(device)
+        for where, forward in _batches(model, dataset, windows, frame_index, batch_size,
+                                       device):
             tic = time.perf_counter()
-            out, _ = model(w, t)
+            out, _ = forward()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             forward_s += time.perf_counter() - tic
-            if tuple(out.shape) != (len(w), HR, HR):
+            n = where.stop - where.start
+            if out.numel() != n * HR * HR:
                 raise ValueError(
                     f"{type(model).__name__} returned maps of shape {tuple(out.shape)} for "
-                    f"{len(w)} windows; the model interface requires (B, {HR}, {HR})"
+                    f"{n} windows; the model interface requires (B, {HR}, {HR})"
                 )
-            maps[start:stop] = out.float().cpu().numpy()
+            maps[where] = out.float().cpu().numpy().reshape(n, HR, HR)
     return Predictions(maps, windows, frames, forward_s)
 
 

@@ -159,3 +159,26 @@ def test_registry_lists_models_and_rejects_unknown_names():
         models.get_model("no-such-model")
     with pytest.raises(ValueError, match="already registered"):
         models.register_model("derefnet")(lambda: None)
+
+
+def test_evaluation_shares_frame_features_without_changing_the_maps():
+    """predict_maps feeds DeRefNet whole trajectories; the maps equal per-window forwards."""
+    from models.evaluate import predict_maps
+    from sim.dataset import simulate
+
+    torch.manual_seed(0)
+    model = small("derefnet")
+    ds = simulate(3, seed=5)
+
+    class PerWindow(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, w, t):
+            return self.inner(w, t)
+
+    shared = predict_maps(model, ds, batch_size=32).maps
+    plain = predict_maps(PerWindow(model), ds, batch_size=7).maps
+    assert shared.shape == (48, 33, 33)
+    np.testing.assert_allclose(shared, plain, rtol=1e-4, atol=1e-3)
