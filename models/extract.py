@@ -206,11 +206,13 @@ def _pixel_response(t: torch.Tensor, pixels: torch.Tensor, sigma: float):
 
 
 def physics_fit(windows: torch.Tensor, pos_px: torch.Tensor, bright: torch.Tensor,
-                counts: torch.Tensor, cfg: ExtractorConfig, sigma: float = SIGMA):
+                counts: torch.Tensor, cfg: ExtractorConfig, saturation: torch.Tensor,
+                sigma: float = SIGMA):
     """Refine middle-frame positions on the 5 LR frames (common velocity, prior to pos_px).
 
     windows (B, 5, 11, 11) grey levels; pos_px (B, K, 2) start positions in LR pixels;
-    bright (B, K). Returns refined positions (B, K, 2) and brightness (B, K).
+    bright (B, K); saturation (B,) the level at which each window's pixels clip (pixels
+    within 0.5 of it are censored). Returns refined positions (B, K, 2) and brightness (B, K).
     """
     b, t_len = windows.shape[:2]
     k_max, size = pos_px.shape[1], min(cfg.physics_crop, windows.shape[-1])
@@ -220,7 +222,8 @@ def physics_fit(windows: torch.Tensor, pos_px: torch.Tensor, bright: torch.Tenso
     pix_r = (origin[:, 0, None] + torch.arange(size)).to(windows.dtype)  # (B, S)
     pix_c = (origin[:, 1, None] + torch.arange(size)).to(windows.dtype)
     y = local.reshape(b, t_len, -1)
-    valid = (local < 254.5).reshape(b, t_len, -1).to(windows.dtype)  # saturated = censored
+    clip = (saturation - 0.5)[:, None, None, None]
+    valid = (local < clip).reshape(b, t_len, -1).to(windows.dtype)  # saturated = censored
     dt = torch.arange(t_len, dtype=windows.dtype) - t_len // 2  # (T,)
     prior = pos_px.clone()
     pos, br = pos_px.clone(), bright.clone()
@@ -262,7 +265,8 @@ def physics_fit(windows: torch.Tensor, pos_px: torch.Tensor, bright: torch.Tenso
     return pos, br
 
 
-def extract_points(maps, windows=None, cfg: ExtractorConfig = ExtractorConfig()):
+def extract_points(maps, windows=None, cfg: ExtractorConfig = ExtractorConfig(),
+                   saturation=255.0):
     """Sub-pixel targets of each window's middle frame.
 
     Parameters
@@ -271,12 +275,17 @@ def extract_points(maps, windows=None, cfg: ExtractorConfig = ExtractorConfig())
         Model output in grey levels (brightness-preserving maps).
     windows : ndarray or tensor of shape (B, 5, 11, 11), optional
         The LR frames of each window (grey levels); needed for ``refine="physics"``.
+    saturation : float or ndarray of shape (B,)
+        Level at which the windows' pixels clip: 255 for uint8 data, 255 − background for
+        patches whose background was subtracted after clipping.
 
     Returns
     -------
     list of B ndarrays of shape (K_b, 3): (row, col, score) in patch pixels, float64.
     """
     maps_t = torch.as_tensor(np.asarray(maps), dtype=torch.float64)
+    sat = torch.as_tensor(np.broadcast_to(np.asarray(saturation, dtype=np.float64),
+                                          (maps_t.shape[0],)).copy())
     out: list[np.ndarray] = []
     with torch.no_grad():
         for s in range(0, maps_t.shape[0], cfg.chunk):
@@ -289,7 +298,8 @@ def extract_points(maps, windows=None, cfg: ExtractorConfig = ExtractorConfig())
                 if windows is None:
                     raise ValueError("refine='physics' needs the LR windows")
                 w = torch.as_tensor(np.asarray(windows[s:s + cfg.chunk]), dtype=torch.float64)
-                pos_px, bright = physics_fit(w, pos_px, bright, counts, cfg)
+                pos_px, bright = physics_fit(w, pos_px, bright, counts, cfg,
+                                             sat[s:s + cfg.chunk])
             score = bright if cfg.score == "brightness" else m.clamp(min=0).sum(dim=(1, 2))[:, None]
             score = score.expand(-1, cfg.max_targets)
             for i in range(m.shape[0]):

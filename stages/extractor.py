@@ -20,7 +20,7 @@ from stages.threads import use_torch_threads
 
 #: ``extract(maps (N, 33, 33), windows (N, 5, 11, 11), config) -> N arrays (n_i, 3)``
 #: of (row, col, score) in patch pixels.
-ExtractFn = Callable[[np.ndarray, np.ndarray, ExtractorConfig], Sequence[np.ndarray]]
+ExtractFn = Callable[[np.ndarray, np.ndarray, ExtractorConfig, np.ndarray], Sequence[np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -109,4 +109,6 @@ class Extractor(Stage):
         # arrays decoded from the wire are read-only, and torch warns about those
         maps = np.require(msg.maps, requirements="W")
         patches = np.require(msg.patches, requirements="W")
-        return self.extract(maps, patches, self.config)
+        # frames clip at 255 before the cropper subtracts each window's background
+        saturation = 255.0 - np.array([w.background for w in msg.windows], dtype=np.float64)
+        return self.extract(maps, patches, self.config, saturation)

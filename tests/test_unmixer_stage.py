@@ -76,7 +76,7 @@ def test_unmixer_rejects_other_messages():
 
 
 def test_extractor_maps_patch_points_to_frame_points_exactly():
-    def fake_extract(maps, windows, config):
+    def fake_extract(maps, windows, config, saturation):
         assert maps.shape == (2, 33, 33) and windows.shape == (2, 5, 11, 11)
         return [np.array([[4.25, 5.0, 90.0], [0.0, 10.0, 75.5]]), np.zeros((0, 3))]
 
@@ -131,7 +131,7 @@ def test_stages_take_read_only_arrays_as_decoded_from_the_wire(restore_threads):
     (maps,) = UnmixerStage(model=CountingModel()).process(windows)  # torch would warn: an error
     seen = []
 
-    def fake_extract(maps, patches, config):
+    def fake_extract(maps, patches, config, saturation):
         seen.append((maps.flags.writeable, patches.flags.writeable))
         return [np.zeros((0, 3))] * len(maps)
 
@@ -148,7 +148,7 @@ def test_each_torch_stage_applies_its_thread_count_before_every_call(restore_thr
     unmixer.start()
     threads_seen = []
 
-    def fake_extract(maps, patches, config):
+    def fake_extract(maps, patches, config, saturation):
         threads_seen.append(torch.get_num_threads())
         return [np.zeros((0, 3))] * len(maps)
 
