@@ -175,19 +175,19 @@ def splat_fit(maps: torch.Tensor, counts: torch.Tensor, cfg: ExtractorConfig):
     local = crop(maps, origin, size)
     pos0, bright0 = _greedy_init(local, k_max, cfg)
     act = (torch.arange(k_max)[None, :] < counts[:, None]).to(maps.dtype)  # (B, K)
-    best = None
-    for s in range(cfg.splat_starts):
-        angle = 2 * np.pi * (np.arange(k_max) / k_max + s / cfg.splat_starts)
-        jitter = 0.0 if s == 0 else 0.35 * torch.as_tensor(
-            np.stack([np.cos(angle), np.sin(angle)], axis=1), dtype=maps.dtype)
-        pos, bright, cost = _splat_gn(local, (pos0 + jitter).clamp(0, size - 1), bright0, act, cfg)
-        if best is None:
-            best = (pos, bright, cost)
-            continue
-        better = cost < best[2]
-        best = (torch.where(better[:, None, None], pos, best[0]),
-                torch.where(better[:, None], bright, best[1]), torch.minimum(cost, best[2]))
-    return best[0] + origin[:, None, :].to(maps.dtype), best[1]
+    starts, b = cfg.splat_starts, maps.shape[0]
+    angle = 2 * np.pi * (np.arange(k_max)[None, :] / k_max + np.arange(starts)[:, None] / starts)
+    jitter = 0.35 * torch.as_tensor(np.stack([np.cos(angle), np.sin(angle)], axis=-1),
+                                    dtype=maps.dtype)  # (S, K, 2)
+    jitter[0] = 0.0  # the first start is the greedy answer itself
+    # all starts in one Gauss–Newton batch, start-major: row s·B + i is start s of map i
+    pos, bright, cost = _splat_gn(
+        local.repeat(starts, 1, 1),
+        (pos0[None] + jitter[:, None]).clamp(0, size - 1).reshape(starts * b, k_max, 2),
+        bright0.repeat(starts, 1), act.repeat(starts, 1), cfg)
+    best = cost.view(starts, b).argmin(dim=0)  # first start wins ties
+    rows = best * b + torch.arange(b)
+    return pos[rows] + origin[:, None, :].to(maps.dtype), bright[rows]
 
 
 def _pixel_response(t: torch.Tensor, pixels: torch.Tensor, sigma: float):
@@ -232,6 +232,11 @@ def physics_fit(windows: torch.Tensor, pos_px: torch.Tensor, bright: torch.Tenso
     w_noise = 1.0 / cfg.noise_grey
     w_prior = 1.0 / cfg.prior_px
     par_mask = torch.cat([active.repeat_interleave(3, dim=1), torch.ones(b, 2)], dim=1)
+    # prior rows: w_prior · (prior − pos) for every active position coordinate
+    jp = torch.zeros(b, 2 * k_max, n_par, dtype=windows.dtype)
+    for k in range(k_max):
+        jp[:, 2 * k, 3 * k] = w_prior
+        jp[:, 2 * k + 1, 3 * k + 1] = w_prior
     for _ in range(cfg.physics_iterations):
         r_t = pos[:, None, :, 0] + dt[None, :, None] * vel[:, None, None, 0]  # (B, T, K)
         c_t = pos[:, None, :, 1] + dt[None, :, None] * vel[:, None, None, 1]
@@ -248,11 +253,6 @@ def physics_fit(windows: torch.Tensor, pos_px: torch.Tensor, bright: torch.Tenso
         per_k = torch.stack([d_r, d_c, d_b], dim=3).reshape(b, t_len, 3 * k_max, -1)
         jac = torch.cat([per_k, d_vr[:, :, None], d_vc[:, :, None]], dim=2)  # (B, T, P, 121)
         jac = (jac * valid[:, :, None, :] * w_noise).permute(0, 1, 3, 2).reshape(b, -1, n_par)
-        # prior rows: w_prior · (prior − pos) for every active position coordinate
-        jp = torch.zeros(b, 2 * k_max, n_par, dtype=windows.dtype)
-        for k in range(k_max):
-            jp[:, 2 * k, 3 * k] = w_prior
-            jp[:, 2 * k + 1, 3 * k + 1] = w_prior
         rp = ((prior - pos) * w_prior).reshape(b, -1)
         jac = torch.cat([jac, jp], dim=1) * par_mask[:, None, :]
         res_all = torch.cat([res.reshape(b, -1), rp], dim=1)
