@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from models.base import WINDOW, Unmixer
 from models.registry import get_model
-from models.weights import save_weights
+from models.weights import load_weights, save_weights
 from sim import load_dataset
 from sim.phi import fit_qinit
 from sim.render import gt_map, splat_map
@@ -59,6 +59,7 @@ class TrainConfig:
     val_mode: str = "grid"
     checkpoint_every_steps: int = 100
     seed: int = 0
+    init_weights: str | None = None  # start from these weights (e.g. the shipped ones)
     threads: int = 2
     device: str = "cpu"
     out: str = "runs/derefnet"
@@ -119,6 +120,9 @@ class Trainer:
         self.model = get_model(cfg.model, **cfg.model_config).to(self.device)
         self.model.set_qinit(fit_qinit(self.targets.reshape(-1, self.targets.shape[-1] ** 2)
                                        .numpy()))
+        if cfg.init_weights:
+            start, _ = load_weights(cfg.init_weights)
+            self.model.load_state_dict(start.state_dict())
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr,
                                     weight_decay=cfg.weight_decay)
         self.rng = np.random.default_rng(cfg.seed)

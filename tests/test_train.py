@@ -63,3 +63,13 @@ def test_unknown_config_key_is_named(tmp_path):
     path.write_text(yaml.safe_dump({"model": "fastunmix", "learning_rate": 1.0}))
     with pytest.raises(ValueError, match="learning_rate"):
         TrainConfig.from_yaml(path)
+
+
+def test_init_weights_starts_from_saved_weights(data_dir, tmp_path):
+    first = Trainer(config(data_dir, tmp_path / "a", epochs=2), progress=False)
+    first.run()
+    again = Trainer(config(data_dir, tmp_path / "b", epochs=2,
+                           init_weights=str(tmp_path / "a" / "best.pt")), progress=False)
+    saved, _ = load_weights(tmp_path / "a" / "best.pt")
+    for a, b in zip(saved.parameters(), again.model.parameters(), strict=True):
+        assert torch.equal(a, b)
