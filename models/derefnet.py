@@ -111,7 +111,8 @@ class DeRefNet(Unmixer):
             raise ValueError(f"align_reduction must be 'sum' or 'mean', got {align_reduction!r}")
         self.align_reduction = align_reduction
         self.trajectory_length = trajectory_length
-        self.register_buffer("phitphi", self.phi.T @ self.phi)  # (1089, 1089)
+        # derived from Φ, so not stored in weight files
+        self.register_buffer("phitphi", self.phi.T @ self.phi, persistent=False)  # (1089, 1089)
         self.unfolding = nn.ModuleList(UnfoldingLayer(channels) for _ in range(layers))
         self.time = nn.Linear(HR * HR, HR * HR)
         self.fe = nn.Conv2d(1, channels, 3, padding=1)
