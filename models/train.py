@@ -293,8 +293,8 @@ def plot_curve(out: Path) -> None:
         ax2.plot([r["step"] for r in val], [100 * r["val"]["mAP"] for r in val], "o-",
                  color="tab:red", label="val CSO-mAP")
         ax2.set_ylabel("val CSO-mAP ×100")
-    fig.legend(loc="upper right")
-    fig.tight_layout()
+    fig.legend(loc="upper center", ncol=2)
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
     fig.savefig(out / "curve.png", dpi=100)
     plt.close(fig)
 
