@@ -112,3 +112,16 @@ def connect_client(sock: zmq.Socket, server_key: str | Path, client_secret: str 
     sock.curve_serverkey = server_public
     sock.curve_publickey = public
     sock.curve_secretkey = secret
+
+
+def close_served(sock: zmq.Socket | None, auth, ctx: zmq.Context | None) -> None:
+    """Close a served socket (linger 0), stop its authenticator, then end its context.
+
+    Each argument may be None (never opened).
+    """
+    if sock is not None:
+        sock.close(linger=0)
+    if auth is not None:
+        auth.stop()
+    if ctx is not None:
+        ctx.term()

@@ -24,7 +24,7 @@ from typing import Any
 import zmq
 
 from pipeline.codec import encode
-from pipeline.curve import serve
+from pipeline.curve import close_served, serve
 from pipeline.topicsink import TopicSink
 from stages.messages import Message
 
@@ -134,15 +134,8 @@ class Publisher(TopicSink):
         return ()
 
     def stop(self) -> None:
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
-        if self._auth is not None:
-            self._auth.stop()
-            self._auth = None
-        if self._ctx is not None:
-            self._ctx.term()
-            self._ctx = None
+        close_served(self._sock, self._auth, self._ctx)
+        self._sock = self._auth = self._ctx = None
 
     def summary(self) -> dict[str, Any]:
         return {"endpoint": self.endpoint, "sent": self.sent,
