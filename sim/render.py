@@ -12,6 +12,12 @@ import numpy as np
 from sim.phi import PATCH, RATIO, SIGMA, pixel_response
 
 
+def _flat_targets(targets: np.ndarray):
+    """Targets (..., K, 3) as float64 (N, K, 3) plus the leading shape to restore."""
+    t = np.asarray(targets, dtype=np.float64)
+    return t.reshape(-1, t.shape[-2], 3), t.shape[:-2]
+
+
 def render(
     targets: np.ndarray,
     patch: int = PATCH,
@@ -33,9 +39,7 @@ def render(
     -------
     ndarray of shape (..., patch, patch), float64 grey levels (not rounded, not clipped).
     """
-    t = np.asarray(targets, dtype=np.float64)
-    lead = t.shape[:-2]
-    t = t.reshape(-1, t.shape[-2], 3)
+    t, lead = _flat_targets(targets)
     valid = np.all(np.isfinite(t), axis=-1)
     t = np.where(valid[..., None], t, 0.0)
     n, k = t.shape[:2]
@@ -92,9 +96,7 @@ def gt_map(targets: np.ndarray, patch: int = PATCH, ratio: int = RATIO) -> np.nd
     ndarray of shape (..., patch·ratio, patch·ratio), float32. Targets outside the map are
     dropped (the reference would wrap negative indices; that never happens on SeqCSIST).
     """
-    t = np.asarray(targets, dtype=np.float64)
-    lead = t.shape[:-2]
-    t = t.reshape(-1, t.shape[-2], 3)
+    t, lead = _flat_targets(targets)
     side = patch * ratio
     out = np.zeros((t.shape[0], side * side), dtype=np.float32)
     valid = np.all(np.isfinite(t), axis=-1)
@@ -123,9 +125,7 @@ def splat_map(targets: np.ndarray, patch: int = PATCH, ratio: int = RATIO) -> np
     -------
     ndarray of shape (..., patch·ratio, patch·ratio), float32.
     """
-    t = np.asarray(targets, dtype=np.float64)
-    lead = t.shape[:-2]
-    t = t.reshape(-1, t.shape[-2], 3)
+    t, lead = _flat_targets(targets)
     side = patch * ratio
     out = np.zeros((t.shape[0], side * side), dtype=np.float64)
     n_idx, k_idx = np.nonzero(np.all(np.isfinite(t), axis=-1))
