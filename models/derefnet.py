@@ -204,7 +204,8 @@ class DeRefNet(Unmixer):
         x, h_time, l_cons = self.frame_features(frames.reshape(n * length, *frames.shape[2:]), tau)
         x, h_time = x.view(n, length, -1), h_time.view(n, length, -1)
         n_win = length - WINDOW + 1
-        idx = torch.arange(n_win, device=frames.device)[:, None] + torch.arange(WINDOW)[None]
+        dev = frames.device
+        idx = torch.arange(n_win, device=dev)[:, None] + torch.arange(WINDOW, device=dev)[None]
         win = h_time[:, idx].reshape(n * n_win, WINDOW, -1)
         centre = x[:, WINDOW // 2 : WINDOW // 2 + n_win].reshape(n * n_win, -1)
         maps, l_align = self.fuse(win, centre)

@@ -58,6 +58,21 @@ def test_gradients_reach_every_parameter(name):
     assert missing == []
 
 
+@pytest.mark.parametrize("name", LEARNED)
+def test_training_step_keeps_every_tensor_on_the_model_device(name):
+    """Forward, the training loss and backward on the "meta" device: any tensor a model or
+    the loss creates without ``device=`` lands on the CPU and raises, as it would on CUDA."""
+    from models.train import _loss
+
+    model = small(name).to("meta").train()
+    frames = torch.empty(2, 8, 11, 11, device="meta")
+    start = torch.zeros(2, dtype=torch.int64, device="meta")
+    target = torch.empty(2, 4, 33, 33, device="meta")
+    loss, _ = _loss(model, frames, start, target, {"reg": 1.0, "cons": 0.1, "align": 0.1})
+    loss.backward()
+    assert loss.device.type == "meta"
+
+
 def test_derefnet_reference_size_and_losses():
     model = DeRefNet()
     assert count_params(model) == 1_482_879  # facts §4.8, derived from the reference code
