@@ -1,11 +1,13 @@
 """Training harness: a tiny overfit, checkpoint/resume, best weights with metadata."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+import models
 from models.train import TrainConfig, Trainer
 from models.weights import load_weights
 from sim.dataset import save_npz, simulate
@@ -73,3 +75,12 @@ def test_init_weights_starts_from_saved_weights(data_dir, tmp_path):
     saved, _ = load_weights(tmp_path / "a" / "best.pt")
     for a, b in zip(saved.parameters(), again.model.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("configs/models/*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_training_configs_parse_and_build_their_model(path):
+    cfg = TrainConfig.from_yaml(path)
+    model = models.get_model(cfg.model, **cfg.model_config)
+    assert sum(p.numel() for p in model.parameters()) > 0
+    assert cfg.target in ("gt", "splat")
