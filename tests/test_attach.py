@@ -15,7 +15,7 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
-from test_record_replay import save_fast_ista
+from test_record_replay import chain_config, save_fast_ista
 
 from pipeline.__main__ import main
 from pipeline.curve import connect_client, create_keys
@@ -149,22 +149,6 @@ def test_subscribe_line_formats():
 # Live pipelines in subprocesses.
 
 
-def live_config(folder: Path, frames: int) -> Path:
-    path = folder / "live.yaml"
-    path.write_text(f"""
-run: {{frames: {frames}}}
-stages:
-  - {{name: source, kind: simulator, config: {{seed: 3, height: 72, width: 72, groups: 2}}}}
-  - {{name: detector, kind: detector}}
-  - {{name: cropper, kind: cropper}}
-  - {{name: unmixer, kind: unmixer,
-      config: {{model: ista, weights: {save_fast_ista(folder)}, threads: 1}}}}
-  - {{name: extractor, kind: extractor}}
-  - {{name: tracker, kind: tracker}}
-""")
-    return path
-
-
 def finish(*procs):
     """Wait for every process; returns their (returncode, stdout, stderr)."""
     out = []
@@ -186,7 +170,8 @@ def popen(*args):
 def test_subscribe_cli_and_example_client_read_a_live_pipeline(tmp_path):
     endpoint = f"ipc://{tmp_path}/pub"
     rec = tmp_path / "live.mcap"
-    pipeline = popen("-m", "pipeline", "run", live_config(tmp_path, 24), "--publish", endpoint,
+    pipeline = config = chain_config(tmp_path, save_fast_ista(tmp_path), frames=24)
+    pipeline = popen("-m", "pipeline", "run", config, "--publish", endpoint,
                      "--set", "run.publish.wait_subscribers=2", "--record", rec,
                      "--record-topics", "points,tracks")
     client = popen("examples/client.py", endpoint, "--count", 14, "--timeout", TIMEOUT_S)

@@ -10,6 +10,7 @@ import models
 from models.deform import deform_conv2d
 from models.derefnet import DeRefNet
 from models.evaluate import count_params
+from models.train import _loss
 from models.weights import WeightsError, load_model, load_weights, save_weights
 
 torch.set_num_threads(1)
@@ -62,8 +63,6 @@ def test_gradients_reach_every_parameter(name):
 def test_training_step_keeps_every_tensor_on_the_model_device(name):
     """Forward, the training loss and backward on the "meta" device: any tensor a model or
     the loss creates without ``device=`` lands on the CPU and raises, as it would on CUDA."""
-    from models.train import _loss
-
     model = small(name).to("meta").train()
     frames = torch.empty(2, 8, 11, 11, device="meta")
     start = torch.zeros(2, dtype=torch.int64, device="meta")
