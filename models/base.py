@@ -21,10 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-WINDOW = 5
-PATCH = 11
-RATIO = 3
-HR = PATCH * RATIO
+from sim.geometry import PATCH, WINDOW
 
 
 class Unmixer(nn.Module):

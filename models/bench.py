@@ -23,6 +23,7 @@ import torch
 
 from models.registry import get_model
 from models.weights import WeightsError, load_model
+from sim.geometry import PATCH, WINDOW
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -37,7 +38,7 @@ def _median_seconds(fn, repeats: int) -> float:
 
 def _inputs(batch: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    return torch.rand(batch, 5, 11, 11, generator=g) * 250, torch.full((batch,), 9)
+    return torch.rand(batch, WINDOW, PATCH, PATCH, generator=g) * 250, torch.full((batch,), 9)
 
 
 def _variant(model, batch: int, repeats: int, bf16: bool = False, channels_last: bool = False):
@@ -62,7 +63,7 @@ def _sequence_variant(model, tracks: int, repeats: int):
     Measured as the steady-state cost of a 20-frame sequence per track (16 windows).
     """
     g = torch.Generator().manual_seed(0)
-    frames = torch.rand(tracks, 20, 11, 11, generator=g) * 250
+    frames = torch.rand(tracks, 20, PATCH, PATCH, generator=g) * 250
     start = torch.zeros(tracks, dtype=torch.int64)
 
     def run():

@@ -27,9 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import HR, WINDOW, Unmixer
+from models.base import Unmixer
 from models.deform import DeformConv2dPack
 from models.registry import register_model
+from sim.geometry import HR, WINDOW
 from sim.phi import phi_matrix
 
 

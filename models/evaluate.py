@@ -35,7 +35,7 @@ import torch
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
-from models.base import HR, WINDOW, Unmixer
+from models.base import Unmixer
 from models.evaluation import (
     THRESHOLDS,
     Matching,
@@ -49,6 +49,7 @@ from models.extract import ExtractorConfig, extract_points
 from models.weights import default_weights, load_model, sha256_file
 from sim import load_dataset
 from sim.dataset import SeqDataset
+from sim.geometry import HR, WINDOW
 from sim.render import gt_map
 
 MODES = ("grid", "points")

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.base import HR
+from sim.geometry import HR
 from sim.phi import hr_centres
 
 THRESHOLDS = (0.05, 0.10, 0.15, 0.20, 0.25)

@@ -25,9 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sim.phi import PATCH, RATIO, SIGMA
+from sim.geometry import RATIO, SIGMA
 
-HR = PATCH * RATIO
 OFFSET = (RATIO - 1) // 2  # HR index of LR pixel centre 0
 
 

@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import HR, RATIO, WINDOW, Unmixer
+from models.base import Unmixer
 from models.derefnet import ResidualBlockNoBN
 from models.registry import register_model
+from sim.geometry import HR, RATIO, WINDOW
 from sim.phi import phi_matrix
 
 

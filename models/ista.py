@@ -18,8 +18,9 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from models.base import HR, WINDOW, Unmixer
+from models.base import Unmixer
 from models.registry import register_model
+from sim.geometry import HR, WINDOW
 from sim.phi import phi_matrix
 
 

@@ -22,10 +22,11 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from models.base import WINDOW, Unmixer
+from models.base import Unmixer
 from models.registry import get_model
 from models.weights import load_weights, save_weights
 from sim import load_dataset
+from sim.geometry import WINDOW
 from sim.phi import fit_qinit
 from sim.render import gt_map, splat_map
 

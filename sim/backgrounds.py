@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from sim.phi import PATCH
+from sim.geometry import PATCH
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DEFAULT_AMPLITUDE = 64.0

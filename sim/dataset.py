@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.phi import SIGMA
+from sim.geometry import SIGMA
 from sim.render import gt_map, render_uint8
 from sim.trajectory import TrajectoryRules, generate_trajectories
 

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from sim.backgrounds import DEFAULT_AMPLITUDE, load_backgrounds
 from sim.dataset import NPZ_VERSION, SeqDataset, save_npz, simulate
-from sim.phi import RATIO, SIGMA
+from sim.geometry import RATIO, SIGMA
 from sim.seqcsist_io import write_splits
 from sim.trajectory import TrajectoryRules
 

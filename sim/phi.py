@@ -12,9 +12,7 @@ from functools import lru_cache
 import numpy as np
 from scipy.special import erf
 
-PATCH = 11
-RATIO = 3
-SIGMA = 0.5
+from sim.geometry import PATCH, RATIO, SIGMA
 
 
 def hr_centres(patch: int = PATCH, ratio: int = RATIO) -> np.ndarray:

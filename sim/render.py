@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim.phi import PATCH, RATIO, SIGMA, pixel_response
+from sim.geometry import PATCH, RATIO, SIGMA
+from sim.phi import pixel_response
 
 
 def _flat_targets(targets: np.ndarray):

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sim.geometry import PATCH
+
 # (d_row, d_col) unit vectors: up, down, left, right.
 DIRECTIONS = np.array([[-1.0, 0.0], [1.0, 0.0], [0.0, -1.0], [0.0, 1.0]])
 CURVES = ("quadratic", "circle", "line")
@@ -31,7 +33,7 @@ class TrajectoryRules:
     row_speed: float = 0.04  # reference motion along rows (px/frame)
     max_drift: float = 0.0014  # per-frame outward drift upper bound (px)
     brightness: tuple[float, float] = (220.0, 250.0)
-    patch: int = 11
+    patch: int = PATCH
     margin: float = 1.5  # the reference column stays within [margin, patch − 1 − margin]
 
     def __post_init__(self) -> None:

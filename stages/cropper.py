@@ -45,9 +45,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sim.geometry import PATCH, WINDOW
 from stages.association import gated_assignment
 from stages.base import SeqJoin, Stage
-from stages.messages import PATCH, WINDOW, Blobs, Frame, Message, TruthPoint, WindowInfo, Windows
+from stages.messages import Blobs, Frame, Message, TruthPoint, WindowInfo, Windows
 
 logger = logging.getLogger(__name__)
 

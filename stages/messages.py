@@ -35,9 +35,7 @@ from typing import ClassVar
 
 import numpy as np
 
-WINDOW = 5
-PATCH = 11
-HR = 33
+from sim.geometry import HR, PATCH, WINDOW
 
 
 class PipelineError(Exception):

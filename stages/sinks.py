@@ -18,8 +18,9 @@ from typing import TextIO
 import cv2
 import numpy as np
 
+from sim.geometry import PATCH
 from stages.base import SeqJoin, Stage
-from stages.messages import PATCH, Blobs, Frame, Message, Points, Tracks, Windows
+from stages.messages import Blobs, Frame, Message, Points, Tracks, Windows
 from stages.overlay import draw_overlay
 
 # ---------------------------------------------------------------------------------------------

@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from sim.geometry import HR
 from stages.base import ConfigError, Stage
-from stages.messages import HR, Maps, Message, Windows
+from stages.messages import Maps, Message, Windows
 from stages.threads import use_torch_threads
 
 logger = logging.getLogger(__name__)
