@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sim.geometry import PATCH, WINDOW
+from sim.geometry import HR, PATCH, WINDOW
 
 
 class Unmixer(nn.Module):
@@ -51,4 +51,43 @@ class Unmixer(nn.Module):
         if frame_index.shape != windows.shape[:1]:
             raise ValueError(
                 f"frame_index must have shape ({windows.shape[0]},), got {tuple(frame_index.shape)}"
+            )
+
+    def forward_sequences(self, frames: torch.Tensor, start_index: torch.Tensor):
+        """Maps of every middle frame of frame sequences.
+
+        Parameters
+        ----------
+        frames : tensor of shape (N, L, 11, 11), float32
+            N sequences of L ≥ 5 consecutive frames (grey levels).
+        start_index : tensor of shape (N,), int64
+            Index of each sequence's first frame within its trajectory.
+
+        Returns
+        -------
+        maps : tensor of shape (N, L − 4, 33, 33)
+            Maps of frames 2 … L − 3 of every sequence, in order.
+        aux_losses : dict
+            As :meth:`forward`, over all windows.
+
+        This default slides the window over each sequence and calls :meth:`forward` once for
+        all N·(L − 4) windows; models that share per-frame work between the windows that
+        contain a frame (DeRefNet) override it.
+        """
+        n, length = frames.shape[:2]
+        n_win = length - WINDOW + 1
+        offsets = torch.arange(n_win, device=frames.device)
+        idx = offsets[:, None] + torch.arange(WINDOW, device=frames.device)[None]
+        windows = frames[:, idx].reshape(n * n_win, WINDOW, *frames.shape[2:])
+        middle = (start_index[:, None] + offsets[None] + WINDOW // 2).reshape(-1)
+        maps, aux = self(windows, middle)
+        self.check_maps(maps, n * n_win)
+        return maps.view(n, n_win, HR, HR), aux
+
+    def check_maps(self, maps: torch.Tensor, n_windows: int) -> None:
+        """Raise ValueError unless ``maps`` holds ``n_windows`` maps of shape (33, 33)."""
+        if maps.numel() != n_windows * HR * HR:
+            raise ValueError(
+                f"{type(self).__name__} returned maps of shape {tuple(maps.shape)} for "
+                f"{n_windows} windows; the model interface requires (B, {HR}, {HR})"
             )

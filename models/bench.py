@@ -2,8 +2,9 @@
 
 Measures windows/s at batch 1 and batch 64 and the latency per window on this machine's
 CPU, for the plain model and for each optimisation that applies: thread count,
-channels_last, bf16 autocast, torch.compile, and (models with ``forward_sequences``)
-reusing per-frame features across the overlapping windows of a track. Every figure is the
+channels_last, bf16 autocast, torch.compile, and whole 20-frame sequences through
+``forward_sequences`` (models that share per-frame features, such as DeRefNet, reuse them
+across the overlapping windows of a track). Every figure is the
 median of ``--repeats`` timed runs after a warm-up; all variants run side by side in one
 process. Results go to a JSON file (default ``benchmarks/bench_<model>.json``).
 """
@@ -91,8 +92,7 @@ def benchmark(model_name: str, weights: str | None, repeats: int, compile_: bool
     results["channels_last_b64"] = _variant(model, 64, repeats, channels_last=True)
     model = model.to(memory_format=torch.contiguous_format)
     results["bf16_autocast_b64"] = _variant(model, 64, repeats, bf16=True)
-    if hasattr(model, "forward_sequences"):
-        results["reuse_frame_features_4tracks"] = _sequence_variant(model, 4, repeats)
+    results["reuse_frame_features_4tracks"] = _sequence_variant(model, 4, repeats)
     if compile_:
         try:
             compiled = torch.compile(model)

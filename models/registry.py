@@ -1,24 +1,42 @@
-"""Plain-dict model registry: ``get_model(name, **cfg)`` and ``list_models()``."""
+"""The model registry: name -> where the model's class lives, imported only when asked for.
+
+``MODELS`` is written out by hand, like the stage table ``stages.STAGES``: to add a model,
+add one line. Nothing is imported until :func:`get_model` builds a model, so importing
+:mod:`models` (or its torch-free metric :mod:`models.metric`) never pulls in torch.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from models.base import Unmixer
+if TYPE_CHECKING:
+    from models.base import Unmixer
 
-MODELS: dict[str, Callable[..., Unmixer]] = {}
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """Where a registered model lives and what family it belongs to.
+
+    Attributes
+    ----------
+    target : str
+        ``"module:callable"``; the callable builds the model from its config keywords.
+    family : str
+        The model family, also the sub-package it lives in (``classical``, ``multiframe``…).
+    """
+
+    target: str
+    family: str
 
 
-def register_model(name: str):
-    """Decorator registering a builder ``fn(**cfg) -> Unmixer`` under ``name``."""
-
-    def wrap(fn):
-        if name in MODELS:
-            raise ValueError(f"a model is already registered under the name {name!r}")
-        MODELS[name] = fn
-        return fn
-
-    return wrap
+#: Model name (as used by ``--model`` and training configs) -> its entry.
+MODELS: dict[str, ModelEntry] = {
+    "ista": ModelEntry("models.classical.ista:IstaUnmixer", "classical"),
+    "derefnet": ModelEntry("models.multiframe.derefnet:DeRefNet", "multiframe"),
+    "fastunmix": ModelEntry("models.multiframe.fastunmix:FastUnmixer", "multiframe"),
+}
 
 
 def list_models() -> list[str]:
@@ -26,12 +44,24 @@ def list_models() -> list[str]:
     return sorted(MODELS)
 
 
-def get_model(name: str, **cfg) -> Unmixer:
-    """Build a registered model; an unknown name lists the valid ones."""
+def model_builder(name: str):
+    """Import and return the callable that builds model ``name``.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not registered (the message lists the registered models).
+    """
     try:
-        builder = MODELS[name]
+        entry = MODELS[name]
     except KeyError:
         raise ValueError(
             f"unknown model {name!r}; registered models: {', '.join(list_models())}"
         ) from None
-    return builder(**cfg)
+    module_name, _, attr = entry.target.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def get_model(name: str, **cfg) -> Unmixer:
+    """Build registered model ``name`` with config keywords ``cfg``."""
+    return model_builder(name)(**cfg)

@@ -84,17 +84,7 @@ class TrainConfig:
 
 def _loss(model: Unmixer, frames, start, target, weights: dict):
     """Weighted training loss of a batch of sequences; returns (total, detached parts)."""
-    if hasattr(model, "forward_sequences"):
-        maps, aux = model.forward_sequences(frames, start)
-    else:
-        n, length = frames.shape[:2]
-        n_win = length - WINDOW + 1
-        offsets = torch.arange(n_win, device=frames.device)
-        idx = offsets[:, None] + torch.arange(WINDOW, device=frames.device)[None]
-        windows = frames[:, idx].reshape(n * n_win, WINDOW, *frames.shape[2:])
-        mid = (start[:, None] + offsets[None] + WINDOW // 2).reshape(-1)
-        maps, aux = model(windows, mid)
-        maps = maps.view(n, n_win, *maps.shape[1:])
+    maps, aux = model.forward_sequences(frames, start)
     reg = torch.mean((maps - target) ** 2)
     parts = {"reg": reg, **aux}
     total = sum(weights.get(k, 0.0) * v for k, v in parts.items() if v is not None)
@@ -204,7 +194,7 @@ class Trainer:
         return self.step / (cfg.epochs * steps_per_epoch)
 
     def validate(self) -> dict:
-        from models.evaluate import evaluate_model
+        from models.harness import evaluate_model
 
         self.model.eval()
         result = evaluate_model(self.model, self.val_ds, mode=self.cfg.val_mode)

@@ -7,7 +7,7 @@ windows t = 2 … T−3 (frames t−2 … t+2, the SeqCSIST evaluation protocol 
 ``models.evaluate``), each with origin (0, 0), ``frame_index`` t, ``track_id`` = the dataset
 index of its middle frame (k·T + t) and that frame's targets as truth. The chain's unmixer and
 extractor turn them into points (patch = frame coordinates), and :class:`CsoMapScorer` scores
-the points of every window against its truth with :func:`models.evaluation.cso_map` (points
+the points of every window against its truth with :func:`models.metric.cso_map` (points
 mode: the numbers equal ``python -m models evaluate --mode points`` for the same model).
 """
 
@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from models.evaluate import eval_windows
-from models.evaluation import cso_map
+from models.metric import cso_map
+from models.protocol import eval_windows
 from sim import load_dataset
 from sim.dataset import DatasetError, SeqDataset
 from stages.base import ConfigError, Source, Stage

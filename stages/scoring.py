@@ -1,7 +1,7 @@
 """Scoring a live run against the simulator's truth: CSO-mAP, and GOSPA of the points and of the
 tracks, per frame, averaged.
 
-**CSO-mAP** (:func:`models.evaluation.cso_map`, points mode) is computed at frame level over
+**CSO-mAP** (:func:`models.metric.cso_map`, points mode) is computed at frame level over
 the unmixed targets of the *detected* groups: a truth group is detected in frame t when its
 reference lies inside the crop of one of frame t's windows (the nearest window centre wins
 when several crops hold it). The simulator's messages carry sub-targets, not references,
@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from models.metric import cso_map
 from stages.base import SeqJoin, Stage
 from stages.messages import (
     PATCH,
@@ -292,14 +293,12 @@ class ScoreAccumulator:
         -------
         dict with ``frames``; ``groups`` and ``groups_detected`` (summed over frames) and
         ``group_detection_rate``; ``windows`` and ``points`` (summed); ``cso_map`` (the
-        :func:`~models.evaluation.cso_map` dict: mAP, AP05 … AP25, fractions, plus
+        :func:`~models.metric.cso_map` dict: mAP, AP05 … AP25, fractions, plus
         ``mode: "points"`` and ``level: "frame"``); ``gospa`` of the points (mean
         ``distance``, ``localisation``, ``missed``, ``false`` per frame, plus ``c`` and
         ``p``); ``tracking``: ``gospa`` of the tracks (same keys), ``id_switches`` and
         ``tracks`` (summed). Averages of nothing are None (valid JSON, unlike NaN).
         """
-        from models.evaluation import cso_map
-
         c, p = self.c, self.p
         return {
             "frames": len(self._gospa),
@@ -340,10 +339,6 @@ class Scoring(Stage):
         self.join = SeqJoin((Frame, Windows, Points, Tracks), self.config.max_pending)
         #: Frames that arrived without truth.
         self.skipped = 0
-
-    def start(self) -> None:
-        """Import the metric now (it pulls in torch), not in the middle of the stream."""
-        import models.evaluation  # noqa: F401
 
     def process(self, msg: Message) -> Iterable[Message]:
         parts = self.join.add(msg)

@@ -67,7 +67,7 @@ def test_goal_needs_speed_the_rate_no_losses_and_a_low_p99():
 @pytest.fixture(scope="module")
 def fast_unmixer(tmp_path_factory) -> Path:
     """ISTA capped at 30 iterations: a real unmixer that needs no training."""
-    from models.ista import IstaUnmixer
+    from models.classical.ista import IstaUnmixer
     from models.weights import save_weights
 
     path = tmp_path_factory.mktemp("weights") / "ista30.pt"

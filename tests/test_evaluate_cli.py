@@ -11,17 +11,9 @@ import torch
 from torch import nn
 
 from models.base import Unmixer
-from models.evaluate import (
-    add_arguments,
-    count_macs,
-    count_params,
-    eval_frames,
-    eval_windows,
-    evaluate_model,
-    grid_oracle,
-    predict_maps,
-    run,
-)
+from models.evaluate import add_arguments, run
+from models.harness import count_macs, count_params, evaluate_model, predict_maps
+from models.protocol import eval_frames, eval_windows, grid_oracle
 from sim.dataset import save_npz, simulate
 from sim.phi import phi_matrix
 from sim.render import gt_map
@@ -111,7 +103,7 @@ def test_predict_maps_returns_maps_in_dataset_order(dataset):
     np.testing.assert_array_equal(pred.maps, maps)
     np.testing.assert_array_equal(pred.frames, frames)
     assert pred.forward_s > 0
-    with pytest.raises(ValueError, match=r"returned maps of shape \(2, 33, 33\) for 5 windows"):
+    with pytest.raises(ValueError, match=r"returned maps of shape \(2, 33, 33\) for 16 windows"):
         predict_maps(ReplayModel(maps[:2]), dataset, batch_size=5)
 
 

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from models.evaluation import (
+from models.metric import (
     THRESHOLDS,
     ap_key,
     average_precision,
@@ -245,7 +245,7 @@ def test_matches_the_literal_reference_to_1e9(adversarial):
 
 
 def test_chunked_distance_computation_matches_reference(monkeypatch):
-    import models.evaluation as ev
+    import models.metric as ev
 
     monkeypatch.setattr(ev, "_CHUNK_ELEMENTS", 7)  # forces many tiny chunks
     dets, gts = random_case(np.random.default_rng(5), 30, adversarial=True)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.evaluation import grid_detections
-from models.ista import IstaUnmixer, _phi_pinv_lipschitz, ista, soft_threshold
+from models.classical.ista import IstaUnmixer, _phi_pinv_lipschitz, ista, soft_threshold
+from models.metric import grid_detections
 from models.registry import get_model
 from models.weights import load_model
 from sim.render import render

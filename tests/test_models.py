@@ -7,9 +7,10 @@ import pytest
 import torch
 
 import models
-from models.deform import deform_conv2d
-from models.derefnet import DeRefNet
-from models.evaluate import count_params
+from models.harness import count_params
+from models.layers.deform import deform_conv2d
+from models.multiframe.derefnet import DeRefNet
+from models.registry import model_builder
 from models.train import _loss
 from models.weights import WeightsError, load_model, load_weights, save_weights
 
@@ -171,28 +172,35 @@ def test_registry_lists_models_and_rejects_unknown_names():
     assert {"derefnet", "fastunmix", "ista"} <= set(models.list_models())
     with pytest.raises(ValueError, match="registered models: .*derefnet"):
         models.get_model("no-such-model")
-    with pytest.raises(ValueError, match="already registered"):
-        models.register_model("derefnet")(lambda: None)
+
+
+def test_every_registered_model_imports_and_lives_in_its_family_package():
+    for name, entry in models.MODELS.items():
+        builder = model_builder(name)
+        assert callable(builder), name
+        assert entry.target.startswith(f"models.{entry.family}."), (name, entry)
 
 
 def test_evaluation_shares_frame_features_without_changing_the_maps():
-    """predict_maps feeds DeRefNet whole trajectories; the maps equal per-window forwards."""
-    from models.evaluate import predict_maps
+    """DeRefNet's forward_sequences (shared per-frame features) equals the base class's sliding
+    window over forward(); predict_maps, which feeds whole trajectories, equals both."""
+    from models.base import Unmixer
+    from models.harness import predict_maps
+    from models.protocol import eval_windows
     from sim.dataset import simulate
 
     torch.manual_seed(0)
-    model = small("derefnet")
+    model = small("derefnet").eval()
     ds = simulate(3, seed=5)
-
-    class PerWindow(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, w, t):
-            return self.inner(w, t)
-
-    shared = predict_maps(model, ds, batch_size=32).maps
-    plain = predict_maps(PerWindow(model), ds, batch_size=7).maps
-    assert shared.shape == (48, 33, 33)
-    np.testing.assert_allclose(shared, plain, rtol=1e-4, atol=1e-3)
+    frames = torch.from_numpy(ds.trajectory_images().astype(np.float32))
+    start = torch.zeros(3, dtype=torch.int64)
+    with torch.inference_mode():
+        shared, _ = model.forward_sequences(frames, start)
+        sliding, _ = Unmixer.forward_sequences(model, frames, start)
+        windows, frame_index, _ = eval_windows(ds)
+        plain, _ = model(torch.from_numpy(windows), torch.from_numpy(frame_index))
+    assert shared.shape == (3, 16, 33, 33)
+    np.testing.assert_allclose(shared.numpy(), sliding.numpy(), rtol=1e-4, atol=1e-3)
+    predicted = predict_maps(model, ds, batch_size=32).maps
+    assert predicted.shape == (48, 33, 33)
+    np.testing.assert_allclose(predicted, plain.numpy(), rtol=1e-4, atol=1e-3)

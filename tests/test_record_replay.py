@@ -62,7 +62,7 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 def save_fast_ista(folder: Path) -> Path:
     """Weights file of ISTA capped at 30 iterations (a cheap, real unmixer)."""
-    from models.ista import IstaUnmixer
+    from models.classical.ista import IstaUnmixer
     from models.weights import save_weights
 
     path = folder / "ista30.pt"
@@ -408,7 +408,7 @@ def test_mcap_source_window(tmp_path):
 
 
 def test_seqcsist_replay_is_scored_with_cso_map(tmp_path, weights):
-    from models.evaluate import evaluate_model
+    from models.harness import evaluate_model
     from models.weights import load_model
     from sim.dataset import save_npz, simulate
     from sim.seqcsist_io import write_split

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import Unmixer
-from models.deform import DeformConv2dPack
-from models.registry import register_model
+from models.layers.deform import DeformConv2dPack
+from models.layers.residual import ResidualBlockNoBN
 from sim.geometry import HR, WINDOW
 from sim.phi import phi_matrix
 
@@ -77,22 +77,6 @@ class SelectiveAttention(nn.Module):
         stats = torch.cat([u.mean(dim=1, keepdim=True), u.amax(dim=1, keepdim=True)], dim=1)
         w = torch.sigmoid(self.gate(stats))
         return torch.cat([a * w[:, :1], b * w[:, 1:]], dim=1)
-
-
-class ResidualBlockNoBN(nn.Module):
-    """conv3×3 → ReLU → conv3×3 plus identity; convs Kaiming-initialised ×0.1 (mmagic)."""
-
-    def __init__(self, channels: int = 32) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
-        for conv in (self.conv1, self.conv2):
-            nn.init.kaiming_normal_(conv.weight, a=0, mode="fan_in")
-            conv.weight.data.mul_(0.1)
-            nn.init.zeros_(conv.bias)
-
-    def forward(self, x):
-        return x + self.conv2(F.relu(self.conv1(x)))
 
 
 class DeRefNet(Unmixer):
@@ -212,10 +196,3 @@ class DeRefNet(Unmixer):
         maps, l_align = self.fuse(win, centre)
         aux = {"cons": l_cons, "align": l_align} if self.training else {}
         return maps.view(n, n_win, HR, HR), aux
-
-
-@register_model("derefnet")
-def derefnet(**cfg) -> DeRefNet:
-    """DeRefNet with the reference defaults (9 layers, 32 channels, 5 residual blocks)."""
-    return DeRefNet(**cfg)
-

@@ -16,8 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import Unmixer
-from models.derefnet import ResidualBlockNoBN
-from models.registry import register_model
+from models.layers.residual import ResidualBlockNoBN
 from sim.geometry import HR, RATIO, WINDOW
 from sim.phi import phi_matrix
 
@@ -45,8 +44,3 @@ class FastUnmixer(Unmixer):
         maps = self.out(x).view(-1, HR, HR) * self.scale
         return maps, {}
 
-
-@register_model("fastunmix")
-def fastunmix(**cfg) -> FastUnmixer:
-    """FastUnmixer with the defaults used for the shipped live weights."""
-    return FastUnmixer(**cfg)

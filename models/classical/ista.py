@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from models.base import Unmixer
-from models.registry import register_model
 from sim.geometry import HR, WINDOW
 from sim.phi import phi_matrix
 
@@ -135,8 +134,3 @@ class IstaUnmixer(Unmixer):
         )
         return x.to(torch.float32).reshape(len(windows), HR, HR), {}
 
-
-@register_model("ista")
-def build_ista(**cfg) -> IstaUnmixer:
-    """Builder for the registry: ``get_model("ista", lam=1.0, max_iter=3000, tol=1e-4)``."""
-    return IstaUnmixer(**cfg)
