@@ -252,6 +252,7 @@ logging.basicConfig(level=logging.INFO)
 from test_runner import chain_plans
 from pipeline.config import RunConfig
 from pipeline.runner import run
+print("imports done", file=sys.stderr, flush=True)
 report = run(chain_plans(n=100000), RunConfig(mode={mode!r}, rate_hz=100))
 print(json.dumps({{"ok": report["ok"], "interrupted": report["interrupted"],
                   "frames": report["frames"], "seen": len(report["scores"]["sink"]["seqs"])}}))
@@ -260,7 +261,7 @@ sys.exit(0 if report["ok"] else 1)
 
 
 @pytest.mark.parametrize("mode, started", [("processes", "stages in processes mode"),
-                                           ("inline", None)])
+                                           ("inline", "imports done")])
 def test_sigterm_stops_the_source_and_drains(mode, started):
     script = SIGTERM_SCRIPT.format(tests=str(Path(__file__).parent), mode=mode)
     repo = str(Path(__file__).parents[1])
@@ -271,10 +272,10 @@ def test_sigterm_stops_the_source_and_drains(mode, started):
         lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=lambda: [lines.put(x) for x in proc.stderr], daemon=True).start()
         deadline = time.monotonic() + 30
-        if started:  # wait for the workers to be up, then let frames flow a little
-            while time.monotonic() < deadline:
-                if started in lines.get(timeout=max(0.1, deadline - time.monotonic())):
-                    break
+        # wait for the script to be up (the workers, in processes mode), then let frames flow
+        while time.monotonic() < deadline:
+            if started in lines.get(timeout=max(0.1, deadline - time.monotonic())):
+                break
         time.sleep(1.0)
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=20)
