@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from pipeline.attach.record import RecordingError
 from pipeline.config import (
     ConfigError,
     apply_override,
@@ -34,9 +35,8 @@ from pipeline.config import (
     parse_override,
     validate,
 )
-from pipeline.record import RecordingError
-from pipeline.report import write_report
-from pipeline.runner import run
+from pipeline.run.report import write_report
+from pipeline.run.runner import run
 
 logger = logging.getLogger("pipeline")
 
@@ -210,8 +210,8 @@ def _execute(config: Any, plans: list, config_yaml: str = "") -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from pipeline.record import recording_info
-    from pipeline.replay import (
+    from pipeline.attach.record import recording_info
+    from pipeline.replay.plan import (
         ReplayOptions,
         detect_format,
         for_replay,
@@ -245,7 +245,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _keys(args: argparse.Namespace) -> int:
-    from pipeline.curve import create_keys
+    from pipeline.wire.curve import create_keys
 
     paths = create_keys(args.dir, args.client or ("client",))
     print(f"server public key (give to clients): {paths['server_public']}")

@@ -15,7 +15,7 @@ Each combination runs twice:
 ``paced``
     the source paced at ``--rate`` (default 25 Hz, the sensor rate) with the config's queue
     policy: the **end-to-end latency** (p50/p99 of tracker exit minus source exit of the newest
-    frame a result used, :mod:`pipeline.report`), the frames/s achieved and the frames
+    frame a result used, :mod:`pipeline.run.report`), the frames/s achieved and the frames
     **lost** (source frames without tracks at the end of the chain, whichever link dropped
     them). A chain that cannot keep up shows it here as losses or growing latency.
 
@@ -45,8 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import ConfigError, apply_override, load_raw, validate
-from pipeline.report import json_safe
-from pipeline.runner import run as run_chain
+from pipeline.run.report import json_safe
+from pipeline.run.runner import run as run_chain
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "live.yaml"

@@ -14,7 +14,7 @@ Shape of a config file::
       curve: {secret_key: keys/server.key_secret, allowed: keys/allowed}  # CURVE on the tap
     stages:                  # ordered: the source first, every input produced by an earlier stage
       - name: source
-        kind: simulator      # a key of stages.STAGES
+        kind: simulator      # a key of STAGE_KINDS (stages.STAGES + the pipeline's own)
         config: {...}        # the stage's own options (its Config dataclass)
       - name: detector
         kind: detector
@@ -36,8 +36,16 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from stages import stage_class
+from stages import STAGES, stage_class
 from stages.base import ConfigError, build_config
+
+#: Every stage kind a config may name: the stages of :mod:`stages` plus the pipeline's own,
+#: which own a socket and therefore live in this package.
+STAGE_KINDS: dict[str, str] = {
+    **STAGES,
+    # the gate for an outside program's messages
+    "external_input": "pipeline.attach.external:ExternalInput",
+}
 
 ENTRY_KEYS = ("name", "kind", "config", "inputs", "output", "queue")
 
@@ -55,7 +63,7 @@ class QueueConfig(_Strict):
 
 
 class RecordConfig(_Strict):
-    """MCAP recording of a run (``pipeline.record``)."""
+    """MCAP recording of a run (``pipeline.attach.record``)."""
 
     path: str = Field(min_length=1, description="output .mcap file")
     topics: tuple[str, ...] | None = Field(None, description="topics to record (null: all)")
@@ -139,7 +147,7 @@ class StagePlan:
     queue : QueueConfig
         Policy of its input links.
     replay_inputs : SeqTrace or None
-        Lossless replay of a traced recording (:mod:`pipeline.trace`): the only (topic, seq)
+        Lossless replay of a traced recording (:mod:`pipeline.attach.trace`): the only (topic, seq)
         inputs the stage processes; None processes every input.
     """
 
@@ -312,7 +320,7 @@ def plan_stages(config: PipelineConfig, source: str = "config") -> list[StagePla
     for i, entry in enumerate(config.stages):
         where = f"{source}: stages[{i}] ({entry.name})"
         try:
-            cls = stage_class(entry.kind)
+            cls = stage_class(entry.kind, STAGE_KINDS)
         except ConfigError as exc:
             raise ConfigError(f"{where}.kind: {exc}") from exc
         if any(p.name == entry.name for p in plans):

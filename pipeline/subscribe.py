@@ -10,7 +10,7 @@ dtype, record lists as counts), or with ``--json`` one JSON object per line::
 
 Arrays are described, not dumped (a frame is hundreds of kB). Malformed messages are counted
 and reported on stderr, never fatal. Attaching is best-effort: messages sent before the
-subscription reached the pipeline are not seen (see :mod:`pipeline.tap`).
+subscription reached the pipeline are not seen (see :mod:`pipeline.attach.tap`).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from typing import Any, TextIO
 import numpy as np
 import zmq
 
-from pipeline.codec import DEFAULT_LIMITS, DecodeError, decode
-from pipeline.curve import connect_client
-from pipeline.report import json_safe
+from pipeline.run.report import json_safe
+from pipeline.wire.codec import DEFAULT_LIMITS, DecodeError, decode
+from pipeline.wire.curve import connect_client
 from stages.messages import Message
 
 POLL_MS = 100

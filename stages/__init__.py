@@ -5,11 +5,15 @@
 side effects): to add a stage, add one line. :func:`stage_class` imports the class on demand,
 so a process that runs one stage imports only that stage's module (a detector process never
 pays for importing torch).
+
+``stages`` may import :mod:`models` and :mod:`sim`, never :mod:`pipeline`: stage kinds that own
+a socket (the external-input gate) are added by the pipeline on top of ``STAGES``.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 
 from stages.base import ConfigError, Stage
 
@@ -23,8 +27,6 @@ STAGES: dict[str, str] = {
     "unmixer": "stages.unmixer:UnmixerStage",
     "extractor": "stages.extractor:Extractor",
     "tracker": "stages.tracker:Tracker",
-    # the gate for an outside program's messages (it owns a socket, so it lives in pipeline/)
-    "external_input": "pipeline.external:ExternalInput",
     # sinks
     "scoring": "stages.scoring:Scoring",
     "console": "stages.sinks:ConsoleSummary",
@@ -33,15 +35,18 @@ STAGES: dict[str, str] = {
 }
 
 
-def stage_class(kind: str) -> type[Stage]:
-    """Import and return the stage class registered as ``kind``.
+def stage_class(kind: str, kinds: Mapping[str, str] = STAGES) -> type[Stage]:
+    """Import and return the stage class registered as ``kind`` in ``kinds``.
+
+    ``kinds`` defaults to :data:`STAGES`; the pipeline passes its own table, which adds the
+    stage kinds that own sockets (they live in ``pipeline/``, above this package).
 
     Raises
     ------
     ConfigError
         If ``kind`` is not registered (the message lists the registered kinds).
     """
-    if kind not in STAGES:
-        raise ConfigError(f"unknown stage kind {kind!r}; expected one of {sorted(STAGES)}")
-    module_name, _, class_name = STAGES[kind].partition(":")
+    if kind not in kinds:
+        raise ConfigError(f"unknown stage kind {kind!r}; expected one of {sorted(kinds)}")
+    module_name, _, class_name = kinds[kind].partition(":")
     return getattr(importlib.import_module(module_name), class_name)

@@ -24,7 +24,8 @@ report, and ``stop()`` once (also after an error). Every message returned by
 in its own process behind ZeroMQ.
 
 A source is a :class:`Source`: no inputs, and ``__iter__`` yields its messages (frames) in
-``seq`` order. The runner decides how many it takes (``--frames``) and at what rate.
+``seq`` order. The runner decides how many it takes (``--frames``) and at what rate. A sink that
+needs to know the topic of each message is a :class:`TopicSink`.
 """
 
 from __future__ import annotations
@@ -159,6 +160,25 @@ class Source(Stage):
 
     def process(self, msg: Message) -> Iterable[Message]:
         raise TypeError(f"{type(self).__name__} is a source; it takes no input messages")
+
+
+class TopicSink(Stage):
+    """A sink told the topic each message travelled on (the recorder, the tap, the digest).
+
+    A plain stage sees only the message, and a message's class names its schema but not its
+    topic (``blobs`` and ``external_blobs`` both carry :class:`~stages.messages.Blobs`). Both
+    runners call :meth:`process_topic` instead of ``process`` for these sinks; ``INPUTS`` is
+    set per instance by the plan.
+    """
+
+    OUTPUT = None
+
+    def process_topic(self, topic: str, msg: Message) -> Iterable[Message]:
+        """Handle ``msg`` received on ``topic``; a sink returns nothing."""
+        raise NotImplementedError(f"{type(self).__name__} must implement process_topic()")
+
+    def process(self, msg: Message) -> Iterable[Message]:
+        return self.process_topic(type(msg).TOPIC, msg)
 
 
 class SeqJoin:

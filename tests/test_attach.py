@@ -18,11 +18,11 @@ import zmq
 from test_record_replay import chain_config, save_fast_ista
 
 from pipeline.__main__ import main
-from pipeline.curve import connect_client, create_keys
-from pipeline.external import ExternalInput, ExternalInputConfig
-from pipeline.record import read_recording
+from pipeline.attach.external import ExternalInput, ExternalInputConfig
+from pipeline.attach.record import read_recording
+from pipeline.attach.tap import Publisher, PublisherConfig
 from pipeline.subscribe import json_record, summary_line
-from pipeline.tap import Publisher, PublisherConfig
+from pipeline.wire.curve import connect_client, create_keys
 from stages.base import ConfigError
 from stages.messages import Blob, Blobs, Frame, Point, Points, Track, Tracks
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import zmq
 
-from pipeline.bus import Inlet, Link, Outlet
-from pipeline.codec import Limits, encode
+from pipeline.wire.bus import Inlet, Link, Outlet
+from pipeline.wire.codec import Limits, encode
 from stages.messages import Frame, Points
 
 TIMEOUT_MS = 2000

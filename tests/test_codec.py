@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from pipeline.codec import (
+from pipeline.wire.codec import (
     DTYPES,
     DecodeError,
     EncodeError,

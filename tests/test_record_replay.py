@@ -22,8 +22,15 @@ import numpy as np
 import pytest
 
 from pipeline.__main__ import main
-from pipeline.digest import OutputsDigest, canonical_value, frame_line
-from pipeline.importers import (
+from pipeline.attach.digest import OutputsDigest, canonical_value, frame_line
+from pipeline.attach.record import (
+    McapRecorder,
+    RecorderConfig,
+    RecordingError,
+    read_recording,
+    recording_info,
+)
+from pipeline.replay.importers import (
     ArraySource,
     ArraySourceConfig,
     FileSourceConfig,
@@ -33,14 +40,7 @@ from pipeline.importers import (
     VideoSource,
     VideoSourceConfig,
 )
-from pipeline.record import (
-    McapRecorder,
-    RecorderConfig,
-    RecordingError,
-    read_recording,
-    recording_info,
-)
-from pipeline.replay import ReplayOptions, plan_replay
+from pipeline.replay.plan import ReplayOptions, plan_replay
 from stages.base import ConfigError
 from stages.messages import (
     Blob,
@@ -220,9 +220,9 @@ def test_digest_canonical_form():
 
 
 def test_seq_trace_ranges_and_the_inline_runner_skips_untraced_inputs(tmp_path):
+    from pipeline.attach.trace import SeqTrace, read_trace, write_trace
     from pipeline.config import load
-    from pipeline.runner import run_inline
-    from pipeline.trace import SeqTrace, read_trace, write_trace
+    from pipeline.run.runner import run_inline
 
     trace = SeqTrace()
     for seq in (0, 1, 2, 5, 7, 8):
@@ -279,7 +279,7 @@ def test_replay_of_a_missing_topic_is_a_config_error(tmp_path, weights):
 
 def test_services_are_placed_and_checked(tmp_path):
     from pipeline.config import RunConfig, load
-    from pipeline.services import add_services
+    from pipeline.run.compose import add_services
 
     _, plans = load(detector_config(tmp_path))
     run = RunConfig(publish={"endpoint": "ipc:///tmp/x"}, record={"path": "r.mcap"})

@@ -10,7 +10,7 @@ import pytest
 from test_record_replay import chain_config, save_fast_ista
 
 from pipeline.__main__ import main
-from pipeline.record import recording_info
+from pipeline.attach.record import recording_info
 
 PROCESSING = ("detector", "cropper", "unmixer", "extractor", "tracker")
 

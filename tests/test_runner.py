@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 
 from pipeline.config import QueueConfig, RunConfig, StagePlan
-from pipeline.report import write_report
-from pipeline.runner import latency_stage, run, run_inline, run_processes
-from pipeline.stamps import pace
+from pipeline.run.report import write_report
+from pipeline.run.runner import latency_stage, run, run_inline, run_processes
+from pipeline.run.stage_calls import pace
 from stages.base import Source, Stage
 from stages.messages import Frame, Point, Points
 
@@ -251,7 +251,7 @@ sys.path.insert(0, {tests!r})
 logging.basicConfig(level=logging.INFO)
 from test_runner import chain_plans
 from pipeline.config import RunConfig
-from pipeline.runner import run
+from pipeline.run.runner import run
 print("imports done", file=sys.stderr, flush=True)
 report = run(chain_plans(n=100000), RunConfig(mode={mode!r}, rate_hz=100))
 print(json.dumps({{"ok": report["ok"], "interrupted": report["interrupted"],

@@ -4,7 +4,7 @@ Life of a worker: build and ``start()`` the stage, open its links, wait until ev
 has its consumer, report ``ready`` and wait for ``go``; then loop (source: iterate; other
 stages: receive, process, send) until the stream ends, ``flush()``, send EndOfStream on every
 output link, report ``done`` with its statistics, and exit. Every wait is a poll of at most
-:data:`~pipeline.bus.POLL_MS` that also checks the shared ``abort`` event, so a failure
+:data:`~pipeline.wire.bus.POLL_MS` that also checks the shared ``abort`` event, so a failure
 anywhere stops every worker within a fraction of a second.
 
 The parent talks to the worker through multiprocessing events and one pipe (worker -> parent)
@@ -26,11 +26,11 @@ from typing import Any
 
 import zmq
 
-from pipeline import stamps
-from pipeline.bus import POLL_MS, Inlet, Link, Outlet
-from pipeline.codec import Limits
-from pipeline.report import StageStats, percentiles_ms
-from pipeline.trace import SeqTrace, write_trace
+from pipeline.attach.trace import SeqTrace, write_trace
+from pipeline.run import stage_calls
+from pipeline.run.report import StageStats, percentiles_ms
+from pipeline.wire.bus import POLL_MS, Inlet, Link, Outlet
+from pipeline.wire.codec import Limits
 from stages.messages import Message, Stats
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class WorkerSpec:
     log_level : int
     trace_dir : str or None
         Where to write the stage's input trace before its EndOfStream markers
-        (:mod:`pipeline.trace`); None writes none.
+        (:mod:`pipeline.attach.trace`); None writes none.
     replay_inputs : SeqTrace or None
         The only (topic, seq) inputs to process (lossless replay of a traced recording).
     """
@@ -159,14 +159,14 @@ def _send_all(outlet: Outlet, msgs: list[Message], should_stop: Callable[[], boo
 def _run_source(spec: WorkerSpec, stage: Any, outlet: Outlet, control: Control,
                 stats: StageStats, beat: _Heartbeat) -> None:
     source = iter(stage)
-    for delay in stamps.pace(spec.rate_hz):
+    for delay in stage_calls.pace(spec.rate_hz):
         if spec.frames is not None and stats.msgs_out >= spec.frames:
             return
         if control.stop.is_set() or control.aborted():
             return
         if delay > 0 and control.stop.wait(delay):
             return
-        msg = stamps.next_from_source(source, spec.name, stats)
+        msg = stage_calls.next_from_source(source, spec.name, stats)
         if msg is None or not outlet.send(msg, control.aborted):
             return
         beat.maybe_send()
@@ -197,7 +197,7 @@ def _run_stage(spec: WorkerSpec, stage: Any, inlet: Inlet, outlet: Outlet,
             continue
         if trace is not None:
             trace.add(topic, msg.seq)
-        outs = stamps.process(stage, spec.name, msg, stats, topic)
+        outs = stage_calls.process(stage, spec.name, msg, stats, topic)
         if not _send_all(outlet, outs, control.aborted):
             return
 
@@ -241,7 +241,7 @@ def main(spec: WorkerSpec, conn: Any, control: Control) -> None:
                 write_trace(spec.trace_dir, spec.name, trace)
         if control.aborted():
             return
-        _send_all(outlet, stamps.flush(stage, spec.name, stats), control.aborted)
+        _send_all(outlet, stage_calls.flush(stage, spec.name, stats), control.aborted)
         outlet.send_end(should_stop=control.aborted)
         control.ended[spec.name].set()
         while not all(control.drained[c].wait(POLL_MS / 1000) for c in spec.consumers):

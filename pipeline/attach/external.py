@@ -28,8 +28,8 @@ from typing import Any
 
 import zmq
 
-from pipeline.codec import DEFAULT_LIMITS, DecodeError, decode
-from pipeline.curve import close_served, serve
+from pipeline.wire.codec import DEFAULT_LIMITS, DecodeError, decode
+from pipeline.wire.curve import close_served, serve
 from stages.base import Stage
 from stages.messages import MESSAGE_TYPES, Message
 
@@ -56,7 +56,7 @@ class ExternalInputConfig:
     hwm : int
         ZeroMQ receive high-water mark.
     curve_secret_key, curve_allowed : str or None
-        CURVE server key pair file and client allow-list folder (:mod:`pipeline.curve`);
+        CURVE server key pair file and client allow-list folder (:mod:`pipeline.wire.curve`);
         both or neither.
     """
 

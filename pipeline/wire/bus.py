@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 
 import zmq
 
-from pipeline.codec import DEFAULT_LIMITS, DecodeError, Limits, decode, encode
+from pipeline.wire.codec import DEFAULT_LIMITS, DecodeError, Limits, decode, encode
 from stages.messages import EndOfStream, Message
 
 logger = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Run a chain of stages: in one process over an iterator, or one process per stage over ZeroMQ.
 
 Both modes take the same validated :class:`~pipeline.config.StagePlan` list and return the same
-report (:func:`pipeline.report.build_report`):
+report (:func:`pipeline.run.report.build_report`):
 
 ``inline``
     Every stage lives in this process. Each source message is delivered breadth-first: a
@@ -9,7 +9,7 @@ report (:func:`pipeline.report.build_report`):
     move on, so a stage reading two topics (e.g. frames and blobs) sees a frame before the blobs
     computed from it. No sockets, no threads: used for tests, replay and evaluation.
 ``processes``
-    One spawned process per stage (:mod:`pipeline.worker`), one ZeroMQ link per (topic,
+    One spawned process per stage (:mod:`pipeline.run.worker`), one ZeroMQ link per (topic,
     consumer), ipc sockets in a temp dir or tcp ports. Start-up is a readiness handshake (every
     worker reports ``ready`` once its output consumers are connected, then the parent sets
     ``go``), so a lossless run loses nothing to slow joiners.
@@ -38,11 +38,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline import services, stamps, worker
-from pipeline.bus import Link
-from pipeline.codec import Limits
 from pipeline.config import ConfigError, RunConfig, StagePlan
-from pipeline.report import StageStats, build_report
+from pipeline.run import compose, stage_calls, worker
+from pipeline.run.report import StageStats, build_report
+from pipeline.wire.bus import Link
+from pipeline.wire.codec import Limits
 from stages.messages import Message, PipelineError, Stats
 
 logger = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def run_inline(
                     stats[i].skipped += 1
                     continue
                 try:
-                    outs = stamps.process(stages[i], plans[i].name, msg, stats[i], topic)
+                    outs = stage_calls.process(stages[i], plans[i].name, msg, stats[i], topic)
                 except Exception as exc:
                     raise StageFailed(plans[i].name) from exc
                 queue.extend((plans[i].output, out) for out in outs)
@@ -124,7 +124,7 @@ def run_inline(
                 raise StageFailed(plan.name) from exc
             started.append(stages[-1])
         source = iter(stages[0])
-        for wait in stamps.pace(run.rate_hz):
+        for wait in stage_calls.pace(run.rate_hz):
             if run.frames is not None and stats[0].msgs_out >= run.frames:
                 break
             if should_stop():
@@ -132,7 +132,7 @@ def run_inline(
                 break
             time.sleep(wait)
             try:
-                msg = stamps.next_from_source(source, plans[0].name, stats[0])
+                msg = stage_calls.next_from_source(source, plans[0].name, stats[0])
             except Exception as exc:
                 raise StageFailed(plans[0].name) from exc
             if msg is None:
@@ -140,7 +140,7 @@ def run_inline(
             deliver(plans[0].output, [msg])
         for i in range(1, len(plans)):
             try:
-                outs = stamps.flush(stages[i], plans[i].name, stats[i])
+                outs = stage_calls.flush(stages[i], plans[i].name, stats[i])
             except Exception as exc:
                 raise StageFailed(plans[i].name) from exc
             deliver(plans[i].output, outs)
@@ -350,7 +350,7 @@ def run_processes(
 ) -> dict[str, Any]:
     """Run one process per stage (see the module docstring); returns the report.
 
-    ``trace_dir``: every producing stage writes its input trace there (:mod:`pipeline.trace`)
+    ``trace_dir``: every producing stage writes its input trace there (:mod:`pipeline.attach.trace`)
     for the recorder.
     """
     mp = multiprocessing.get_context("spawn")
@@ -391,7 +391,7 @@ def run_processes(
 def run(
     plans: Sequence[StagePlan], run_config: RunConfig, config_yaml: str = ""
 ) -> dict[str, Any]:
-    """Run in ``run_config.mode`` with the service sinks of :mod:`pipeline.services` (tap,
+    """Run in ``run_config.mode`` with the service sinks of :mod:`pipeline.run.compose` (tap,
     recorder, outputs digest); SIGINT/SIGTERM stop the source and drain, a second aborts.
 
     Signal handlers are installed only when called from the main thread, and restored after.
@@ -406,13 +406,13 @@ def run(
     Returns
     -------
     dict
-        The report of :func:`pipeline.report.build_report` plus ``outputs_digest`` and
-        ``outputs`` (:func:`pipeline.services.finish_report`).
+        The report of :func:`pipeline.run.report.build_report` plus ``outputs_digest`` and
+        ``outputs`` (:func:`pipeline.run.compose.finish_report`).
     """
     # Only a multi-process run can drop messages, so only its recording needs input traces.
     traced = run_config.mode == "processes" and run_config.record is not None
     trace_dir = tempfile.mkdtemp(prefix="csist-trace-") if traced else None
-    plans = services.add_services(plans, run_config, config_yaml, trace_dir)
+    plans = compose.add_services(plans, run_config, config_yaml, trace_dir)
     requests = []
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -432,7 +432,7 @@ def run(
             report = run_processes(plans, run_config, lambda: bool(requests), trace_dir)
         else:
             report = run_inline(plans, run_config, lambda: bool(requests))
-        return services.finish_report(report)
+        return compose.finish_report(report)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -13,9 +13,8 @@ import dataclasses
 import time
 from collections.abc import Iterator, Mapping
 
-from pipeline.report import StageStats
-from pipeline.topicsink import TopicSink
-from stages.base import Stage
+from pipeline.run.report import StageStats
+from stages.base import Stage, TopicSink
 from stages.messages import Message
 
 
@@ -51,7 +50,7 @@ def process(
     stage: Stage, name: str, msg: Message, stats: StageStats, topic: str | None = None
 ) -> list[Message]:
     """Run ``stage.process(msg)`` (``process_topic(topic, msg)`` for a
-    :class:`~pipeline.topicsink.TopicSink`); returns its outputs with stamps."""
+    :class:`~stages.base.TopicSink`); returns its outputs with stamps."""
     t_in = time.time_ns()
     if isinstance(stage, TopicSink):
         outs = list(stage.process_topic(topic or type(msg).TOPIC, msg))

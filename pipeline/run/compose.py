@@ -1,11 +1,11 @@
 """Service sinks the runner adds to a chain: the tap, the recorder and the outputs digest.
 
-- ``run.publish`` adds the tap (:class:`~pipeline.tap.Publisher`) as the *first* consumer of
+- ``run.publish`` adds the tap (:class:`~pipeline.attach.tap.Publisher`) as the *first* consumer of
   every topic (stage 1), so in a single-process run a message is published before any stage
   handles it: an external stage waiting for an answer to a frame (an external detector reading
   frames from the tap) never waits for a frame the tap has not sent yet.
-- ``run.record`` adds the MCAP recorder (:class:`~pipeline.record.McapRecorder`) at the end.
-- The digest (:class:`~pipeline.digest.OutputsDigest`) is added whenever the chain produces
+- ``run.record`` adds the MCAP recorder (:class:`~pipeline.attach.record.McapRecorder`) at the end.
+- The digest (:class:`~pipeline.attach.digest.OutputsDigest`) is added whenever the chain produces
   ``points`` or ``tracks``; :func:`finish_report` moves its result to the report's
   ``outputs_digest`` (the sha256) and ``outputs`` (frames and record counts).
 
@@ -19,10 +19,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from pipeline.attach.digest import DigestConfig, OutputsDigest
+from pipeline.attach.record import McapRecorder, RecorderConfig
+from pipeline.attach.tap import Publisher, PublisherConfig
 from pipeline.config import ConfigError, QueueConfig, RunConfig, StagePlan
-from pipeline.digest import DigestConfig, OutputsDigest
-from pipeline.record import McapRecorder, RecorderConfig
-from pipeline.tap import Publisher, PublisherConfig
 
 TAP, RECORDER, DIGEST = "_tap", "_record", "_digest"
 DIGEST_TOPICS = ("points", "tracks")
@@ -48,7 +48,7 @@ def add_services(
         Effective config, stored in a recording's metadata.
     trace_dir : str, optional
         Where the stages of a multi-process run leave their input traces for the recorder
-        (:mod:`pipeline.trace`).
+        (:mod:`pipeline.attach.trace`).
 
     Raises
     ------

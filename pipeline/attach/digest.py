@@ -22,7 +22,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from pipeline.topicsink import TopicSink
+from stages.base import TopicSink
 from stages.messages import Message
 
 FLOAT_FORMAT = ".6f"

@@ -1,8 +1,8 @@
 """``python -m pipeline replay``: feed recorded or imported data into the chain of a config.
 
 The config's source (its first stage) is replaced by a replay source
-(:mod:`pipeline.importers`, or :mod:`pipeline.seqcsist` for a dataset), and the chain is cut
-where the replayed topics enter it:
+(:mod:`pipeline.replay.importers`, or :mod:`pipeline.replay.seqcsist` for a dataset), and the
+chain is cut where the replayed topics enter it:
 
 - every stage whose output topic is replayed is left out (the recording stands in for it), and
   so is every stage that needs a topic neither replayed nor produced by a kept stage (the
@@ -16,7 +16,7 @@ topic ``replay`` and split again by one :class:`Demux` stage per topic (by schem
 replayed topics must carry different schemas).
 
 A SeqCSIST dataset replays as windows through the chain's stages that lead from ``windows`` to
-``points`` (unmixer, extractor), scored by :class:`~pipeline.seqcsist.CsoMapScorer`.
+``points`` (unmixer, extractor), scored by :class:`~pipeline.replay.seqcsist.CsoMapScorer`.
 
 ``lossless`` makes every link ``block`` and replays as fast as the chain goes (rate 0): with
 the config of the recorded run, the replay of a recording of its ``frames`` reproduces the
@@ -35,8 +35,9 @@ from typing import Any
 import numpy as np
 import yaml
 
+from pipeline.attach.record import read_recording, recording_info
 from pipeline.config import ConfigError, PipelineConfig, QueueConfig, StagePlan, validate
-from pipeline.importers import (
+from pipeline.replay.importers import (
     IMAGE_SUFFIXES,
     VIDEO_SUFFIXES,
     ArraySource,
@@ -48,7 +49,6 @@ from pipeline.importers import (
     VideoSource,
     VideoSourceConfig,
 )
-from pipeline.record import read_recording, recording_info
 from stages.base import Stage
 from stages.messages import MESSAGE_TYPES, Message
 
@@ -230,7 +230,7 @@ def leading_to(plans: Sequence[StagePlan], topic: str) -> list[StagePlan]:
 
 
 def with_traces(plans: Sequence[StagePlan], traces: dict | None) -> list[StagePlan]:
-    """``plans`` with the live run's input traces (:mod:`pipeline.trace`) of the stages that
+    """``plans`` with the live run's input traces (:mod:`pipeline.attach.trace`) of the stages that
     have one: each then processes exactly the inputs it processed live."""
     if not traces:
         return list(plans)
@@ -324,7 +324,7 @@ def _source_plan(path: str, fmt: str, options: ReplayOptions,
 
 def _dataset_plans(path: str, options: ReplayOptions, plans: Sequence[StagePlan],
                    queue: QueueConfig) -> list[StagePlan]:
-    from pipeline.seqcsist import CsoMapScorer, DatasetConfig, DatasetWindowsSource
+    from pipeline.replay.seqcsist import CsoMapScorer, DatasetConfig, DatasetWindowsSource
 
     if options.topics not in (None, ("windows",)) or options.loop or options.start_s or (
             options.end_s is not None):

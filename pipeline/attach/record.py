@@ -2,7 +2,7 @@
 
 File layout (see ``docs/wire-format.md``, "Recordings"): one MCAP channel per topic, message
 encoding ``msgpack``, no schema (schema id 0: every message describes itself), zstd-compressed
-chunks. Each MCAP message is one blob from :func:`pipeline.codec.encode_record` (the wire
+chunks. Each MCAP message is one blob from :func:`pipeline.wire.codec.encode_record` (the wire
 header plus the buffers as ``bin`` values). ``log_time`` and ``publish_time`` are the message's
 ``t_source_ns`` (clamped at 0), so MCAP time seeks address the sensor timeline; the runner's
 wall-clock stamps stay inside the header. A metadata record ``csist.pipeline`` holds the
@@ -32,9 +32,9 @@ from mcap.records import Message as McapMessage
 from mcap.stream_reader import StreamReader
 from mcap.writer import CompressionType, Writer
 
-from pipeline.codec import DEFAULT_LIMITS, DecodeError, Limits, decode_record, encode_record
-from pipeline.topicsink import TopicSink
-from pipeline.trace import TRACE_METADATA, SeqTrace, read_trace
+from pipeline.attach.trace import TRACE_METADATA, SeqTrace, read_trace
+from pipeline.wire.codec import DEFAULT_LIMITS, DecodeError, Limits, decode_record, encode_record
+from stages.base import TopicSink
 from stages.messages import Message, PipelineError
 
 logger = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class RecorderConfig:
         Effective config of the run, stored as the ``csist.pipeline`` metadata record.
     trace_dir : str or None
         Folder where the stages of a multi-process run leave their input traces
-        (:mod:`pipeline.trace`); the recorder stores them at the end of its stream.
+        (:mod:`pipeline.attach.trace`); the recorder stores them at the end of its stream.
     trace_stages : tuple of str
         Stages whose traces to wait for.
     trace_wait_s : float

@@ -23,9 +23,9 @@ from typing import Any
 
 import zmq
 
-from pipeline.codec import encode
-from pipeline.curve import close_served, serve
-from pipeline.topicsink import TopicSink
+from pipeline.wire.codec import encode
+from pipeline.wire.curve import close_served, serve
+from stages.base import TopicSink
 from stages.messages import Message
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class PublisherConfig:
     wait_s : float
         Longest wait for them; the run then goes on with a warning.
     curve_secret_key, curve_allowed : str or None
-        CURVE server key pair file and allow-list folder (:mod:`pipeline.curve`); both or
+        CURVE server key pair file and allow-list folder (:mod:`pipeline.wire.curve`); both or
         neither.
     """
 

@@ -1,6 +1,6 @@
 """Replay sources: MCAP recordings, image folders, npy/npz stacks and video files.
 
-Each is a :class:`~pipeline.playback.ReplaySource` (time window, loop, pacing). Files without
+Each is a :class:`~pipeline.replay.playback.ReplaySource` (time window, loop, pacing). Files without
 timestamps get ``seq = i`` and ``t_source_ns = round(i · 1e9 / fps)`` for frame i of the file,
 and no truth. Pixel values are passed on unchanged: uint8, uint16 and float32 frames keep their
 type (16-bit PNG/TIFF are read with ``cv2.IMREAD_UNCHANGED``); other numeric types become
@@ -23,8 +23,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipeline.playback import ReplaySource, ReplayTiming, frame_window
-from pipeline.record import read_recording, recording_info
+from pipeline.attach.record import read_recording, recording_info
+from pipeline.replay.playback import ReplaySource, ReplayTiming, frame_window
 from stages.base import ConfigError
 from stages.messages import Frame, Message
 
