@@ -12,7 +12,7 @@ extractor stage. Three steps, all vectorised over a batch of windows:
 3. **Physics fit** (``refine="physics"``, the default when frames are given): Gauss–Newton on
    the 5 LR frames with the pixel-integrated Gaussian PSF, one common velocity over the window
    and a Gaussian prior that keeps each target near its splat-fit position (the measured
-   failure of an unregularised fit under noise, limits.md). Saturated pixels (255) are
+   failure of an unregularised fit under noise, docs/reference.md §9). Saturated pixels (255) are
    excluded from the residual.
 
 Positions are in patch pixels with integer = pixel centre; HR index i ↔ (i − 1)/3.

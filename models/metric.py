@@ -1,4 +1,5 @@
-"""CSO-mAP, the SeqCSIST detection metric, exactly as the reference defines it (facts §3).
+"""CSO-mAP, the SeqCSIST detection metric, exactly as the reference defines it
+(docs/reference.md §3).
 
 Positions are (row, col) in LR pixels (xc = row, yc = col); distances are Euclidean, float64.
 
@@ -32,7 +33,7 @@ from sim.geometry import HR
 from sim.phi import hr_centres
 
 THRESHOLDS = (0.05, 0.10, 0.15, 0.20, 0.25)
-#: Output cells below this brightness (grey levels) are discarded (facts §3.1 step 2).
+#: Output cells below this brightness (grey levels) are discarded (docs/reference.md §3.1 step 2).
 BRIGHTNESS_THRESHOLD = 70.0
 #: Detections per chunk × GT per frame bounds the size of the distance array.
 _CHUNK_ELEMENTS = 1 << 22
@@ -228,7 +229,8 @@ def summarize(matching: Matching) -> dict[str, float]:
 
 
 def grid_detections(maps: np.ndarray, threshold: float = BRIGHTNESS_THRESHOLD):
-    """Every HR cell that survives the brightness threshold is one detection (facts §3.1).
+    """Every HR cell that survives the brightness threshold is one detection
+    (docs/reference.md §3.1).
 
     Values below ``threshold`` are set to 0 and every remaining non-zero cell is a detection,
     so a cell of exactly ``threshold`` counts and negative values never do.

@@ -3,7 +3,7 @@
 One line per message: a summary (topic, seq, source time, then each field: arrays as shape and
 dtype, record lists as counts), or with ``--json`` one JSON object per line::
 
-    {"topic": "tracks", "schema": "csist.Tracks", "version": 1, "seq": 12,
+    {"topic": "tracks", "schema": "csist.Tracks", "version": 2, "seq": 12,
      "t_source_ns": 480000000, "stamps": {...},
      "fields": {"tracks": [{"track_id": 0, "row": 120.41, ...}]},
      "arrays": {"image": {"dtype": "<f4", "shape": [256, 256]}}}

@@ -1,7 +1,7 @@
 """In-memory SeqCSIST dataset and the compact single-file (npz) format.
 
 A split is a stack of frames in trajectory order: trajectory k is frames
-k·traj_len … k·traj_len + traj_len − 1 (facts §1.5).
+k·traj_len … k·traj_len + traj_len − 1 (docs/reference.md §1.5).
 """
 
 from __future__ import annotations

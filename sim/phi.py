@@ -2,7 +2,8 @@
 
 Φ[(p, q), (i, j)] = g(p; r_i) · g(q; r_j) with the pixel-integrated 1-D Gaussian
 g(p; t) = ½[erf((p + ½ − t)/(σ√2)) − erf((p − ½ − t)/(σ√2))] and r_i = hr_centre(i).
-Both axes are flattened row-major: row index p·n + q, column index i·(c·n) + j (facts §2.1).
+Both axes are flattened row-major: row index p·n + q, column index i·(c·n) + j
+(docs/reference.md §2.1).
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def phi_matrix(patch: int = PATCH, ratio: int = RATIO, sigma: float = SIGMA) -> 
 
 
 def fit_qinit(gt_maps: np.ndarray, phi: np.ndarray | None = None) -> np.ndarray:
-    """Least-squares initialisation matrix Qinit = X Yᵀ (Y Yᵀ)⁻¹ with Y = Φ X (facts §2.2).
+    """Least-squares initialisation matrix Qinit = X Yᵀ (Y Yᵀ)⁻¹ with Y = Φ X
+    (docs/reference.md §2.2).
 
     Parameters
     ----------

@@ -1,8 +1,8 @@
 """Rendering point targets into LR patches and HR ground-truth maps.
 
 An LR image is Σ_k brightness_k × (pixel-integrated Gaussian PSF at the continuous position
-of target k), in raw grey levels (facts §1.4). The uint8 conversion rounds to nearest and
-saturates to 0..255, as OpenCV's ``convertTo(CV_8U)`` does for the reference data.
+of target k), in raw grey levels (docs/reference.md §1.4). The uint8 conversion rounds to
+nearest and saturates to 0..255, as OpenCV's ``convertTo(CV_8U)`` does for the reference data.
 """
 
 from __future__ import annotations
@@ -80,12 +80,13 @@ def render_uint8(
 
 
 def hr_index(pos: np.ndarray, ratio: int = RATIO) -> np.ndarray:
-    """Nearest HR cell index of LR positions: round(c·x + (c − 1)//2), ties to even (facts §1.6)."""
+    """Nearest HR cell index of LR positions: round(c·x + (c − 1)//2), ties to even
+    (docs/reference.md §1.6)."""
     return np.rint(ratio * np.asarray(pos, dtype=np.float64) + (ratio - 1) // 2).astype(np.int64)
 
 
 def gt_map(targets: np.ndarray, patch: int = PATCH, ratio: int = RATIO) -> np.ndarray:
-    """Ground-truth HR maps: brightness at each target's nearest HR cell (facts §1.6).
+    """Ground-truth HR maps: brightness at each target's nearest HR cell (docs/reference.md §1.6).
 
     Parameters
     ----------

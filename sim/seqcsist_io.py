@@ -1,4 +1,5 @@
-"""The official SeqCSIST folder layout (facts §1.1–1.2), and one reader for both formats.
+"""The official SeqCSIST folder layout (docs/reference.md §1.1–1.2), and one reader for both
+formats.
 
 One split folder holds, for frames k = 0 … N − 1 (k restarts at 0 in every split)::
 

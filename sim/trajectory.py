@@ -1,4 +1,4 @@
-"""SeqCSIST trajectory rules (paper §III as clarified in facts §7).
+"""SeqCSIST trajectory rules (paper §III as clarified in docs/reference.md §7).
 
 A reference point (no intensity) starts at an integer row x0 ∈ {1..9} (pixel-centre
 coordinates) and a column f(x0), where f is a random quadratic, circle arc or straight line.

@@ -102,7 +102,7 @@ class CropWindow:
 
     Attributes
     ----------
-    track_id : int
+    blob_id : int
     seq : int
         Middle frame t.
     origin : tuple of int
@@ -121,7 +121,7 @@ class CropWindow:
         Level subtracted from the patches (0 when ``subtract_background`` is off).
     """
 
-    track_id: int
+    blob_id: int
     seq: int
     origin: tuple[int, int]
     patches: np.ndarray
@@ -134,7 +134,7 @@ class CropWindow:
 
 @dataclass
 class _BlobTrack:
-    track_id: int
+    blob_id: int
     born: int
     position: np.ndarray  # (2,) last estimate
     velocity: np.ndarray  # (2,) px/frame
@@ -233,9 +233,9 @@ class WindowCropper:
         self._next_id = 0
 
     @property
-    def track_ids(self) -> list[int]:
+    def blob_ids(self) -> list[int]:
         """Ids of the live blob tracks."""
-        return [t.track_id for t in self._tracks]
+        return [t.blob_id for t in self._tracks]
 
     def _associate(self, seq: int, centroids: np.ndarray) -> list[_BlobTrack]:
         """Update the tracks with the blobs of frame ``seq``; return the tracks deleted now."""
@@ -262,7 +262,7 @@ class WindowCropper:
                 lost.append(track)
         for bj in free_blobs:
             track = _BlobTrack(
-                track_id=self._next_id,
+                blob_id=self._next_id,
                 born=seq,
                 position=centroids[bj].copy(),
                 velocity=np.zeros(2),
@@ -341,7 +341,7 @@ class WindowCropper:
             patches -= np.float32(background)
             windows.append(
                 CropWindow(
-                    track_id=track.track_id,
+                    blob_id=track.blob_id,
                     seq=middle,
                     origin=origin,
                     patches=patches,
@@ -352,7 +352,7 @@ class WindowCropper:
                     background=background,
                 )
             )
-        return sorted(windows, key=lambda w: w.track_id)
+        return sorted(windows, key=lambda w: w.blob_id)
 
 
 def truth_in_crop(
@@ -409,7 +409,7 @@ class Cropper(Stage):
             return []
         infos = tuple(
             WindowInfo(
-                track_id=w.track_id,
+                blob_id=w.blob_id,
                 origin_row=w.origin[0],
                 origin_col=w.origin[1],
                 frame_index=w.frame_index,

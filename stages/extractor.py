@@ -2,7 +2,8 @@
 
 The shared :func:`models.extract.extract_points` finds the points of each map in PATCH
 pixels (integer = centre of a patch pixel); a window's origin is the frame pixel of patch
-pixel (0, 0), so ``frame = origin + patch`` exactly. Each point carries its window's track id.
+pixel (0, 0), so ``frame = origin + patch`` exactly. Each point carries the index of its window
+in the frame's message (``window_id``).
 The stage's options are those of :class:`models.extract.ExtractorConfig` plus ``threads``.
 """
 
@@ -53,21 +54,21 @@ def to_frame_points(
 
     Returns
     -------
-    tuple of Point, window by window: (origin_row + row, origin_col + col, score, track id).
+    tuple of Point, window by window: (origin_row + row, origin_col + col, score, window index).
     """
     if len(patch_points) != len(windows):
         raise ValueError(
             f"the extractor returned {len(patch_points)} point sets for {len(windows)} windows"
         )
     points = []
-    for found, info in zip(patch_points, windows, strict=True):
+    for index, (found, info) in enumerate(zip(patch_points, windows, strict=True)):
         for row, col, score in np.asarray(found, dtype=np.float64).reshape(-1, 3):
             points.append(
                 Point(
                     row=info.origin_row + float(row),
                     col=info.origin_col + float(col),
                     score=float(score),
-                    track_id=info.track_id,
+                    window_id=index,
                 )
             )
     return tuple(points)

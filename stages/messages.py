@@ -12,9 +12,9 @@ Every message describes one frame of the stream and carries the same header fiel
   time in ns) filled by the runner only; stages leave it empty.
 
 Class attributes (not fields): ``SCHEMA`` (the wire name), ``VERSION`` (bumped on any
-incompatible change), ``TOPIC`` (the default topic), ``ARRAYS`` (fields holding an ndarray,
-sent as raw buffers) and ``RECORDS`` (fields holding a tuple of record dataclasses, sent as a
-list of maps).
+incompatible change; :data:`VERSION_CHANGES` says what each bump changed), ``TOPIC`` (the
+default topic), ``ARRAYS`` (fields holding an ndarray, sent as raw buffers) and ``RECORDS``
+(fields holding a tuple of record dataclasses, sent as a list of maps).
 
 Positions are (row, col) floats in frame pixels, integer = pixel centre. Intensities are raw
 sensor units. Per-target data are tuples of small frozen records, never int-keyed maps.
@@ -36,6 +36,12 @@ from typing import ClassVar
 import numpy as np
 
 from sim.geometry import HR, PATCH, WINDOW
+
+#: Wire version -> what changed from the version before it (quoted when a peer speaks an old one).
+VERSION_CHANGES: dict[int, str] = {
+    2: "WindowInfo.track_id was renamed blob_id; Point.track_id became window_id, the index "
+       "of the point's window in its frame's Windows message",
+}
 
 
 class PipelineError(Exception):
@@ -103,8 +109,9 @@ class WindowInfo:
 
     Attributes
     ----------
-    track_id : int
-        Id of the blob track the window follows (the cropper's id).
+    blob_id : int
+        Id of the blob track the window follows (the cropper's id; for a replayed SeqCSIST
+        dataset, the trajectory index).
     origin_row, origin_col : int
         Frame pixel of patch pixel (0, 0); all 5 patches of the window share it, so a patch
         position p maps to the frame position origin + p.
@@ -119,7 +126,7 @@ class WindowInfo:
         patch value + background. 0 when nothing was subtracted.
     """
 
-    track_id: int
+    blob_id: int
     origin_row: int
     origin_col: int
     frame_index: int
@@ -142,14 +149,16 @@ class Point:
         Sub-pixel position in frame pixels.
     score : float
         Confidence used for ranking (e.g. the HR map brightness at the peak).
-    track_id : int
-        Window/blob track the point was extracted from (-1 when unknown).
+    window_id : int
+        Index of the window the point was extracted from in its frame's ``Windows`` (and
+        ``Maps``) message, so that window's ``blob_id`` is ``windows[window_id].blob_id``
+        (-1 when unknown).
     """
 
     row: float
     col: float
     score: float
-    track_id: int = -1
+    window_id: int = -1
 
     RECORDS: ClassVar[Mapping[str, type]] = {}
 
@@ -161,7 +170,7 @@ class Track:
     Attributes
     ----------
     track_id : int
-        Stable id of the track.
+        Stable id of the tracker's confirmed track.
     row, col : float
         Filtered position in frame pixels.
     vrow, vcol : float
@@ -225,7 +234,7 @@ class Message:
     stamps: Mapping[str, int] = field(default_factory=dict)
 
     SCHEMA: ClassVar[str] = ""
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
     TOPIC: ClassVar[str] = ""
     ARRAYS: ClassVar[tuple[str, ...]] = ()
     RECORDS: ClassVar[Mapping[str, type]] = {}

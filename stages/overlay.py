@@ -185,7 +185,7 @@ def draw_tile(
         if inside(t.row, t.col):
             draw_cross(tile, at(t.row, t.col), arm, TRACK_COLOUR, diagonal=True)
             ids.append(t.track_id)
-    caption = f"blob {window.track_id}" + (f" | tracks {','.join(map(str, sorted(ids)))}"
+    caption = f"blob {window.blob_id}" + (f" | tracks {','.join(map(str, sorted(ids)))}"
                                             if ids else "")
     put_label(tile, caption, (2, CAPTION - 4), TEXT_COLOUR)
     return tile

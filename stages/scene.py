@@ -1,6 +1,7 @@
 """Scene simulator: full IR frames with several moving CSO groups (pure numpy).
 
-Each CSO group follows the SeqCSIST rules (facts §7, :mod:`sim.trajectory`) at scene scale:
+Each CSO group follows the SeqCSIST rules (docs/reference.md §7, :mod:`sim.trajectory`) at scene
+scale:
 
 - 2–4 sub-targets sit ``spacing`` (0.3 px) from an intensity-less reference point, one per
   distinct direction among up/down/left/right; each frame every sub-target drifts outwards by
@@ -82,7 +83,7 @@ class SceneConfig:
     psf_sigma : float
         PSF standard deviation (px).
     quantize : bool
-        Round and saturate to 0..255 like the 8-bit SeqCSIST frames (facts §1.4).
+        Round and saturate to 0..255 like the 8-bit SeqCSIST frames (docs/reference.md §1.4).
     """
 
     height: int = 256

@@ -163,7 +163,8 @@ def target_keys(truth: Sequence[TruthPoint]) -> list[tuple[int, int]]:
 def detected_groups(
     references: dict[int, np.ndarray], windows: Sequence[WindowInfo]
 ) -> dict[int, int]:
-    """Group id -> track id of the window that detected it (groups without one are left out).
+    """Group id -> index (in ``windows``) of the window that detected it (groups without one
+    are left out).
 
     A window detects a group when the group's reference lies inside its crop
     [origin − ½, origin + 11 − ½) on both axes; the window with the nearest crop centre wins.
@@ -171,12 +172,12 @@ def detected_groups(
     found = {}
     for group, ref in references.items():
         best, best_d = None, np.inf
-        for w in windows:
+        for index, w in enumerate(windows):
             lo = np.array([w.origin_row, w.origin_col]) - 0.5
             if np.all(ref >= lo) and np.all(ref < lo + PATCH):
                 d = float(np.hypot(*(ref - (lo + PATCH / 2))))
                 if d < best_d:
-                    best, best_d = w.track_id, d
+                    best, best_d = index, d
         if best is not None:
             found[group] = best
     return found
@@ -247,7 +248,7 @@ class ScoreAccumulator:
         detected = detected_groups(refs, windows)
         detecting = set(detected.values())
         self._detections.append(
-            np.array([[q.row, q.col, q.score] for q in points if q.track_id in detecting]).reshape(
+            np.array([[q.row, q.col, q.score] for q in points if q.window_id in detecting]).reshape(
                 -1, 3
             )
         )

@@ -153,7 +153,7 @@ def frame_record(points: Points, tracks: Tracks, decimals: int = 3) -> dict:
     Returns
     -------
     dict
-        ``{"seq", "t_source_ns", "points": [{"row", "col", "score", "track_id"}],
+        ``{"seq", "t_source_ns", "points": [{"row", "col", "score", "window_id"}],
         "tracks": [{"id", "row", "col", "vrow", "vcol", "score", "age"}]}``.
     """
 
@@ -167,7 +167,8 @@ def frame_record(points: Points, tracks: Tracks, decimals: int = 3) -> dict:
         "seq": points.seq,
         "t_source_ns": points.t_source_ns,
         "points": [
-            {"row": pos(p.row), "col": pos(p.col), "score": score(p.score), "track_id": p.track_id}
+            {"row": pos(p.row), "col": pos(p.col), "score": score(p.score),
+             "window_id": p.window_id}
             for p in points.points
         ],
         "tracks": [

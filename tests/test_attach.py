@@ -104,7 +104,7 @@ def test_external_input_pairs_answers_by_seq(tmp_path):
     push.connect(endpoint)
     try:
         def blobs(seq, row):
-            head = {"schema": "csist.Blobs", "version": 1, "topic": "blobs", "seq": seq,
+            head = {"schema": "csist.Blobs", "version": 2, "topic": "blobs", "seq": seq,
                     "t_source_ns": 123, "stamps": {},
                     "fields": {"blobs": [{"row": row, "col": 2.0, "peak": 9.0, "area": 3,
                                           "snr": 5.0}]}, "buffers": []}
@@ -201,8 +201,8 @@ def test_subscribe_cli_and_example_client_read_a_live_pipeline(tmp_path):
     for r in records:
         assert r["topic"] == "points" and r["schema"] == "csist.Points"
         want = recorded["points"][r["seq"]].points
-        assert [(p["row"], p["col"], p["track_id"]) for p in r["fields"]["points"]] == [
-            (p.row, p.col, p.track_id) for p in want]
+        assert [(p["row"], p["col"], p["window_id"]) for p in r["fields"]["points"]] == [
+            (p.row, p.col, p.window_id) for p in want]
 
 
 def test_external_detector_process_feeds_the_chain(tmp_path):
@@ -234,4 +234,4 @@ def test_external_detector_process_feeds_the_chain(tmp_path):
 def test_point_records_survive_json(tmp_path):
     points = Points(seq=0, t_source_ns=0, points=[Point(0.1 + 0.2, -3.0, 1e-7, -1)])
     assert json.loads(json.dumps(json_record("points", points)))["fields"]["points"][0] == {
-        "row": 0.1 + 0.2, "col": -3.0, "score": 1e-7, "track_id": -1}
+        "row": 0.1 + 0.2, "col": -3.0, "score": 1e-7, "window_id": -1}

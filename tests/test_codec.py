@@ -132,7 +132,7 @@ def test_header_layout_is_the_documented_one():
     topic, head, buf = encode(msg)
     assert topic == b"frames"
     assert msgpack.unpackb(head) == {
-        "schema": "csist.Frame", "version": 1, "topic": "frames", "seq": 7,
+        "schema": "csist.Frame", "version": 2, "topic": "frames", "seq": 7,
         "t_source_ns": 280_000_000, "stamps": {"source.out": 5},
         "fields": {"truth": [{"group": 1, "row": 0.5, "col": 1.25, "brightness": 230.0}]},
         "buffers": [{"name": "image", "dtype": "<u2", "shape": [2, 3]}],
@@ -143,7 +143,7 @@ def test_header_layout_is_the_documented_one():
 def test_external_client_message_decodes():
     """What a detector written in another language would send: plain msgpack + no buffers."""
     head = msgpack.packb({
-        "schema": "csist.Blobs", "version": 1, "topic": "blobs", "seq": 3, "t_source_ns": 0,
+        "schema": "csist.Blobs", "version": 2, "topic": "blobs", "seq": 3, "t_source_ns": 0,
         "stamps": {}, "buffers": [],
         "fields": {"blobs": [{"row": 10, "col": 20.5, "peak": 200.0, "area": 4, "snr": 9.0}]},
     })
@@ -155,9 +155,9 @@ def test_external_client_message_decodes():
 def test_numpy_scalars_are_converted_and_big_endian_is_swapped():
     msg = Points(seq=np.int64(2), t_source_ns=np.int64(9), points=[
         Point(row=np.float32(1.5), col=np.float64(2.0), score=np.float32(0.5),
-              track_id=np.int32(4))])
+              window_id=np.int32(4))])
     out = decode(encode(msg))
-    assert out.points == (Point(1.5, 2.0, 0.5, 4),) and type(out.points[0].track_id) is int
+    assert out.points == (Point(1.5, 2.0, 0.5, 4),) and type(out.points[0].window_id) is int
     image = np.arange(4, dtype=">u2").reshape(2, 2)
     frame = decode(encode(Frame(seq=0, t_source_ns=0, image=image)))
     assert frame.image.dtype.str == "<u2" and np.array_equal(frame.image, image)
@@ -165,7 +165,7 @@ def test_numpy_scalars_are_converted_and_big_endian_is_swapped():
 
 @pytest.mark.parametrize("bad", [
     Points(seq=0, t_source_ns=0, points=[Point(row="a", col=0.0, score=0.0)]),
-    Points(seq=0, t_source_ns=0, points=[Point(row=0.0, col=0.0, score=0.0, track_id=1.5)]),
+    Points(seq=0, t_source_ns=0, points=[Point(row=0.0, col=0.0, score=0.0, window_id=1.5)]),
 ])
 def test_unencodable_fields_raise_encode_error(bad):
     with pytest.raises(EncodeError, match="Point"):
@@ -200,7 +200,7 @@ def bad_frames():
         "topic mismatch": [b"frames", *good[1:]],
         "unknown schema": with_header(good, schema="csist.Nope"),
         "schema not str": with_header(good, schema=3),
-        "wrong version": with_header(good, version=2),
+        "wrong version": with_header(good, version=3),
         "version bool": with_header(good, version=True),
         "negative seq": with_header(good, seq=-1),
         "seq float": with_header(good, seq=1.0),
@@ -226,7 +226,7 @@ def bad_frames():
         "fields unknown": with_header(good, fields={**head["fields"], "x": 1}),
         "record not a map": with_header(good, fields={"windows": [[1, 2, 3, 4, []]]}),
         "record wrong type": with_header(good, fields={"windows": [
-            {**head["fields"]["windows"][0], "track_id": "one"}]}),
+            {**head["fields"]["windows"][0], "blob_id": "one"}]}),
         "record float for int": with_header(good, fields={"windows": [
             {**head["fields"]["windows"][0], "origin_row": 2.0}]}),
         "count mismatch": with_header(good, fields={"windows": []}),
@@ -337,3 +337,12 @@ def test_record_garbage_and_size_limit():
         decode_record(msgpack.packb([1, 2]))
     with pytest.raises(DecodeError, match="over the limit"):
         decode_record(encode_record(valid_windows()), Limits(max_total_bytes=100))
+
+
+def test_a_previous_wire_version_is_rejected_with_what_changed():
+    msg = Points(seq=0, t_source_ns=0, points=[Point(1.0, 2.0, 3.0, 0)])
+    topic, head, *rest = encode(msg)
+    old = msgpack.packb({**msgpack.unpackb(head), "version": 1})
+    with pytest.raises(DecodeError, match=r"version 1 but this receiver speaks version 2; "
+                                          r"version 2: WindowInfo.track_id was renamed blob_id"):
+        decode([topic, old, *rest])

@@ -45,10 +45,10 @@ def test_ids_stay_stable_over_a_moving_group():
             for info in out.windows:
                 centre = np.array([info.origin_row + 5, info.origin_col + 5])
                 group = int(np.argmin(np.linalg.norm(references[out.seq] - centre, axis=1)))
-                ids_per_group.setdefault(group, set()).add(info.track_id)
+                ids_per_group.setdefault(group, set()).add(info.blob_id)
     assert len(ids_per_group) == 2
     assert all(len(ids) == 1 for ids in ids_per_group.values())
-    assert cropper.core.track_ids == sorted({i for ids in ids_per_group.values() for i in ids})
+    assert cropper.core.blob_ids == sorted({i for ids in ids_per_group.values() for i in ids})
 
 
 def test_five_patches_share_one_origin_and_equal_the_frames_crops():
@@ -119,14 +119,14 @@ def test_track_is_deleted_after_max_misses_and_a_new_blob_gets_a_new_id():
     image = np.zeros(SHAPE, np.float32)
     for seq in range(5):
         core.update(seq, image, [[30.0, 40.0]])
-    assert core.track_ids == [0]
+    assert core.blob_ids == [0]
     core.update(5, image, np.zeros((0, 2)))
     core.update(6, image, np.zeros((0, 2)))
-    assert core.track_ids == [0]  # two misses: still alive
+    assert core.blob_ids == [0]  # two misses: still alive
     core.update(7, image, np.zeros((0, 2)))
-    assert core.track_ids == []  # third miss: deleted
+    assert core.blob_ids == []  # third miss: deleted
     core.update(8, image, [[30.0, 40.0]])
-    assert core.track_ids == [1]
+    assert core.blob_ids == [1]
 
 
 def test_short_miss_keeps_the_id_and_interpolates_the_middle_frame():
@@ -137,7 +137,7 @@ def test_short_miss_keeps_the_id_and_interpolates_the_middle_frame():
         blobs = np.zeros((0, 2)) if seq == 4 else np.array([[30.0, 40.0 + seq]])
         for w in core.update(seq, image, blobs):
             seen[w.seq] = w
-    assert {w.track_id for w in seen.values()} == {0}
+    assert {w.blob_id for w in seen.values()} == {0}
     assert not seen[4].observed and seen[4].centre == pytest.approx((30.0, 44.0))
     assert seen[5].observed
 
@@ -153,9 +153,9 @@ def test_gate_separates_two_blobs():
     image = np.zeros(SHAPE, np.float32)
     core.update(0, image, [[10.0, 10.0], [40.0, 60.0]])
     core.update(1, image, [[40.5, 60.5], [10.5, 10.5]])
-    assert core.track_ids == [0, 1]
+    assert core.blob_ids == [0, 1]
     core.update(2, image, [[20.0, 20.0]])  # far from both: a new track
-    assert 2 in core.track_ids
+    assert 2 in core.blob_ids
 
 
 def test_stage_joins_frames_and_blobs_in_any_order_and_attaches_truth():

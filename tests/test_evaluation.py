@@ -1,4 +1,5 @@
-"""CSO-mAP: hand-built cases for every rule and a literal loop re-implementation (facts §3.1)."""
+"""CSO-mAP: hand-built cases for every rule and a literal loop re-implementation
+(docs/reference.md §3.1)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ KEYS = ["AP05", "AP10", "AP15", "AP20", "AP25"]
 
 
 def reference_cso_map(detections, ground_truths, thresholds=THRESHOLDS):
-    """Straightforward loops following facts §3.1 literally (stable tie order)."""
+    """Straightforward loops following docs/reference.md §3.1 literally (stable tie order)."""
     n_gt = sum(len(g) for g in ground_truths)
     result = {}
     for delta in thresholds:

@@ -47,7 +47,7 @@ def test_seeded_clip_matches_the_golden_output(tmp_path):
     expected = [json.loads(line) for line in EXPECT.read_text().splitlines()]
     assert [r["seq"] for r in got] == [r["seq"] for r in expected]
     assert sum(len(r["points"]) for r in got) > 30  # the clip really unmixes something
-    for key, fields, ids in (("points", ("row", "col"), "track_id"),
+    for key, fields, ids in (("points", ("row", "col"), "window_id"),
                              ("tracks", ("row", "col"), "id")):
         for g, e, rg, re in zip(rows(got, key, fields), rows(expected, key, fields),
                                 got, expected, strict=True):

@@ -1,4 +1,4 @@
-"""Classical ISTA baseline (facts §5): recovery, per-sample stopping, registry."""
+"""Classical ISTA baseline (docs/reference.md §5): recovery, per-sample stopping, registry."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ def test_soft_threshold():
 
 def test_lipschitz_is_the_squared_spectral_norm_of_phi():
     _, _, lipschitz = _phi_pinv_lipschitz()
-    assert lipschitz == pytest.approx(2.93029**2, rel=1e-5)  # facts §2.1: ‖Φ‖₂² = 8.5866
+    # docs/reference.md §2.1: ‖Φ‖₂² = 8.5866
+    assert lipschitz == pytest.approx(2.93029**2, rel=1e-5)
 
 
 def test_recovers_a_single_on_grid_target_in_its_cell():

@@ -75,7 +75,7 @@ def test_training_step_keeps_every_tensor_on_the_model_device(name):
 
 def test_derefnet_reference_size_and_losses():
     model = DeRefNet()
-    assert count_params(model) == 1_482_879  # facts §4.8, derived from the reference code
+    assert count_params(model) == 1_482_879  # docs/reference.md §4.8 (from the reference code)
     model.train()
     _, aux = model(*windows(2))
     assert set(aux) == {"cons", "align"}

@@ -123,7 +123,7 @@ def fields_equal(a, b) -> bool:
 def sample_messages():
     rng = np.random.default_rng(0)
     truth = (TruthPoint(group=0, row=3.25, col=4.5, brightness=230.0),)
-    info = (WindowInfo(track_id=2, origin_row=1, origin_col=-3, frame_index=4, truth=truth),)
+    info = (WindowInfo(blob_id=2, origin_row=1, origin_col=-3, frame_index=4, truth=truth),)
     patches = rng.random((1, 5, 11, 11), dtype=np.float32)
     return [
         ("frames", Frame(seq=0, t_source_ns=0, image=rng.integers(0, 4000, (6, 7)).astype(

@@ -65,21 +65,21 @@ def test_a_group_is_detected_when_its_reference_is_inside_a_window():
     refs = group_references(_truth())
     np.testing.assert_allclose(refs[0], [20.0, 30.0])
     windows = (
-        WindowInfo(track_id=4, origin_row=15, origin_col=25, frame_index=2),  # holds group 0
-        WindowInfo(track_id=5, origin_row=49, origin_col=49, frame_index=2),  # 60.0 > 59.5: no
+        WindowInfo(blob_id=4, origin_row=15, origin_col=25, frame_index=2),  # holds group 0
+        WindowInfo(blob_id=5, origin_row=49, origin_col=49, frame_index=2),  # 60.0 > 59.5: no
     )
-    assert detected_groups(refs, windows) == {0: 4}
-    nearer = WindowInfo(track_id=6, origin_row=14, origin_col=25, frame_index=2)
-    assert detected_groups(refs, (nearer, windows[0])) == {0: 4}
+    assert detected_groups(refs, windows) == {0: 0}  # window index 0 (blob 4)
+    nearer = WindowInfo(blob_id=6, origin_row=14, origin_col=25, frame_index=2)
+    assert detected_groups(refs, (nearer, windows[0])) == {0: 1}  # the nearer crop centre
 
 
 def test_accumulator_scores_only_detected_groups_in_cso_map_but_all_targets_in_gospa():
     scores = ScoreAccumulator(c=2.0, p=1.0)
-    windows = (WindowInfo(track_id=4, origin_row=15, origin_col=25, frame_index=2),)
+    windows = (WindowInfo(blob_id=4, origin_row=15, origin_col=25, frame_index=2),)
     points = (
-        Point(row=19.7, col=30.0, score=200.0, track_id=4),
-        Point(row=20.3, col=30.0, score=190.0, track_id=4),
-        Point(row=80.0, col=80.0, score=100.0, track_id=9),  # a false window: GOSPA only
+        Point(row=19.7, col=30.0, score=200.0, window_id=0),
+        Point(row=20.3, col=30.0, score=190.0, window_id=0),
+        Point(row=80.0, col=80.0, score=100.0, window_id=9),  # a false window: GOSPA only
     )
     terms = scores.add(_truth(), windows, points, ())
     assert terms.missed == pytest.approx(2 * 1.0) and terms.false == pytest.approx(1.0)
@@ -97,13 +97,13 @@ def test_stage_joins_by_seq_and_writes_its_summary(tmp_path):
     out = tmp_path / "scores.json"
     stage = Scoring(ScoringConfig(output=str(out)))
     image = np.zeros((100, 100), np.float32)
-    windows = (WindowInfo(track_id=4, origin_row=15, origin_col=25, frame_index=2),)
+    windows = (WindowInfo(blob_id=4, origin_row=15, origin_col=25, frame_index=2),)
     for seq in range(3):
         stage.process(Frame(seq=seq, t_source_ns=0, image=image, truth=_truth()))
     for seq in (1, 2):  # frame 0 never gets results and is dropped
         stage.process(Windows(seq=seq, t_source_ns=0, windows=windows,
                               patches=np.zeros((1, 5, 11, 11), np.float32)))
-        pts = (Point(row=20.2, col=30.0, score=150.0, track_id=4),)
+        pts = (Point(row=20.2, col=30.0, score=150.0, window_id=0),)
         stage.process(Points(seq=seq, t_source_ns=0, points=pts))
         stage.process(Tracks(seq=seq, t_source_ns=0, tracks=(_track(0, 20.3, 30.0),)))
     stage.flush()

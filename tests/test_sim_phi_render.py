@@ -1,4 +1,4 @@
-"""Φ (sampling matrix) and the renderer against the facts sheet (§1.3, §1.4, §1.6, §2.1)."""
+"""Φ (sampling matrix) and the renderer against docs/reference.md (§1.3, §1.4, §1.6, §2.1)."""
 
 import numpy as np
 import pytest

@@ -1,5 +1,5 @@
-"""Trajectory rules (paper §III, facts §7) over many seeds, the variants, and an independent
-re-render of a CLI-generated official-layout set (the issue's acceptance check)."""
+"""Trajectory rules (paper §III, docs/reference.md §7) over many seeds, the variants, and an
+independent re-render of a CLI-generated official-layout set (the issue's acceptance check)."""
 
 import math
 import subprocess

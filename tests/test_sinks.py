@@ -35,7 +35,7 @@ def _messages(seq: int, stamp: int | None = None):
     stamps = {"tracker.out": stamp} if stamp is not None else {}
     image = np.full(SHAPE, 20.0, np.float32)
     image[10:13, 20:23] = 200.0
-    info = WindowInfo(track_id=3, origin_row=6, origin_col=16, frame_index=2)
+    info = WindowInfo(blob_id=3, origin_row=6, origin_col=16, frame_index=2)
     truth = (TruthPoint(group=0, row=11.0, col=21.4, brightness=230.0),)
     return [
         Frame(seq=seq, t_source_ns=seq * 40, image=image, truth=truth),
@@ -44,8 +44,8 @@ def _messages(seq: int, stamp: int | None = None):
         Windows(seq=seq, t_source_ns=seq * 40, windows=(info,),
                 patches=np.zeros((1, 5, 11, 11), np.float32)),
         Points(seq=seq, t_source_ns=seq * 40, points=(
-            Point(row=10.8123456, col=21.1, score=201.237, track_id=3),
-            Point(row=11.2, col=20.9, score=190.0, track_id=3),
+            Point(row=10.8123456, col=21.1, score=201.237, window_id=0),
+            Point(row=11.2, col=20.9, score=190.0, window_id=0),
         )),
         Tracks(seq=seq, t_source_ns=seq * 40, stamps=stamps, tracks=(
             Track(track_id=0, row=10.81, col=21.1, vrow=0.1, vcol=-0.0004, score=200.0, age=4),
@@ -92,7 +92,7 @@ def test_json_lines_are_valid_rounded_and_deterministic(tmp_path):
     records = [json.loads(line) for line in texts[0].decode().splitlines()]
     assert [r["seq"] for r in records] == [0, 1, 2]
     first = records[0]
-    assert first["points"][0] == {"row": 10.812, "col": 21.1, "score": 201.24, "track_id": 3}
+    assert first["points"][0] == {"row": 10.812, "col": 21.1, "score": 201.24, "window_id": 0}
     assert first["tracks"][0] == {"id": 0, "row": 10.81, "col": 21.1, "vrow": 0.1,
                                   "vcol": 0.0, "score": 200.0, "age": 4}
 
@@ -156,7 +156,7 @@ def test_draw_overlay_and_stretch():
     assert grey.dtype == np.uint8 and grey.min() == 0 and grey.max() == 255
     assert draw_overlay(img, scale=4, tiles=0).shape == (HEADER + 40, 40, 3)
     # the picture size does not depend on the number of windows (a video needs one size)
-    infos = [WindowInfo(track_id=i, origin_row=0, origin_col=0, frame_index=2) for i in range(9)]
+    infos = [WindowInfo(blob_id=i, origin_row=0, origin_col=0, frame_index=2) for i in range(9)]
     sizes = {draw_overlay(img, windows=infos[:n], tiles=4, zoom=6).shape for n in (0, 2, 9)}
     assert sizes == {(HEADER + CAPTION + 30 + GAP, 30 + 4 * (30 + GAP), 3)}  # one row of 4
 

@@ -82,7 +82,7 @@ def test_stage_emits_tracks_for_every_frame():
     outs = []
     for seq in range(3):
         msg = Points(seq=seq, t_source_ns=seq * 40, points=(Point(row=5.0, col=5.0 + seq,
-                                                                  score=80.0, track_id=0),))
+                                                                  score=80.0, window_id=0),))
         outs += list(stage.process(msg))
     assert [type(o) for o in outs] == [Tracks] * 3
     assert [len(o.tracks) for o in outs] == [0, 1, 1]

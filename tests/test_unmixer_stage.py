@@ -28,7 +28,7 @@ class CountingModel(nn.Module):
 def _windows(n: int, seq: int = 5) -> Windows:
     rng = np.random.default_rng(n)
     infos = tuple(
-        WindowInfo(track_id=10 + i, origin_row=3 * i, origin_col=7 + i, frame_index=2 + i)
+        WindowInfo(blob_id=10 + i, origin_row=3 * i, origin_col=7 + i, frame_index=2 + i)
         for i in range(n)
     )
     patches = rng.uniform(0, 255, (n, 5, 11, 11)).astype(np.float32)
@@ -86,8 +86,8 @@ def test_extractor_maps_patch_points_to_frame_points_exactly():
     (out,) = Extractor(extract=fake_extract).process(maps)
     assert isinstance(out, Points) and out.seq == 5
     assert out.points == (
-        Point(row=0 + 4.25, col=7 + 5.0, score=90.0, track_id=10),
-        Point(row=0 + 0.0, col=7 + 10.0, score=75.5, track_id=10),
+        Point(row=0 + 4.25, col=7 + 5.0, score=90.0, window_id=0),
+        Point(row=0 + 0.0, col=7 + 10.0, score=75.5, window_id=0),
     )
 
 
@@ -111,12 +111,12 @@ def test_extractor_with_the_shared_extract_points_finds_a_rendered_pair():
     targets = np.array([[[5.2, 2.1, 235.0], [5.5, 2.4, 230.0]]])
     maps = gt_map(targets).reshape(1, 33, 33).astype(np.float32)
     patches = np.repeat(render(targets)[:, None], 5, axis=1).astype(np.float32)
-    info = (WindowInfo(track_id=7, origin_row=100, origin_col=-3, frame_index=2),)
+    info = (WindowInfo(blob_id=7, origin_row=100, origin_col=-3, frame_index=2),)
     msg = Maps(seq=0, t_source_ns=0, windows=info, patches=patches, maps=maps)
     (out,) = Extractor().process(msg)
     found = sorted((p.row, p.col) for p in out.points)
     np.testing.assert_allclose(found, [[105.2, -0.9], [105.5, -0.6]], atol=0.05)
-    assert {p.track_id for p in out.points} == {7}
+    assert {p.window_id for p in out.points} == {0}
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Classical ISTA baseline (facts §5, the "ISTA" row of Table VII): not learned, single frame.
+"""Classical ISTA baseline: not learned, single frame (the "ISTA" row of Table VII;
+docs/reference.md §5).
 
 Per sample, with y the middle LR frame (121-vector, grey levels) and x the HR map
 (1089-vector):

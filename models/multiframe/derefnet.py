@@ -1,6 +1,6 @@
 """DeRefNet (Zhai et al., "SeqCSIST", IEEE TGRS 2025), built as the reference code builds it.
 
-Layer by layer (facts §4):
+Layer by layer (docs/reference.md §4):
 
 1. Unfolding feature extractor, 9 untied ISTA-Net layers per frame, from x₀ = Qinit·y:
 

@@ -5,7 +5,7 @@ per frame seq, in increasing seq order, each the compact JSON (sorted keys, sepa
 and ``:``) of ``{"seq": SEQ, "<topic>": RECORDS, ...}`` for every digested topic (``points``
 and ``tracks``), followed by ``\\n``. RECORDS lists the message's records in the order the
 stage emitted them, each as the list of its field values in declaration order (e.g. a Point is
-``[row, col, score, track_id]``); a float is the string ``format(x, ".6f")`` (1e-6 px), with
+``[row, col, score, window_id]``); a float is the string ``format(x, ".6f")`` (1e-6 px), with
 ``-0.000000`` written ``0.000000``; an int stays a JSON number; a topic without a message for
 that seq is ``null``. The digest is the sha256 of the UTF-8 concatenation of the lines.
 

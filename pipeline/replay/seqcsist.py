@@ -4,8 +4,8 @@ A SeqCSIST frame is already an 11×11 patch around one group of closely-spaced t
 detection and cropping are bypassed: :class:`DatasetWindowsSource` turns each trajectory into
 one :class:`~stages.messages.Windows` message (``seq`` = trajectory index k) holding its
 windows t = 2 … T−3 (frames t−2 … t+2, the SeqCSIST evaluation protocol of
-``models.evaluate``), each with origin (0, 0), ``frame_index`` t, ``track_id`` = the dataset
-index of its middle frame (k·T + t) and that frame's targets as truth. The chain's unmixer and
+:mod:`models.protocol`), each with origin (0, 0), ``frame_index`` t, ``blob_id`` k (the
+trajectory is the group's track) and that frame's targets as truth. The chain's unmixer and
 extractor turn them into points (patch = frame coordinates), and :class:`CsoMapScorer` scores
 the points of every window against its truth with :func:`models.metric.cso_map` (points
 mode: the numbers equal ``python -m models evaluate --mode points`` for the same model).
@@ -73,7 +73,7 @@ class DatasetWindowsSource(Source):
         for k in range(ds.n_trajectories):
             rows = slice(k * per_traj, (k + 1) * per_traj)
             infos = tuple(
-                WindowInfo(track_id=int(f), origin_row=0, origin_col=0, frame_index=int(t),
+                WindowInfo(blob_id=k, origin_row=0, origin_col=0, frame_index=int(t),
                            truth=tuple(TruthPoint(group=k, row=float(r), col=float(c),
                                                   brightness=float(b))
                                        for r, c, b in ds.frame_targets(int(f))))
@@ -86,8 +86,8 @@ class DatasetWindowsSource(Source):
 class CsoMapScorer(Stage):
     """Sink: CSO-mAP (points mode) of the points of every window against its truth.
 
-    Joins Windows and Points by ``seq``; the points of window i are those whose ``track_id``
-    is the window's ``track_id``.
+    Joins Windows and Points by ``seq``; the points of window i are those whose ``window_id``
+    is i.
     """
 
     INPUTS = ("windows", "points")
@@ -104,9 +104,9 @@ class CsoMapScorer(Stage):
             return ()
         by_window: dict[int, list[tuple[float, float, float]]] = {}
         for p in parts[Points].points:
-            by_window.setdefault(p.track_id, []).append((p.row, p.col, p.score))
-        for info in parts[Windows].windows:
-            self.detections.append(np.array(by_window.get(info.track_id, []),
+            by_window.setdefault(p.window_id, []).append((p.row, p.col, p.score))
+        for index, info in enumerate(parts[Windows].windows):
+            self.detections.append(np.array(by_window.get(index, []),
                                             dtype=np.float64).reshape(-1, 3))
             self.truths.append(np.array([(t.row, t.col, t.brightness) for t in info.truth],
                                         dtype=np.float64).reshape(-1, 3))

@@ -37,7 +37,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from stages.messages import MESSAGE_TYPES, Message, PipelineError
+from stages.messages import MESSAGE_TYPES, VERSION_CHANGES, Message, PipelineError
 
 #: numpy type strings allowed in a buffer descriptor (explicit little-endian).
 DTYPES = frozenset({"|u1", "<u2", "<i2", "<i4", "<f4", "<f8"})
@@ -383,9 +383,12 @@ def _decode_message(where: str, header: dict, buffers: Sequence[Any], limits: Li
     if cls is None:
         raise _fail(where, f"unknown schema {schema!r}; known: {sorted(MESSAGE_TYPES)}")
     where = f"{where} {schema}"
-    if not _is_int(header["version"]) or header["version"] != cls.VERSION:
-        raise _fail(where, f"version {header['version']!r} but this receiver speaks "
-                           f"version {cls.VERSION}")
+    version = header["version"]
+    if not _is_int(version) or version != cls.VERSION:
+        changes = "".join(f"; version {v}: {VERSION_CHANGES[v]}" for v in sorted(VERSION_CHANGES)
+                          if _is_int(version) and version < v <= cls.VERSION)
+        raise _fail(where, f"version {version!r} but this receiver speaks version "
+                           f"{cls.VERSION}{changes} (docs/wire-format.md, 'Versions')")
     seq, t_source = header["seq"], header["t_source_ns"]
     if not (_is_int(seq) and seq >= 0 and _is_int(t_source)):
         raise _fail(where, f"seq and t_source_ns must be ints, seq >= 0 (got {seq!r}, "
