@@ -39,6 +39,7 @@ paired by ``seq`` with :class:`~stages.base.SeqJoin`. For every paired frame:
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -78,6 +79,11 @@ class CropperConfig:
         busy (16 lost frames in unpaced benchmark runs on 2 busy cores).
     subtract_background : bool
         Subtract each window's background level (median of the patches' outer ring).
+    saturation : float or None
+        Raw level at which the sensor's pixels clip, passed on in every window
+        (``WindowInfo.saturation``) so the extractor can ignore clipped pixels. None: from
+        the frame's dtype (:func:`saturation_level`: 255 for uint8, 65535 for uint16, no
+        clipping for float frames).
     """
 
     gate_px: float = 5.0
@@ -86,6 +92,7 @@ class CropperConfig:
     max_frame_index: int = 17
     max_pending: int = 64
     subtract_background: bool = True
+    saturation: float | None = None
 
     def __post_init__(self) -> None:
         if self.gate_px <= 0 or self.max_misses < 1 or self.max_pending < 1:
@@ -355,6 +362,16 @@ class WindowCropper:
         return sorted(windows, key=lambda w: w.blob_id)
 
 
+def saturation_level(dtype: np.dtype) -> float:
+    """Raw level at which pixels of ``dtype`` clip: an integer type's maximum, inf for floats.
+
+    >>> saturation_level(np.dtype(np.uint8)), saturation_level(np.dtype(np.float32))
+    (255.0, inf)
+    """
+    dtype = np.dtype(dtype)
+    return float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else math.inf
+
+
 def truth_in_crop(
     truth: tuple[TruthPoint, ...] | None, origin: tuple[int, int]
 ) -> tuple[TruthPoint, ...]:
@@ -407,6 +424,8 @@ class Cropper(Stage):
         middle = self.core.frame(frame.seq - MIDDLE)
         if middle is None:
             return []
+        saturation = (saturation_level(frame.image.dtype) if self.config.saturation is None
+                      else float(self.config.saturation))
         infos = tuple(
             WindowInfo(
                 blob_id=w.blob_id,
@@ -415,6 +434,7 @@ class Cropper(Stage):
                 frame_index=w.frame_index,
                 truth=truth_in_crop(middle.truth, w.origin),
                 background=w.background,
+                saturation=saturation,
             )
             for w in windows
         )

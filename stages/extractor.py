@@ -110,6 +110,7 @@ class Extractor(Stage):
         # arrays decoded from the wire are read-only, and torch warns about those
         maps = np.require(msg.maps, requirements="W")
         patches = np.require(msg.patches, requirements="W")
-        # frames clip at 255 before the cropper subtracts each window's background
-        saturation = 255.0 - np.array([w.background for w in msg.windows], dtype=np.float64)
+        # frames clip (at their dtype's maximum, or as configured in the cropper) before the
+        # cropper subtracts each window's background
+        saturation = np.array([w.saturation - w.background for w in msg.windows], np.float64)
         return self.extract(maps, patches, self.config, saturation)

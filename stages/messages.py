@@ -124,6 +124,9 @@ class WindowInfo:
     background : float
         Level (grey levels) the cropper subtracted from the window's patches: raw intensity =
         patch value + background. 0 when nothing was subtracted.
+    saturation : float
+        Raw level at which the frame's pixels clip (255 for 8-bit frames; ``inf`` when they
+        do not clip): a patch pixel at ``saturation − background`` or above is clipped.
     """
 
     blob_id: int
@@ -132,6 +135,7 @@ class WindowInfo:
     frame_index: int
     truth: tuple[TruthPoint, ...] = ()
     background: float = 0.0
+    saturation: float = 255.0
 
     RECORDS: ClassVar[Mapping[str, type]] = {"truth": TruthPoint}
 

@@ -225,3 +225,19 @@ def test_stage_reports_frames_dropped_by_the_join():
     assert stage.summary() == {"join_dropped": 2}  # frames 0 and 1: over max_pending
     stage.process(Blobs(seq=3, t_source_ns=0))
     assert stage.summary() == {"join_dropped": 3}  # frame 2 can no longer be completed
+
+
+@pytest.mark.parametrize("dtype, configured, expected", [
+    (np.uint8, None, 255.0), (np.uint16, None, 65535.0), (np.float32, None, np.inf),
+    (np.float32, 4000.0, 4000.0),
+])
+def test_windows_carry_the_frames_saturation_level(dtype, configured, expected):
+    cropper = Cropper(CropperConfig(saturation=configured))
+    image = np.full(SHAPE, 10, dtype)
+    image[30:33, 40:43] = 200
+    outs = []
+    for seq in range(5):
+        cropper.process(Frame(seq=seq, t_source_ns=seq, image=image))
+        outs += cropper.process(Blobs(seq=seq, t_source_ns=seq, blobs=(_blob(31.0, 41.0),)))
+    (info,) = outs[-1].windows
+    assert info.saturation == expected

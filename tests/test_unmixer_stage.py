@@ -1,5 +1,7 @@
 """Unmixer and extractor stages: one batched forward per frame, exact patch → frame mapping."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -78,10 +80,12 @@ def test_unmixer_rejects_other_messages():
 def test_extractor_maps_patch_points_to_frame_points_exactly():
     def fake_extract(maps, windows, config, saturation):
         assert maps.shape == (2, 33, 33) and windows.shape == (2, 5, 11, 11)
+        np.testing.assert_array_equal(saturation, [255.0 - 12.0, 65535.0])
         return [np.array([[4.25, 5.0, 90.0], [0.0, 10.0, 75.5]]), np.zeros((0, 3))]
 
     msg = _windows(2)
-    maps = Maps(seq=msg.seq, t_source_ns=msg.t_source_ns, windows=msg.windows,
+    infos = (replace(msg.windows[0], background=12.0), replace(msg.windows[1], saturation=65535.0))
+    maps = Maps(seq=msg.seq, t_source_ns=msg.t_source_ns, windows=infos,
                 patches=msg.patches, maps=np.zeros((2, 33, 33), np.float32))
     (out,) = Extractor(extract=fake_extract).process(maps)
     assert isinstance(out, Points) and out.seq == 5
