@@ -83,7 +83,8 @@ class SceneConfig:
     psf_sigma : float
         PSF standard deviation (px).
     quantize : bool
-        Round and saturate to 0..255 like the 8-bit SeqCSIST frames (docs/reference.md §1.4).
+        Round and saturate to 0..255 and emit uint8 frames, like the 8-bit SeqCSIST frames
+        (docs/reference.md §1.4); off: float32 frames, unclipped.
     """
 
     height: int = 256
@@ -297,7 +298,7 @@ class SceneSimulator:
 
         Returns
         -------
-        ndarray of shape (H, W), float32 grey levels.
+        ndarray of shape (H, W): uint8 grey levels when ``quantize``, else float32.
         """
         cfg = self.config
         image = self._static.copy()
@@ -306,7 +307,7 @@ class SceneSimulator:
             noise = self._rng.standard_normal((cfg.height, cfg.width), dtype=np.float32)
             image += np.float32(cfg.noise_sigma) * noise
         if cfg.quantize:
-            np.clip(np.rint(image, out=image), 0, 255, out=image)
+            return np.clip(np.rint(image), 0, 255).astype(np.uint8)
         return image
 
     def step(self) -> tuple[np.ndarray, SceneTruth]:

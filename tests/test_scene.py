@@ -19,10 +19,12 @@ def test_same_seed_same_frames_other_seed_differs():
     assert not np.array_equal(ia, ic)
 
 
-def test_frame_is_float32_of_the_configured_size():
+def test_frame_is_8_bit_of_the_configured_size_unless_unquantised():
     image, truth = SceneSimulator(SceneConfig(height=64, width=96, groups=2), seed=0).step()
-    assert image.shape == (64, 96) and image.dtype == np.float32
+    assert image.shape == (64, 96) and image.dtype == np.uint8
     assert len(truth.group_ids) == 2
+    raw, _ = SceneSimulator(SceneConfig(height=64, width=96, quantize=False), seed=0).step()
+    assert raw.dtype == np.float32
 
 
 def test_render_points_matches_sim_render_on_a_patch():
