@@ -26,7 +26,15 @@ def main(argv: list[str] | None = None) -> int:
             sp.description = module.__doc__
             module.add_arguments(sp)
     args = parser.parse_args(argv)
-    return int(module.run(args) or 0)
+    from models.config import ConfigError
+    from models.weights import WeightsError
+    from sim.dataset import DatasetError
+
+    try:
+        return int(module.run(args) or 0)
+    except (ConfigError, DatasetError, WeightsError) as exc:  # each message names the fix
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import yaml
 
+from models.config import ConfigError, build_config, parse_override, set_path
 from models.extract import ExtractorConfig, extract_points
 from models.harness import (
     MODES,
@@ -114,17 +114,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def extractor_config(pairs: list[str]):
-    """ExtractorConfig from ``KEY=VALUE`` strings (values YAML-parsed); unknown keys named."""
-    known = {f.name for f in fields(ExtractorConfig)}
-    values = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        if not sep or key not in known:
-            raise SystemExit(f"--extract {pair!r}: expected KEY=VALUE with KEY one of "
-                             f"{sorted(known)}")
-        values[key] = yaml.safe_load(text)
-    return ExtractorConfig(**values)
+def extractor_config(pairs: list[str]) -> ExtractorConfig:
+    """ExtractorConfig from ``KEY=VALUE`` strings (the ``--set`` syntax of every command)."""
+    values: dict = {}
+    try:
+        for pair in pairs:
+            set_path(values, *parse_override(pair))
+        return build_config(ExtractorConfig, values, "--extract")
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from exc
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ import argparse
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ import yaml
 from tqdm import tqdm
 
 from models.base import Unmixer
+from models.config import load_config
 from models.registry import get_model
 from models.weights import load_weights, save_weights
 from sim import load_dataset
@@ -33,9 +34,10 @@ from sim.render import gt_map, splat_map
 TARGETS = {"gt": gt_map, "splat": splat_map}
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """Everything a training run depends on (the YAML file's keys)."""
+    """Everything a training run depends on (the YAML file's keys; built by
+    :func:`models.config.load_config`, so unknown keys and wrong types are named)."""
 
     model: str = "derefnet"
     model_config: dict = field(default_factory=dict)
@@ -65,21 +67,11 @@ class TrainConfig:
     device: str = "cpu"
     out: str = "runs/derefnet"
 
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> TrainConfig:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(
-                f"{path}: unknown key(s) {unknown}; valid keys are {sorted(known)}"
-            )
-        cfg = cls(**raw)
-        if cfg.target not in TARGETS:
-            raise ValueError(f"{path}: target must be one of {sorted(TARGETS)}, got {cfg.target!r}")
-        if cfg.sequence_length < WINDOW:
-            raise ValueError(f"{path}: sequence_length must be >= {WINDOW}")
-        return cfg
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {sorted(TARGETS)}, got {self.target!r}")
+        if self.sequence_length < WINDOW:
+            raise ValueError(f"sequence_length must be >= {WINDOW}")
 
 
 def _loss(model: Unmixer, frames, start, target, weights: dict):
@@ -303,13 +295,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="override the run folder")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.ckpt")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (YAML value), e.g. --set lr=3e-4; repeatable")
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = TrainConfig.from_yaml(args.config)
-    for key in ("budget_minutes", "device", "out"):
-        if getattr(args, key) is not None:
-            setattr(cfg, key, getattr(args, key))
+    flags = [f"{key}={getattr(args, key)}" for key in ("budget_minutes", "device", "out")
+             if getattr(args, key) is not None]
+    cfg = load_config(TrainConfig, args.config, [*args.set, *flags])
     trainer = Trainer(cfg, progress=not args.no_progress)
     if args.resume:
         ckpt = Path(cfg.out) / "last.ckpt"

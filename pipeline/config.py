@@ -28,16 +28,23 @@ Every unknown key is an error that names the file, the key and the valid keys.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import pydantic
-import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from models.config import (
+    ConfigError,
+    build_config,
+    config_dict,
+    parse_override,
+    read_yaml_mapping,
+    set_path,
+)
+from pipeline.wire.curve import CurveKeys
 from stages import STAGES, stage_class
-from stages.base import ConfigError, build_config
 
 #: Every stage kind a config may name: the stages of :mod:`stages` plus the pipeline's own,
 #: which own a socket and therefore live in this package.
@@ -50,82 +57,107 @@ STAGE_KINDS: dict[str, str] = {
 ENTRY_KEYS = ("name", "kind", "config", "inputs", "output", "queue")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+@dataclasses.dataclass(frozen=True)
+class QueueConfig:
+    """Queue policy of a link: ``block`` (lossless) or ``drop_oldest`` (live).
 
-
-class QueueConfig(_Strict):
-    """Queue policy of a link: ``block`` (lossless) or ``drop_oldest`` (live)."""
+    Attributes
+    ----------
+    policy : {"block", "drop_oldest"}
+    hwm : int
+        ZeroMQ high-water mark (messages).
+    depth : int
+        Receiver queue length for ``drop_oldest``.
+    """
 
     policy: Literal["block", "drop_oldest"] = "block"
-    hwm: int = Field(4, ge=1, description="ZeroMQ high-water mark (messages)")
-    depth: int = Field(2, ge=1, description="receiver queue length for drop_oldest")
+    hwm: Annotated[int, Field(ge=1)] = 4
+    depth: Annotated[int, Field(ge=1)] = 2
 
 
-class RecordConfig(_Strict):
-    """MCAP recording of a run (``pipeline.attach.record``)."""
+@dataclasses.dataclass(frozen=True)
+class RecordConfig:
+    """MCAP recording of a run (:mod:`pipeline.attach.record`).
 
-    path: str = Field(min_length=1, description="output .mcap file")
-    topics: tuple[str, ...] | None = Field(None, description="topics to record (null: all)")
+    Attributes
+    ----------
+    path : str
+        Output ``.mcap`` file.
+    topics : tuple of str or None
+        Topics to record (None: all).
+    compression : {"zstd", "lz4", "none"}
+    chunk_bytes : int
+    flush_s : float
+        Source seconds between chunk flushes.
+    """
+
+    path: Annotated[str, Field(min_length=1)]
+    topics: tuple[str, ...] | None = None
     compression: Literal["zstd", "lz4", "none"] = "zstd"
-    chunk_bytes: int = Field(1 << 20, ge=1024)
-    flush_s: float = Field(1.0, gt=0, description="source seconds between chunk flushes")
+    chunk_bytes: Annotated[int, Field(ge=1024)] = 1 << 20
+    flush_s: Annotated[float, Field(gt=0)] = 1.0
 
 
-class PublishConfig(_Strict):
-    """The tap: every topic of the run re-published on one stable XPUB endpoint."""
+@dataclasses.dataclass(frozen=True)
+class PublishConfig:
+    """The tap: every topic of the run re-published on one stable XPUB endpoint.
 
-    endpoint: str = Field(pattern=r"^(tcp|ipc|inproc)://.+",
-                          description="e.g. tcp://127.0.0.1:5555 or ipc:///tmp/csist.pub")
-    hwm: int = Field(64, ge=1, description="messages queued per subscriber before drops")
-    wait_subscribers: int = Field(0, ge=0, description="subscriptions to wait for before "
-                                                       "the source starts (0: none)")
+    Attributes
+    ----------
+    endpoint : str
+        e.g. ``tcp://127.0.0.1:5555`` or ``ipc:///tmp/csist.pub``.
+    hwm : int
+        Messages queued per subscriber before drops.
+    wait_subscribers : int
+        Subscriptions to wait for before the source starts (0: none).
+    """
+
+    endpoint: Annotated[str, Field(pattern=r"^(tcp|ipc|inproc)://.+")]
+    hwm: Annotated[int, Field(ge=1)] = 64
+    wait_subscribers: Annotated[int, Field(ge=0)] = 0
 
 
-class CurveConfig(_Strict):
-    """CURVE encryption and client allow-list of the tap (``python -m pipeline keys DIR``)."""
-
-    secret_key: str = Field(description="server key pair file, e.g. keys/server.key_secret")
-    allowed: str = Field(description="folder of allowed client public keys (*.key)")
-
-
-class RunConfig(_Strict):
-    """How the chain runs."""
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """How the chain runs (the ``run`` section; see the module docstring)."""
 
     mode: Literal["inline", "processes"] = "inline"
-    frames: int | None = Field(None, ge=1)
-    rate_hz: float | None = Field(None, gt=0)
+    frames: Annotated[int | None, Field(ge=1)] = None
+    rate_hz: Annotated[float | None, Field(gt=0)] = None
     transport: Literal["ipc", "tcp"] = "ipc"
     ipc_dir: str | None = None
     tcp_host: str = "127.0.0.1"
-    tcp_base_port: int = Field(5600, ge=1024, le=65000)
+    tcp_base_port: Annotated[int, Field(ge=1024, le=65000)] = 5600
     queue: QueueConfig = QueueConfig()
     report: str | None = None
-    max_message_bytes: int = Field(64 << 20, ge=1024)
-    ready_timeout_s: float = Field(60.0, gt=0)
-    drain_timeout_s: float = Field(30.0, gt=0)
-    heartbeat_s: float = Field(1.0, gt=0)
+    max_message_bytes: Annotated[int, Field(ge=1024)] = 64 << 20
+    ready_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    drain_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    heartbeat_s: Annotated[float, Field(gt=0)] = 1.0
     record: RecordConfig | None = None
     publish: PublishConfig | None = None
-    curve: CurveConfig | None = None
+    curve: CurveKeys | None = None
 
 
-class StageEntry(_Strict):
-    """One stage of the chain as written in the file."""
+@dataclasses.dataclass(frozen=True)
+class StageEntry:
+    """One stage of the chain as written in the file (its ``config`` is checked against the
+    stage's own Config class by :func:`plan_stages`)."""
 
-    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")
+    name: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")]
     kind: str
-    config: dict[str, Any] = {}
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
     inputs: tuple[str, ...] | None = None
     output: str | None = None
     queue: QueueConfig | None = None
 
 
-class PipelineConfig(_Strict):
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PipelineConfig:
     """A whole config file."""
 
     run: RunConfig = RunConfig()
-    stages: tuple[StageEntry, ...] = Field(min_length=1)
+    stages: Annotated[tuple[StageEntry, ...], Field(min_length=1)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,24 +201,6 @@ class StagePlan:
 # Loading and overrides.
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """Split ``key.sub=value`` into its key path and YAML-parsed value.
-
-    Raises
-    ------
-    ConfigError
-        If there is no ``=`` or the key is empty.
-    """
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
-        raise ConfigError(f"--set {text!r}: expected KEY.SUB=VALUE, e.g. run.frames=100")
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {text!r}: value is not valid YAML ({exc})") from exc
-    return key.strip().split("."), parsed
-
-
 def apply_override(raw: dict[str, Any], path: Sequence[str], value: Any) -> None:
     """Set ``value`` at ``path`` in the raw config mapping (in place).
 
@@ -206,14 +220,7 @@ def apply_override(raw: dict[str, Any], path: Sequence[str], value: Any) -> None
             raise ConfigError(f"--set {dotted}: no stage named {keys[1]!r}; stages: {names}")
         node = named[0]
         keys = keys[2:] if keys[2] in ENTRY_KEYS else ["config", *keys[2:]]
-    for key in keys[:-1]:
-        child = node.get(key)
-        if child is None:
-            child = node[key] = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {dotted}: {key!r} is not a mapping")
-        node = child
-    node[keys[-1]] = value
+    set_path(node, keys, value, f"--set {dotted}: ")
 
 
 def load_raw(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -224,15 +231,7 @@ def load_raw(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
     ConfigError
         If the file is missing, not YAML, not a mapping, or an override is malformed.
     """
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the file must be a mapping with 'run' and 'stages' keys")
+    raw = read_yaml_mapping(path)
     for text in overrides:
         try:
             apply_override(raw, *parse_override(text))
@@ -241,69 +240,23 @@ def load_raw(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
     return raw
 
 
-def _where(raw: Mapping[str, Any], loc: Sequence[Any]) -> str:
-    """Readable location of a pydantic error, naming stages by their name."""
-    parts: list[str] = []
-    for i, item in enumerate(loc):
-        if isinstance(item, int) and i > 0 and parts:
-            entries = raw.get("stages") if loc[i - 1] == "stages" else None
-            entry = entries[item] if isinstance(entries, list) and item < len(entries) else None
-            name = entry.get("name") if isinstance(entry, dict) else None
-            parts[-1] += f"[{item}]" + (f" ({name})" if name else "")
-        else:
-            parts.append(str(item))
-    return ".".join(parts)
+def _name_stages(message: str, raw: Mapping[str, Any]) -> str:
+    """Add each stage's name to ``stages[i]`` in an error message: ``stages[1] (detector)``."""
+    entries = raw.get("stages")
+    if not isinstance(entries, list):
+        return message
 
+    def name(match: re.Match) -> str:
+        i = int(match.group(1))
+        entry = entries[i] if i < len(entries) else None
+        label = entry.get("name") if isinstance(entry, dict) else None
+        return match.group(0) + (f" ({label})" if label else "")
 
-def _format_errors(source: str, raw: Mapping[str, Any], exc: pydantic.ValidationError) -> str:
-    lines = [f"{source}: invalid config"]
-    for err in exc.errors():
-        where = _where(raw, err["loc"])
-        if err["type"] == "extra_forbidden":
-            parent = err["loc"][:-1]
-            model = _model_at(parent)
-            valid = ", ".join(model.model_fields) if model else "?"
-            lines.append(f"  {where}: unknown key; valid keys here: {valid}")
-        else:
-            lines.append(f"  {where}: {err['msg']}")
-    return "\n".join(lines)
-
-
-def _model_at(loc: Sequence[Any]) -> type[BaseModel] | None:
-    """The pydantic model that owns location ``loc`` of the config."""
-    model: type[BaseModel] | None = PipelineConfig
-    for item in loc:
-        if isinstance(item, int) or model is None:
-            continue
-        field = model.model_fields.get(str(item))
-        if field is None:
-            return None
-        model = next(
-            (t for t in (field.annotation, *getattr(field.annotation, "__args__", ()))
-             if isinstance(t, type) and issubclass(t, BaseModel)),
-            None,
-        )
-    return model
+    return re.sub(r"stages\[(\d+)\]", name, message)
 
 
 # ---------------------------------------------------------------------------------------------
 # Validation of the stages against their classes and the wiring.
-
-
-def _stage_config(cls: type, values: Mapping[str, Any], where: str) -> Any:
-    """Validate a stage's options against its Config dataclass (names, then types)."""
-    config = build_config(cls.Config, values, where)
-    try:
-        adapter = pydantic.TypeAdapter(cls.Config)
-    except pydantic.PydanticSchemaGenerationError:
-        return config  # field types pydantic cannot check: names were checked above
-    try:
-        return adapter.validate_python(dict(values))
-    except pydantic.ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
-        )
-        raise ConfigError(f"{where}: {problems}") from exc
 
 
 def plan_stages(config: PipelineConfig, source: str = "config") -> list[StagePlan]:
@@ -325,7 +278,7 @@ def plan_stages(config: PipelineConfig, source: str = "config") -> list[StagePla
             raise ConfigError(f"{where}.kind: {exc}") from exc
         if any(p.name == entry.name for p in plans):
             raise ConfigError(f"{where}: duplicate stage name {entry.name!r}; names must differ")
-        stage_config = _stage_config(cls, entry.config, f"{where}.config")
+        stage_config = build_config(cls.Config, entry.config, f"{where}.config")
         inputs = tuple(cls.INPUTS) if entry.inputs is None else entry.inputs
         output = cls.OUTPUT if entry.output is None else entry.output
         if (i == 0) != (not inputs):
@@ -356,12 +309,12 @@ def validate(raw: Mapping[str, Any], source: str = "config") -> tuple[PipelineCo
     Raises
     ------
     ConfigError
-        With every model error listed, or the first stage error.
+        With every error of the file's structure listed, or the first stage error.
     """
     try:
-        config = PipelineConfig.model_validate(raw)
-    except pydantic.ValidationError as exc:
-        raise ConfigError(_format_errors(source, raw, exc)) from exc
+        config = build_config(PipelineConfig, raw, source)
+    except ConfigError as exc:
+        raise ConfigError(_name_stages(str(exc), raw)) from exc
     return config, plan_stages(config, source)
 
 
@@ -373,19 +326,10 @@ def load(path: str | Path, overrides: Sequence[str] = ()) -> tuple[PipelineConfi
 
 def effective(config: PipelineConfig, plans: Sequence[StagePlan]) -> dict[str, Any]:
     """The config with every default filled in, as plain data (what ``validate`` prints)."""
-    data = config.model_dump(mode="json")
+    data = config_dict(config)
     for entry, plan in zip(data["stages"], plans, strict=True):
-        entry["config"] = _plain(dataclasses.asdict(plan.config))
+        entry["config"] = config_dict(plan.config)
         entry["inputs"] = list(plan.inputs)
         entry["output"] = plan.output
-        entry["queue"] = plan.queue.model_dump(mode="json")
+        entry["queue"] = config_dict(plan.queue)
     return data
-
-
-def _plain(value: Any) -> Any:
-    """Tuples -> lists, recursively, so the result dumps as plain YAML."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value

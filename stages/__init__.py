@@ -15,7 +15,8 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping
 
-from stages.base import ConfigError, Stage
+from models.config import ConfigError
+from stages.base import Stage
 
 #: Stage kind (as written in the pipeline config) -> "module:Class".
 STAGES: dict[str, str] = {

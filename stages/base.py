@@ -1,6 +1,7 @@
 """The stage protocol: what every step of the chain looks like to the runner.
 
-A stage is a plain class built from a small frozen config dataclass::
+A stage is a plain class built from a small frozen config dataclass (the project's one config
+style, :mod:`models.config`)::
 
     @dataclass(frozen=True)
     class DoublerConfig:
@@ -34,62 +35,13 @@ import dataclasses
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
-from stages.messages import Message, PipelineError
-
-
-class ConfigError(PipelineError, ValueError):
-    """A configuration value is missing, unknown or invalid; the message names it and the fix."""
+from models.config import ConfigError, build_config
+from stages.messages import Message
 
 
 @dataclasses.dataclass(frozen=True)
 class NoConfig:
     """Config of a stage that takes no options."""
-
-
-def build_config(config_cls: type, values: Mapping[str, Any] | None, where: str = "") -> Any:
-    """Build a stage's frozen config dataclass from a mapping, rejecting unknown keys.
-
-    Parameters
-    ----------
-    config_cls : dataclass type
-        The stage's ``Config``.
-    values : mapping or None
-        Option name -> value (e.g. the stage's YAML section); None means all defaults.
-    where : str
-        Where the values come from (e.g. ``"stages[1] (detector)"``), used in error messages.
-
-    Returns
-    -------
-    config_cls instance
-
-    Raises
-    ------
-    ConfigError
-        On an unknown key (listing the valid ones) or a missing required key.
-    """
-    prefix = f"{where}: " if where else ""
-    names = [f.name for f in dataclasses.fields(config_cls) if f.init]
-    values = dict(values or {})
-    for key in values:
-        if key not in names:
-            valid = ", ".join(names) if names else "none (this stage takes no options)"
-            raise ConfigError(f"{prefix}unknown key {key!r} for {config_cls.__name__}; "
-                              f"valid keys: {valid}")
-    missing = [
-        f.name
-        for f in dataclasses.fields(config_cls)
-        if f.init
-        and f.name not in values
-        and f.default is dataclasses.MISSING
-        and f.default_factory is dataclasses.MISSING
-    ]
-    if missing:
-        raise ConfigError(f"{prefix}missing required key(s) {', '.join(map(repr, missing))} "
-                          f"for {config_cls.__name__}")
-    try:
-        return config_cls(**values)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{prefix}invalid {config_cls.__name__}: {exc}") from exc
 
 
 class Stage:
@@ -98,7 +50,7 @@ class Stage:
     Class attributes
     ----------------
     Config : dataclass type
-        The stage's frozen config; built with :func:`build_config`.
+        The stage's frozen config; built with :func:`models.config.build_config`.
     INPUTS : tuple of str
         Topics the stage consumes (default topics; the pipeline config may rename them).
     OUTPUT : str or None

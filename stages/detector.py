@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from stages.base import ConfigError, Stage
+from models.config import ConfigError
+from stages.base import Stage
 from stages.messages import Blob, Blobs, Frame, Message
 
 logger = logging.getLogger(__name__)

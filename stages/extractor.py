@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.config import ConfigError
 from models.extract import ExtractorConfig, extract_points
-from stages.base import ConfigError, Stage
+from stages.base import Stage
 from stages.messages import Maps, Message, Point, Points, WindowInfo
 from stages.threads import use_torch_threads
 

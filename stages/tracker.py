@@ -27,8 +27,9 @@ import numpy as np
 from filterpy.common import Q_discrete_white_noise
 from filterpy.kalman import KalmanFilter
 
+from models.config import ConfigError
 from stages.association import gated_assignment
-from stages.base import ConfigError, Stage
+from stages.base import Stage
 from stages.messages import Message, Points, Track, Tracks
 
 GATINGS = ("mahalanobis", "euclidean")

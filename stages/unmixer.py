@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from models.config import ConfigError
 from sim.geometry import HR
-from stages.base import ConfigError, Stage
+from stages.base import Stage
 from stages.messages import Maps, Message, Windows
 from stages.threads import use_torch_threads
 

@@ -17,13 +17,13 @@ import pytest
 import zmq
 from test_record_replay import chain_config, save_fast_ista
 
+from models.config import ConfigError
 from pipeline.__main__ import main
 from pipeline.attach.external import ExternalInput, ExternalInputConfig
 from pipeline.attach.record import read_recording
 from pipeline.attach.tap import Publisher, PublisherConfig
 from pipeline.subscribe import json_record, summary_line
-from pipeline.wire.curve import connect_client, create_keys
-from stages.base import ConfigError
+from pipeline.wire.curve import CurveKeys, connect_client, create_keys
 from stages.messages import Blob, Blobs, Frame, Point, Points, Track, Tracks
 
 REPO = Path(__file__).parents[1]
@@ -54,8 +54,8 @@ def test_curve_tap_serves_only_listed_clients(tmp_path):
     paths = create_keys(tmp_path / "keys", ["viewer", "intruder"])
     (paths["allowed"] / "intruder.key").unlink()  # a key pair, but not on the allow-list
     tap = Publisher(PublisherConfig(endpoint="tcp://127.0.0.1:*",
-                                    curve_secret_key=str(paths["server_secret"]),
-                                    curve_allowed=str(paths["allowed"])))
+                                    curve=CurveKeys(str(paths["server_secret"]),
+                                                    str(paths["allowed"]))))
     tap.start()
     ctx = zmq.Context()
     try:
@@ -82,8 +82,8 @@ def test_curve_tap_serves_only_listed_clients(tmp_path):
     create_keys(tmp_path / "k2")
     with pytest.raises(ConfigError, match="holds only a public key"):
         Publisher(PublisherConfig(endpoint="tcp://127.0.0.1:*",
-                                  curve_secret_key=str(tmp_path / "k2" / "server.key"),
-                                  curve_allowed=str(tmp_path / "k2" / "allowed"))).start()
+                                  curve=CurveKeys(str(tmp_path / "k2" / "server.key"),
+                                                  str(tmp_path / "k2" / "allowed")))).start()
 
 
 def test_keys_cli_writes_the_layout(tmp_path, capsys):

@@ -96,15 +96,18 @@ def test_effective_config_has_every_default(tmp_path):
 
 
 @pytest.mark.parametrize("text, expected", [
-    (GOOD + "extra: 1\n", r"extra: unknown key; valid keys here: run, stages"),
-    (GOOD.replace("frames: 10", "frams: 10"), r"run\.frams: unknown key; valid keys here: mode"),
+    (GOOD + "extra: 1\n", r"extra: unknown key for PipelineConfig; valid keys: run, stages"),
+    (GOOD.replace("frames: 10", "frams: 10"),
+     r"run\.frams: unknown key for RunConfig; valid keys: mode"),
     (GOOD.replace("queue: {policy: drop_oldest, depth: 4}", "queue: {policy: drop_oldest, dep: 4}"),
-     r"stages\[1\] \(scaler\)\.queue\.dep: unknown key; valid keys here: policy, hwm, depth"),
+     r"stages\[1\] \(scaler\)\.queue\.dep: unknown key for QueueConfig; valid keys: policy, hwm, "
+     r"depth"),
     (GOOD.replace("config: {factor: 3}", "config: {factr: 3}"),
-     r"stages\[1\] \(scaler\)\.config: unknown key 'factr' for ScaleConfig; "
+     r"stages\[1\] \(scaler\)\.config: factr: unknown key for ScaleConfig; "
      r"valid keys: factor, mode"),
     (GOOD.replace("config: {factor: 3}", "config: {factor: big}"),
-     r"stages\[1\] \(scaler\)\.config: factor: Input should be a valid number"),
+     r"stages\[1\] \(scaler\)\.config: invalid ScaleConfig: factor: Input should be a valid "
+     r"number"),
     (GOOD.replace("config: {factor: 3}", "config: {mode: slow}"),
      r"stages\[1\] \(scaler\)\.config: .*mode must be fast or exact"),
     (GOOD.replace("kind: scale", "kind: scael"),
@@ -159,7 +162,7 @@ def test_set_overrides(tmp_path):
     ("stages.scaler=1", r"use stages\.<stage name>\.<key>=VALUE"),
     ("run.frames.deep=1", r"'frames' is not a mapping"),
     ("run.frames=[1", r"value is not valid YAML"),
-    ("stages.scaler.nope=1", r"unknown key 'nope' for ScaleConfig"),
+    ("stages.scaler.nope=1", r"nope: unknown key for ScaleConfig"),
     ("run.mode=sideways", r"run\.mode: Input should be 'inline' or 'processes'"),
 ])
 def test_bad_overrides_are_named(tmp_path, override, expected):

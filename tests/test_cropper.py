@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stages.base import ConfigError, SeqJoin
+from models.config import ConfigError
+from stages.base import SeqJoin
 from stages.cropper import (
     Cropper,
     CropperConfig,

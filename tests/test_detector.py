@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from stages.base import ConfigError
+from models.config import ConfigError
 from stages.detector import BLOB_COLUMNS, Detector, DetectorConfig, detect_blobs
 from stages.messages import Blob, Blobs, Frame
 from stages.scene import SceneConfig, SceneSimulator

@@ -155,3 +155,20 @@ def test_cli_scores_ista_and_writes_json_and_plot(tmp_path, capsys, dataset):
 def test_cli_reports_a_missing_dataset(tmp_path):
     with pytest.raises(ValueError, match=str(tmp_path / "nowhere")):
         cli("--model", "ista", "--data", str(tmp_path / "nowhere"))
+
+
+def test_extract_options_use_the_one_override_syntax():
+    from models.evaluate import extractor_config
+
+    assert extractor_config(["refine=splat", "noise_grey=2"]).noise_grey == 2.0
+    with pytest.raises(SystemExit, match="bogus: unknown key for ExtractorConfig"):
+        extractor_config(["bogus=1"])
+    with pytest.raises(SystemExit, match="noise_grey: Input should be a valid number"):
+        extractor_config(["noise_grey=abc"])
+
+
+def test_a_missing_dataset_is_named_without_a_traceback(tmp_path, capsys):
+    from models.__main__ import main
+
+    assert main(["evaluate", "--model", "ista", "--data", str(tmp_path / "nope")]) == 2
+    assert "python -m sim generate" in capsys.readouterr().err

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import pytest
 
+from models.config import ConfigError
 from pipeline.__main__ import main
 from pipeline.attach.digest import OutputsDigest, canonical_value, frame_line
 from pipeline.attach.record import (
@@ -41,7 +42,6 @@ from pipeline.replay.importers import (
     VideoSourceConfig,
 )
 from pipeline.replay.plan import ReplayOptions, plan_replay
-from stages.base import ConfigError
 from stages.messages import (
     Blob,
     Blobs,
@@ -278,15 +278,18 @@ def test_replay_of_a_missing_topic_is_a_config_error(tmp_path, weights):
 
 
 def test_services_are_placed_and_checked(tmp_path):
+    from models.config import build_config
     from pipeline.config import RunConfig, load
     from pipeline.run.compose import add_services
 
     _, plans = load(detector_config(tmp_path))
-    run = RunConfig(publish={"endpoint": "ipc:///tmp/x"}, record={"path": "r.mcap"})
+    run = build_config(RunConfig, {"publish": {"endpoint": "ipc:///tmp/x"},
+                                   "record": {"path": "r.mcap"}})
     names = [p.name for p in add_services(plans, run)]
     assert names == ["source", "_tap", "detector", "_record"]  # tap first: publishes first
     with pytest.raises(ConfigError, match=r"\['tracks'\] not produced by this chain"):
-        add_services(plans, RunConfig(record={"path": "r.mcap", "topics": ["tracks"]}))
+        add_services(plans, build_config(RunConfig, {"record": {"path": "r.mcap",
+                                                                "topics": ["tracks"]}}))
 
 
 # ---------------------------------------------------------------------------------------------

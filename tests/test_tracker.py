@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from models.config import ConfigError
 from stages.association import gated_assignment
-from stages.base import ConfigError
 from stages.messages import Point, Points, Tracks, Windows
 from stages.tracker import PointTracker, Tracker, TrackerConfig
 

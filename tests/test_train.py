@@ -8,6 +8,7 @@ import torch
 import yaml
 
 import models
+from models.config import ConfigError, load_config
 from models.train import TrainConfig, Trainer
 from models.weights import load_weights
 from sim.dataset import save_npz, simulate
@@ -60,11 +61,19 @@ def test_resume_continues_the_same_run(data_dir, tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_unknown_config_key_is_named(tmp_path):
+def test_config_errors_name_the_file_and_key_and_overrides_apply(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"model": "fastunmix", "learning_rate": 1.0}))
-    with pytest.raises(ValueError, match="learning_rate"):
-        TrainConfig.from_yaml(path)
+    with pytest.raises(ConfigError, match=r"c\.yaml: learning_rate: unknown key for "
+                                          r"TrainConfig; valid keys: model, "):
+        load_config(TrainConfig, path)
+    path.write_text(yaml.safe_dump({"model": "fastunmix", "lr": "fast"}))
+    with pytest.raises(ConfigError, match=r"lr: Input should be a valid number"):
+        load_config(TrainConfig, path)
+    cfg = load_config(TrainConfig, path, ["lr=3e-4", "loss_weights.reg=2", "target=splat"])
+    assert (cfg.lr, cfg.loss_weights, cfg.target) == (3e-4, {"reg": 2}, "splat")
+    with pytest.raises(ConfigError, match="target must be one of"):
+        load_config(TrainConfig, path, ["lr=1", "target=nearest"])
 
 
 def test_init_weights_starts_from_saved_weights(data_dir, tmp_path):
@@ -80,7 +89,7 @@ def test_init_weights_starts_from_saved_weights(data_dir, tmp_path):
 @pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("configs/models/*.yaml")),
                          ids=lambda p: p.name)
 def test_shipped_training_configs_parse_and_build_their_model(path):
-    cfg = TrainConfig.from_yaml(path)
+    cfg = load_config(TrainConfig, path)
     model = models.get_model(cfg.model, **cfg.model_config)
     assert sum(p.numel() for p in model.parameters()) > 0
     assert cfg.target in ("gt", "splat")

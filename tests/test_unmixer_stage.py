@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
+from models.config import ConfigError
 from sim.render import gt_map, render
-from stages.base import ConfigError
 from stages.extractor import Extractor, to_frame_points
 from stages.messages import Maps, Point, Points, WindowInfo, Windows
 from stages.unmixer import UnmixerConfig, UnmixerStage

@@ -29,7 +29,7 @@ from typing import Any
 import zmq
 
 from pipeline.wire.codec import DEFAULT_LIMITS, DecodeError, decode
-from pipeline.wire.curve import close_served, serve
+from pipeline.wire.curve import CurveKeys, close_served, serve
 from stages.base import Stage
 from stages.messages import MESSAGE_TYPES, Message
 
@@ -55,9 +55,8 @@ class ExternalInputConfig:
         Outside messages kept for seqs the chain has not reached yet.
     hwm : int
         ZeroMQ receive high-water mark.
-    curve_secret_key, curve_allowed : str or None
-        CURVE server key pair file and client allow-list folder (:mod:`pipeline.wire.curve`);
-        both or neither.
+    curve : CurveKeys or None
+        CURVE encryption and client allow-list (:mod:`pipeline.wire.curve`); None: plain.
     """
 
     endpoint: str
@@ -65,8 +64,7 @@ class ExternalInputConfig:
     timeout_s: float = 5.0
     max_early: int = 64
     hwm: int = 64
-    curve_secret_key: str | None = None
-    curve_allowed: str | None = None
+    curve: CurveKeys | None = None
 
     def __post_init__(self) -> None:
         if self.schema not in MESSAGE_TYPES:
@@ -74,8 +72,6 @@ class ExternalInputConfig:
                              f"{sorted(MESSAGE_TYPES)}")
         if self.timeout_s <= 0 or self.max_early < 1 or self.hwm < 1:
             raise ValueError("timeout_s must be > 0, max_early and hwm >= 1")
-        if (self.curve_secret_key is None) != (self.curve_allowed is None):
-            raise ValueError("set both curve_secret_key and curve_allowed, or neither")
 
 
 class ExternalInput(Stage):
@@ -102,9 +98,8 @@ class ExternalInput(Stage):
             self._sock.setsockopt(zmq.LINGER, 0)
             self._sock.setsockopt(zmq.RCVHWM, cfg.hwm)
             self._sock.setsockopt(zmq.MAXMSGSIZE, DEFAULT_LIMITS.max_total_bytes)
-            if cfg.curve_secret_key is not None:
-                self._auth = serve(self._ctx, self._sock, cfg.curve_secret_key,
-                                   cfg.curve_allowed)
+            if cfg.curve is not None:
+                self._auth = serve(self._ctx, self._sock, cfg.curve)
             try:
                 self._sock.bind(cfg.endpoint)
             except zmq.ZMQError as exc:

@@ -24,7 +24,7 @@ from typing import Any
 import zmq
 
 from pipeline.wire.codec import encode
-from pipeline.wire.curve import close_served, serve
+from pipeline.wire.curve import CurveKeys, close_served, serve
 from stages.base import TopicSink
 from stages.messages import Message
 
@@ -45,21 +45,15 @@ class PublisherConfig:
         Subscriptions to wait for in ``start()`` (0: none).
     wait_s : float
         Longest wait for them; the run then goes on with a warning.
-    curve_secret_key, curve_allowed : str or None
-        CURVE server key pair file and allow-list folder (:mod:`pipeline.wire.curve`); both or
-        neither.
+    curve : CurveKeys or None
+        CURVE encryption and client allow-list (:mod:`pipeline.wire.curve`); None: plain.
     """
 
     endpoint: str
     hwm: int = 64
     wait_subscribers: int = 0
     wait_s: float = 60.0
-    curve_secret_key: str | None = None
-    curve_allowed: str | None = None
-
-    def __post_init__(self) -> None:
-        if (self.curve_secret_key is None) != (self.curve_allowed is None):
-            raise ValueError("set both curve_secret_key and curve_allowed, or neither")
+    curve: CurveKeys | None = None
 
 
 class Publisher(TopicSink):
@@ -95,8 +89,8 @@ class Publisher(TopicSink):
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, cfg.hwm)
         sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # see every subscription, not just the first
-        if cfg.curve_secret_key is not None:
-            self._auth = serve(self._ctx, sock, cfg.curve_secret_key, cfg.curve_allowed)
+        if cfg.curve is not None:
+            self._auth = serve(self._ctx, sock, cfg.curve)
         elif cfg.endpoint.startswith("tcp://") and not cfg.endpoint.startswith(
             ("tcp://127.", "tcp://localhost:")
         ):

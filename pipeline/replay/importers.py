@@ -23,9 +23,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from models.config import ConfigError
 from pipeline.attach.record import read_recording, recording_info
 from pipeline.replay.playback import ReplaySource, ReplayTiming, frame_window
-from stages.base import ConfigError
 from stages.messages import Frame, Message
 
 logger = logging.getLogger(__name__)

@@ -19,11 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from models.config import ConfigError
 from models.metric import cso_map
 from models.protocol import eval_windows
 from sim import load_dataset
 from sim.dataset import DatasetError, SeqDataset
-from stages.base import ConfigError, Source, Stage
+from stages.base import Source, Stage
 from stages.cropper import SeqJoin
 from stages.messages import Message, Points, TruthPoint, WindowInfo, Windows
 

@@ -64,12 +64,10 @@ def add_services(
     lossless = QueueConfig(policy="block", hwm=run.queue.hwm)
     out = list(plans)
     if run.publish is not None:
-        curve = run.curve
         config = PublisherConfig(
             endpoint=run.publish.endpoint, hwm=run.publish.hwm,
             wait_subscribers=run.publish.wait_subscribers, wait_s=run.ready_timeout_s,
-            curve_secret_key=curve.secret_key if curve else None,
-            curve_allowed=curve.allowed if curve else None,
+            curve=run.curve,
         )
         out.insert(1, StagePlan(TAP, "tap", Publisher, config, tuple(topics), None, lossless))
     if run.record is not None:

@@ -17,6 +17,7 @@ A client without a listed key completes no handshake and receives nothing. Remov
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,9 +26,25 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from stages.base import ConfigError
+from models.config import ConfigError
 
 SERVER = "server"
+
+
+@dataclasses.dataclass(frozen=True)
+class CurveKeys:
+    """CURVE on a socket that this process binds (made by ``python -m pipeline keys DIR``).
+
+    Attributes
+    ----------
+    secret_key : str
+        The server key pair file, e.g. ``keys/server.key_secret``.
+    allowed : str
+        Folder of the public keys (``*.key``) of the clients let in.
+    """
+
+    secret_key: str
+    allowed: str
 
 
 def create_keys(folder: str | Path, clients: Sequence[str] = ("client",)) -> dict[str, Path]:
@@ -71,8 +88,7 @@ def _load(path: str | Path, need_secret: bool) -> tuple[bytes, bytes | None]:
     return public, secret
 
 
-def serve(ctx: zmq.Context, sock: zmq.Socket, secret_key: str | Path,
-          allowed: str | Path) -> ThreadAuthenticator:
+def serve(ctx: zmq.Context, sock: zmq.Socket, keys: CurveKeys) -> ThreadAuthenticator:
     """Make ``sock`` (not yet bound) a CURVE server that admits only the allowed clients.
 
     Returns
@@ -85,8 +101,8 @@ def serve(ctx: zmq.Context, sock: zmq.Socket, secret_key: str | Path,
     ConfigError
         A key file or the allow-list folder is missing or invalid.
     """
-    public, secret = _load(secret_key, need_secret=True)
-    allowed = Path(allowed)
+    public, secret = _load(keys.secret_key, need_secret=True)
+    allowed = Path(keys.allowed)
     if not allowed.is_dir() or not any(allowed.glob("*.key")):
         raise ConfigError(f"CURVE allow-list {allowed} is missing or holds no *.key file; "
                           f"copy the clients' public keys there")
