@@ -52,7 +52,8 @@ class UnfoldingLayer(nn.Module):
 
 
 def unfold(layers, x, phitphi, phity, with_symmetry: bool):
-    """Run ``layers`` (UnfoldingLayer) from x (N, 1089).
+    """Run ``layers`` from x (N, 1089); each is called like :class:`UnfoldingLayer`,
+    ``layer(x, phitphi, phity, with_symmetry) -> (x_new, mean(s²) or None)``.
 
     Returns the last iterate (N, 1089) and Σ_k mean(s_k²) over the layers (None unless
     ``with_symmetry``).
