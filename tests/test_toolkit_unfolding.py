@@ -24,7 +24,7 @@ from models.layers.gaussian import gaussian_kernel
 from models.layers.shrinkage import hard_threshold, soft_threshold, support_selection
 from models.protocol import eval_windows
 from models.train import TrainConfig, Trainer, _loss
-from models.weights import load_weights, save_weights
+from models.weights import load_model, load_weights, save_weights
 from sim.dataset import save_npz, simulate
 from sim.phi import fit_qinit, phi_matrix
 from sim.render import render
@@ -220,6 +220,8 @@ def test_bid_correct_and_faithful_differ():
     assert divmod(int(correct[0].argmax()), 33) == (16, 7)
     assert divmod(int(faithful[0].argmax()), 33) != (16, 7)
     assert (correct - faithful).abs().max() > 50
+    model, meta = load_model("bid")  # not learned: usable without weights
+    assert isinstance(model, BidUnmixer) and meta == {"model": "bid"}
 
 
 def test_bid_stops_each_sample_on_its_residual():
