@@ -34,6 +34,17 @@ class ModelEntry:
 #: Model name (as used by ``--model`` and training configs) -> its entry.
 MODELS: dict[str, ModelEntry] = {
     "ista": ModelEntry("models.classical.ista:IstaUnmixer", "classical"),
+    "bid": ModelEntry("models.classical.bid:BidUnmixer", "classical"),
+    "lista": ModelEntry("models.sparse.lista:Lista", "sparse"),
+    "liht": ModelEntry("models.sparse.liht:Liht", "sparse"),
+    "lamp": ModelEntry("models.sparse.lamp:Lamp", "sparse"),
+    "tilista": ModelEntry("models.sparse.tilista:TiLista", "sparse"),
+    "istanet": ModelEntry("models.unfolding.istanet:IstaNet", "unfolding"),
+    "istanet_plus": ModelEntry("models.unfolding.istanet_plus:IstaNetPlus", "unfolding"),
+    "istanet_pp": ModelEntry("models.unfolding.istanet_pp:IstaNetPP", "unfolding"),
+    "fistanet": ModelEntry("models.unfolding.fistanet:FistaNet", "unfolding"),
+    "usrnet": ModelEntry("models.unfolding.usrnet:UsrNet", "unfolding"),
+    "rpcanet": ModelEntry("models.unfolding.rpcanet:RpcaNet", "unfolding"),
     "derefnet": ModelEntry("models.multiframe.derefnet:DeRefNet", "multiframe"),
     "fastunmix": ModelEntry("models.multiframe.fastunmix:FastUnmixer", "multiframe"),
 }

@@ -45,6 +45,9 @@ class TrainConfig:
     train_split: str = "train"
     val_split: str = "val"
     target: str = "gt"  # "gt" (reference GT maps) or "splat" (bilinear splat)
+    # Faithful LISTA-family bug (docs/reference.md §5.8, §8 #9): regress every map onto the
+    # targets of all frames of its training sequence (the whole trajectory at length 20).
+    target_broadcast: bool = False
     loss_weights: dict = field(default_factory=lambda: {"reg": 1.0, "cons": 0.1, "align": 0.1})
     lr: float = 1e-4
     lr_schedule: str = "constant"  # "constant" or "cosine" (over the budget or the epochs)
@@ -74,11 +77,19 @@ class TrainConfig:
             raise ValueError(f"sequence_length must be >= {WINDOW}")
 
 
-def _loss(model: Unmixer, frames, start, target, weights: dict):
-    """Weighted training loss of a batch of sequences; returns (total, detached parts)."""
+def _loss(model: Unmixer, frames, start, target, weights: dict, broadcast: bool = False):
+    """Weighted training loss of a batch of sequences; returns (total, detached parts).
+
+    ``target`` holds one map per window (B, L − 4, 33, 33), or with ``broadcast`` one per
+    frame (B, L, 33, 33), every window's map then being compared with all of them.
+    Parts: ``reg`` (MSE), ``l1`` (mean absolute error, only when weighted) and the model's
+    auxiliary losses.
+    """
     maps, aux = model.forward_sequences(frames, start)
-    reg = torch.mean((maps - target) ** 2)
-    parts = {"reg": reg, **aux}
+    err = maps[:, :, None] - target[:, None] if broadcast else maps - target
+    parts = {"reg": torch.mean(err**2), **aux}
+    if weights.get("l1"):
+        parts["l1"] = torch.mean(err.abs())
     total = sum(weights.get(k, 0.0) * v for k, v in parts.items() if v is not None)
     return total, {k: v.detach() for k, v in parts.items() if v is not None}
 
@@ -158,7 +169,7 @@ class Trainer:
         frames = torch.stack([self.images[p, s:s + length] for p, s in pairs])
         if cfg.noise_augment > 0:
             frames = self.add_noise(frames)
-        half = WINDOW // 2
+        half = 0 if cfg.target_broadcast else WINDOW // 2
         target = torch.stack([self.targets[p, s + half:s + length - half] for p, s in pairs])
         return frames, torch.as_tensor(starts), target
 
@@ -212,7 +223,7 @@ class Trainer:
                 group["lr"] = lr
             frames, starts, target = self.next_batch()
             loss, parts = _loss(self.model, frames.to(self.device), starts.to(self.device),
-                                target.to(self.device), cfg.loss_weights)
+                                target.to(self.device), cfg.loss_weights, cfg.target_broadcast)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_toolkit_unfolding import SMALL as TOOLKIT_SMALL
 
 import models
 from models.harness import count_params
@@ -20,7 +21,7 @@ LEARNED = ["derefnet", "fastunmix"]
 
 def small(name):
     cfg = {"derefnet": {"layers": 2, "channels": 8, "res_blocks": 1},
-           "fastunmix": {"channels": 8, "blocks": 1, "hr_channels": 4}}[name]
+           "fastunmix": {"channels": 8, "blocks": 1, "hr_channels": 4}, **TOOLKIT_SMALL}[name]
     return models.get_model(name, **cfg)
 
 
@@ -60,7 +61,7 @@ def test_gradients_reach_every_parameter(name):
     assert missing == []
 
 
-@pytest.mark.parametrize("name", LEARNED)
+@pytest.mark.parametrize("name", LEARNED + sorted(TOOLKIT_SMALL))
 def test_training_step_keeps_every_tensor_on_the_model_device(name):
     """Forward, the training loss and backward on the "meta" device: any tensor a model or
     the loss creates without ``device=`` lands on the CPU and raises, as it would on CUDA."""

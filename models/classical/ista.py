@@ -1,5 +1,4 @@
-"""Classical ISTA baseline: not learned, single frame (the "ISTA" row of Table VII;
-docs/reference.md §5).
+"""Classical ISTA baseline (docs/reference.md §5.2): not learned, single frame.
 
 Per sample, with y the middle LR frame (121-vector, grey levels) and x the HR map
 (1089-vector):
@@ -20,6 +19,8 @@ import numpy as np
 import torch
 
 from models.base import Unmixer
+from models.classical.per_sample import iterate_per_sample
+from models.layers.shrinkage import soft_threshold
 from sim.geometry import HR, WINDOW
 from sim.phi import phi_matrix
 
@@ -29,11 +30,6 @@ def _phi_pinv_lipschitz() -> tuple[np.ndarray, np.ndarray, float]:
     """Φ (121, 1089), pinv(Φ) (1089, 121), both float64, and L = ‖Φ‖₂²."""
     phi = np.array(phi_matrix(), dtype=np.float64)
     return phi, np.linalg.pinv(phi), float(np.linalg.norm(phi, 2) ** 2)
-
-
-def soft_threshold(v: torch.Tensor, theta: float) -> torch.Tensor:
-    """sign(v)·max(|v| − θ, 0), element-wise."""
-    return torch.sign(v) * torch.clamp(v.abs() - theta, min=0.0)
 
 
 def ista(
@@ -73,24 +69,13 @@ def ista(
     """
     if y.ndim != 2 or y.shape[1] != phi.shape[0]:
         raise ValueError(f"y must have shape (B, {phi.shape[0]}), got {tuple(y.shape)}")
-    x = y @ phi_pinv.T
-    out = torch.empty_like(x)
-    iterations = torch.full((len(y),), max_iter, dtype=torch.int64, device=y.device)
-    active = torch.arange(len(y), device=y.device)
     threshold = lam / lipschitz
-    for it in range(1, max_iter + 1):
-        if len(active) == 0:
-            break
-        x_new = soft_threshold(x + ((y - x @ phi.T) @ phi) / lipschitz, threshold)
-        done = torch.linalg.vector_norm(x_new - x, dim=1) < tol
-        x = x_new
-        if done.any():
-            out[active[done]] = x[done]
-            iterations[active[done]] = it
-            keep = ~done
-            active, x, y = active[keep], x[keep], y[keep]
-    out[active] = x
-    return out, iterations
+
+    def step(x, rows):
+        x_new = soft_threshold(x + ((y[rows] - x @ phi.T) @ phi) / lipschitz, threshold)
+        return x_new, torch.linalg.vector_norm(x_new - x, dim=1) < tol
+
+    return iterate_per_sample(y @ phi_pinv.T, step, max_iter)
 
 
 class IstaUnmixer(Unmixer):

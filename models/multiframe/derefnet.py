@@ -30,35 +30,9 @@ from torch import nn
 from models.base import Unmixer
 from models.layers.deform import DeformConv2dPack
 from models.layers.residual import ResidualBlockNoBN
+from models.layers.unfolding import UnfoldingLayer, unfold
 from sim.geometry import HR, WINDOW
 from sim.phi import phi_matrix
-
-
-class UnfoldingLayer(nn.Module):
-    """One ISTA-Net layer: gradient step, G, soft threshold, G̃ (all convs 3×3, no bias)."""
-
-    def __init__(self, channels: int = 32) -> None:
-        super().__init__()
-        self.rho = nn.Parameter(torch.tensor(0.5))
-        self.theta = nn.Parameter(torch.tensor(0.01))
-        shapes = [(channels, 1), (channels, channels), (channels, channels), (1, channels)]
-        self.kernels = nn.ParameterList(
-            nn.Parameter(nn.init.xavier_normal_(torch.empty(o, i, 3, 3))) for o, i in shapes
-        )
-
-    def forward(self, x, phitphi, phity, with_symmetry: bool):
-        """x, phity: (N, 1089); returns (x_new (N, 1089), symmetry loss or None)."""
-        r = x - self.rho * (x @ phitphi) + self.rho * phity
-        r = r.view(-1, 1, HR, HR)
-        w1, w2, w3, w4 = self.kernels
-        g = F.conv2d(F.relu(F.conv2d(r, w1, padding=1)), w2, padding=1)
-        z = torch.sign(g) * F.relu(g.abs() - self.theta)
-        x_new = F.conv2d(F.relu(F.conv2d(z, w3, padding=1)), w4, padding=1)
-        sym = None
-        if with_symmetry:
-            s = F.conv2d(F.relu(F.conv2d(g, w3, padding=1)), w4, padding=1) - r
-            sym = s.pow(2).mean()
-        return x_new.flatten(1), sym
 
 
 class SelectiveAttention(nn.Module):
@@ -127,13 +101,7 @@ class DeRefNet(Unmixer):
         """
         y = frames.reshape(frames.shape[0], -1)
         phity = y @ self.phi  # (N, 1089) = (Φᵀ y)ᵀ
-        x = y @ self.qinit.T
-        with_sym = self.training
-        l_cons = None
-        for layer in self.unfolding:
-            x, sym = layer(x, self.phitphi, phity, with_sym)
-            if sym is not None:
-                l_cons = sym if l_cons is None else l_cons + sym
+        x, l_cons = unfold(self.unfolding, y @ self.qinit.T, self.phitphi, phity, self.training)
         enc = (tau.to(x.dtype) / self.trajectory_length)[:, None].expand(-1, HR * HR)
         h_time = x * torch.sigmoid(self.time(enc))
         return x, h_time, l_cons

@@ -1,0 +1,57 @@
+"""ISTA-Net+ (Zhang & Ghanem 2018) as in the reference (docs/reference.md §5.7).
+
+From x₀ = Qinit·y, 9 untied layers; layer k takes the gradient step rₖ = x − ρₖΦᵀΦx + ρₖΦᵀy
+(ρₖ init 0.5) and applies the :class:`~models.unfolding.blocks.PlusBlock` (32 features, no
+biases, threshold θₖ init 0.01). Training adds ``cons`` = Σₖ mean(sₖ²), with
+sₖ = F̃(F(D(rₖ))) − D(rₖ).
+
+9 × 37 442 = 336 978 parameters, which is what the reference code builds; Table VII prints
+0.38 M, which we could not reproduce (its 7.70 G MACs per 20-frame batch do match 9 layers).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.base import Unmixer
+from models.layers.unfolding import gradient_step, unfold
+from models.unfolding.blocks import PlusBlock
+from sim.geometry import HR, WINDOW
+from sim.phi import phi_matrix
+
+
+class PlusLayer(nn.Module):
+    """Gradient step with learned ρ, then the ISTA-Net+ block with learned threshold θ."""
+
+    def __init__(self, channels: int = 32) -> None:
+        super().__init__()
+        self.rho = nn.Parameter(torch.tensor(0.5))
+        self.theta = nn.Parameter(torch.tensor(0.01))
+        self.block = PlusBlock(channels)
+
+    def forward(self, x, phitphi, phity, with_symmetry: bool):
+        """x, phity (N, 1089) → x_new (N, 1089) and mean(s²) (or None)."""
+        r = gradient_step(x, phitphi, phity, self.rho).view(-1, 1, HR, HR)
+        # .forward, not __call__: module pre-hooks (FlopCounterMode's module tracker) fail on a
+        # Parameter argument under inference_mode
+        out, _, sym = self.block.forward(r, self.theta, with_symmetry)
+        return out.flatten(1), sym
+
+
+class IstaNetPlus(Unmixer):
+    """ISTA-Net+ on the middle frame; ``layers`` layers of ``channels`` features."""
+
+    def __init__(self, layers: int = 9, channels: int = 32) -> None:
+        super().__init__(phi_matrix())
+        self.register_buffer("phitphi", self.phi.T @ self.phi, persistent=False)  # (1089, 1089)
+        self.layers = nn.ModuleList(PlusLayer(channels) for _ in range(layers))
+        self.config = {"layers": layers, "channels": channels}
+
+    def forward(self, windows: torch.Tensor, frame_index: torch.Tensor):
+        """Maps (B, 33, 33) from windows (B, 5, 11, 11); ``cons`` in training mode."""
+        self.check_input(windows, frame_index)
+        y = windows[:, WINDOW // 2].flatten(1)
+        x, l_cons = unfold(self.layers, y @ self.qinit.T, self.phitphi, y @ self.phi,
+                           self.training)
+        return x.view(-1, HR, HR), ({"cons": l_cons} if self.training else {})
