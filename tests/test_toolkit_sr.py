@@ -184,6 +184,21 @@ def test_smoke_training_lowers_the_pixel_loss(name, data_dir, tmp_path):
         assert "critic" in torch.load(tmp_path / "last.ckpt", weights_only=False)
 
 
+def test_gan_resume_continues_the_same_run(data_dir, tmp_path):
+    """The discriminator, its optimiser and its spectral-norm state live in the checkpoint."""
+    full = Trainer(train_config("bsrgan", data_dir, tmp_path / "full", steps=4), progress=False)
+    full.run()
+    part = Trainer(train_config("bsrgan", data_dir, tmp_path / "part", steps=2), progress=False)
+    part.run()
+    resumed = Trainer(train_config("bsrgan", data_dir, tmp_path / "part", steps=4),
+                      progress=False)
+    resumed.resume(tmp_path / "part" / "last.ckpt")
+    resumed.run()
+    for a, b in zip([*full.model.parameters(), *full.critic.parameters()],
+                    [*resumed.model.parameters(), *resumed.critic.parameters()], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_gmfn_faithful_scores_the_first_feedback_step(sim_windows):
     """faithful = the reference's first-step output; the default is the last step's."""
     torch.manual_seed(0)
