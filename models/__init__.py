@@ -4,8 +4,9 @@ Layout: the machinery at the top (:mod:`models.base` the interface, :mod:`models
 :mod:`models.metric` the torch-free metric, :mod:`models.protocol` the evaluation protocol,
 :mod:`models.harness` running a model over it, :mod:`models.extract`, training, weights, CLI)
 and the methods in family sub-packages (:mod:`models.classical`, :mod:`models.sparse`,
-:mod:`models.unfolding`, :mod:`models.multiframe`), with shared layers in :mod:`models.layers`.
-The registry is lazy: importing this package imports no model and no torch.
+:mod:`models.unfolding`, :mod:`models.sr`, :mod:`models.multiframe`), with shared layers in
+:mod:`models.layers`. The registry is lazy: importing this package imports no model and no
+torch.
 
 ``models`` may import :mod:`sim`; it never imports :mod:`stages` or :mod:`pipeline`.
 """

@@ -84,6 +84,16 @@ class Unmixer(nn.Module):
         self.check_maps(maps, n * n_win)
         return maps.view(n, n_win, HR, HR), aux
 
+    def make_discriminator(self) -> nn.Module | None:
+        """A new discriminator for adversarial training, or None (the default: not a GAN).
+
+        GAN models (:mod:`models.sr`) return a module with ``discriminator_loss(fake, real)``
+        and ``generator_loss(fake, real)`` (maps of shape (…, 33, 33), grey levels → scalar
+        loss). The training harness owns it and its optimiser: it is neither part of the
+        model's inference nor of its weights.
+        """
+        return None
+
     def check_maps(self, maps: torch.Tensor, n_windows: int) -> None:
         """Raise ValueError unless ``maps`` holds ``n_windows`` maps of shape (33, 33)."""
         if maps.numel() != n_windows * HR * HR:

@@ -47,6 +47,16 @@ MODELS: dict[str, ModelEntry] = {
     "rpcanet": ModelEntry("models.unfolding.rpcanet:RpcaNet", "unfolding"),
     "derefnet": ModelEntry("models.multiframe.derefnet:DeRefNet", "multiframe"),
     "fastunmix": ModelEntry("models.multiframe.fastunmix:FastUnmixer", "multiframe"),
+    "srcnn": ModelEntry("models.sr.srcnn:SRCNN", "sr"),
+    "espcn": ModelEntry("models.sr.espcn:ESPCN", "sr"),
+    "edsr": ModelEntry("models.sr.edsr:EDSR", "sr"),
+    "rdn": ModelEntry("models.sr.rdn:RDN", "sr"),
+    "dbpn": ModelEntry("models.sr.dbpn:DBPN", "sr"),
+    "gmfn": ModelEntry("models.sr.gmfn:GMFN", "sr"),
+    "tdan": ModelEntry("models.sr.tdan:TDAN", "sr"),
+    "srgan": ModelEntry("models.sr.srgan:SRGAN", "sr"),
+    "bsrgan": ModelEntry("models.sr.bsrgan:BSRGAN", "sr"),
+    "esrgan": ModelEntry("models.sr.esrgan:ESRGAN", "sr"),
 }
 
 

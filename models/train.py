@@ -77,19 +77,30 @@ class TrainConfig:
             raise ValueError(f"sequence_length must be >= {WINDOW}")
 
 
-def _loss(model: Unmixer, frames, start, target, weights: dict, broadcast: bool = False):
-    """Weighted training loss of a batch of sequences; returns (total, detached parts).
+def _loss(model: Unmixer, frames, start, target, weights: dict, broadcast: bool = False,
+          critic=None):
+    """Weighted training loss of a batch of sequences; returns (total, detached parts)."""
+    maps, aux = model.forward_sequences(frames, start)
+    return _weighted_loss(maps, aux, target, weights, broadcast, critic)
+
+
+def _weighted_loss(maps, aux: dict, target, weights: dict, broadcast: bool = False,
+                   critic=None):
+    """Σ weights[k] · part k over ``reg`` (MSE to the target), the model's auxiliary losses,
+    ``l1`` (mean |error|, only when weighted) and, given a ``critic`` (see
+    :meth:`Unmixer.make_discriminator`), its adversarial loss ``gan``. Returns (total, detached
+    parts).
 
     ``target`` holds one map per window (B, L − 4, 33, 33), or with ``broadcast`` one per
-    frame (B, L, 33, 33), every window's map then being compared with all of them.
-    Parts: ``reg`` (MSE), ``l1`` (mean absolute error, only when weighted) and the model's
-    auxiliary losses.
+    frame (B, L, 33, 33), every window's map then being compared with all of them (the LISTA
+    family's reference bug, for the faithful recipes; not combined with a critic).
     """
-    maps, aux = model.forward_sequences(frames, start)
     err = maps[:, :, None] - target[:, None] if broadcast else maps - target
     parts = {"reg": torch.mean(err**2), **aux}
     if weights.get("l1"):
         parts["l1"] = torch.mean(err.abs())
+    if critic is not None:
+        parts["gan"] = critic.generator_loss(maps, target)
     total = sum(weights.get(k, 0.0) * v for k, v in parts.items() if v is not None)
     return total, {k: v.detach() for k, v in parts.items() if v is not None}
 
@@ -122,6 +133,13 @@ class Trainer:
             self.model.load_state_dict(start.state_dict())
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr,
                                     weight_decay=cfg.weight_decay)
+        # GANs: the discriminator and its optimiser (same lr and weight decay) live here only
+        self.critic = self.model.make_discriminator()
+        self.critic_opt = None
+        if self.critic is not None:
+            self.critic.to(self.device).train()
+            self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr,
+                                               weight_decay=cfg.weight_decay)
         self.rng = np.random.default_rng(cfg.seed)
         self.step, self.epoch, self.seconds = 0, 0, 0.0
         self.best = -math.inf
@@ -130,17 +148,24 @@ class Trainer:
 
     # -- state ------------------------------------------------------------------------------
     def state(self) -> dict:
-        return {
+        state = {
             "model": self.model.state_dict(), "opt": self.opt.state_dict(),
             "step": self.step, "epoch": self.epoch, "seconds": self.seconds, "best": self.best,
             "order": self.order, "cursor": self.cursor, "rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(), "config": asdict(self.cfg),
         }
+        if self.critic is not None:
+            state["critic"] = self.critic.state_dict()
+            state["critic_opt"] = self.critic_opt.state_dict()
+        return state
 
     def resume(self, path: Path) -> None:
         ck = torch.load(path, map_location=self.device, weights_only=False)
         self.model.load_state_dict(ck["model"])
         self.opt.load_state_dict(ck["opt"])
+        if self.critic is not None:
+            self.critic.load_state_dict(ck["critic"])
+            self.critic_opt.load_state_dict(ck["critic_opt"])
         self.step, self.epoch, self.seconds = ck["step"], ck["epoch"], ck["seconds"]
         self.best, self.order, self.cursor = ck["best"], ck["order"], ck["cursor"]
         self.rng.bit_generator.state = ck["rng"]
@@ -221,9 +246,12 @@ class Trainer:
             lr = self.lr_at(self.progress_fraction())
             for group in self.opt.param_groups:
                 group["lr"] = lr
-            frames, starts, target = self.next_batch()
-            loss, parts = _loss(self.model, frames.to(self.device), starts.to(self.device),
-                                target.to(self.device), cfg.loss_weights, cfg.target_broadcast)
+            frames, starts, target = (t.to(self.device) for t in self.next_batch())
+            if self.critic is None:
+                loss, parts = _loss(self.model, frames, starts, target, cfg.loss_weights,
+                                    cfg.target_broadcast)
+            else:
+                loss, parts = self.adversarial_loss(frames, starts, target, lr)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
@@ -248,6 +276,21 @@ class Trainer:
         bar.close()
         self.save_checkpoint()
         return self.validate_and_keep_best()
+
+    def adversarial_loss(self, frames, starts, target, lr: float):
+        """GAN step: update the discriminator on this batch's maps (D step), then return the
+        generator's loss on the same maps (G step: weighted pixel + adversarial ``gan``);
+        the discriminator's loss is logged as ``disc``."""
+        maps, aux = self.model.forward_sequences(frames, starts)
+        d_loss = self.critic.discriminator_loss(maps.detach(), target)
+        for group in self.critic_opt.param_groups:
+            group["lr"] = lr
+        self.critic_opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.critic_opt.step()
+        loss, parts = _weighted_loss(maps, aux, target, self.cfg.loss_weights,
+                                     critic=self.critic)
+        return loss, {**parts, "disc": d_loss.detach()}
 
     def validate_and_keep_best(self) -> dict:
         result = self.validate()

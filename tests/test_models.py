@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_toolkit_sr import SMALL as SR_SMALL
 from test_toolkit_unfolding import SMALL as TOOLKIT_SMALL
 
 import models
@@ -16,12 +17,13 @@ from models.train import _loss
 from models.weights import WeightsError, load_model, load_weights, save_weights
 
 torch.set_num_threads(1)
-LEARNED = ["derefnet", "fastunmix"]
+LEARNED = ["derefnet", "fastunmix", *SR_SMALL]
 
 
 def small(name):
     cfg = {"derefnet": {"layers": 2, "channels": 8, "res_blocks": 1},
-           "fastunmix": {"channels": 8, "blocks": 1, "hr_channels": 4}, **TOOLKIT_SMALL}[name]
+           "fastunmix": {"channels": 8, "blocks": 1, "hr_channels": 4}, **SR_SMALL,
+           **TOOLKIT_SMALL}[name]
     return models.get_model(name, **cfg)
 
 
@@ -49,6 +51,7 @@ def test_bad_input_shape_is_a_clear_error(name):
 @pytest.mark.parametrize("name", LEARNED)
 def test_gradients_reach_every_parameter(name):
     model = small(name).train()
+    model.set_qinit(torch.rand(1089, 121) / 121)  # models that start from Qinit·y (SRCNN)
     # DeRefNet's offset convs start at zero (as in the reference), which blocks the gradient
     # to the attention module at step 0 only; give them a small value as after one update.
     for module in model.modules():
@@ -64,14 +67,21 @@ def test_gradients_reach_every_parameter(name):
 @pytest.mark.parametrize("name", LEARNED + sorted(TOOLKIT_SMALL))
 def test_training_step_keeps_every_tensor_on_the_model_device(name):
     """Forward, the training loss and backward on the "meta" device: any tensor a model or
-    the loss creates without ``device=`` lands on the CPU and raises, as it would on CUDA."""
+    the loss creates without ``device=`` lands on the CPU and raises, as it would on CUDA.
+    GANs also run their discriminator's losses."""
     model = small(name).to("meta").train()
+    critic = model.make_discriminator()
+    if critic is not None:
+        critic.to("meta").train()
     frames = torch.empty(2, 8, 11, 11, device="meta")
     start = torch.zeros(2, dtype=torch.int64, device="meta")
     target = torch.empty(2, 4, 33, 33, device="meta")
-    loss, _ = _loss(model, frames, start, target, {"reg": 1.0, "cons": 0.1, "align": 0.1})
+    weights = {"reg": 1.0, "cons": 0.1, "align": 0.1, "l1": 0.1, "gan": 0.1}
+    loss, _ = _loss(model, frames, start, target, weights, critic=critic)
     loss.backward()
     assert loss.device.type == "meta"
+    if critic is not None:
+        critic.discriminator_loss(target, target).backward()
 
 
 def test_derefnet_reference_size_and_losses():
