@@ -35,6 +35,7 @@ from pipeline.config import (
     parse_override,
     validate,
 )
+from pipeline.replay.formats import FORMATS
 from pipeline.run.report import write_report
 from pipeline.run.runner import run
 
@@ -126,8 +127,9 @@ def _parser() -> argparse.ArgumentParser:
     replay_p.add_argument("--lossless", action="store_true",
                           help="every link lossless and rate max: reproduces the recorded "
                                "run's outputs_digest")
-    replay_p.add_argument("--format", default="auto",
-                          choices=("auto", "mcap", "images", "array", "video", "seqcsist"))
+    replay_p.add_argument("--format", default="auto", choices=("auto", *FORMATS),
+                          help="source format (default: recognised from the path): "
+                               + "; ".join(f"{k}: {f.what}" for k, f in FORMATS.items()))
     replay_p.add_argument("--fps", type=float,
                           help="frame rate of files without time (default 25; a video's own)")
     replay_p.add_argument("--key", help="array name in an .npz stack (default: frames, or its "
@@ -211,9 +213,9 @@ def _execute(config: Any, plans: list, config_yaml: str = "") -> int:
 
 def _replay(args: argparse.Namespace) -> int:
     from pipeline.attach.record import recording_info
+    from pipeline.replay.formats import detect_format
     from pipeline.replay.plan import (
         ReplayOptions,
-        detect_format,
         for_replay,
         plan_replay,
         recorded_config,

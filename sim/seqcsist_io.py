@@ -179,32 +179,38 @@ def write_split(
     write_splits(folder.parent, {folder.name: ds}, workers=workers, progress=progress)
 
 
-def _numbered_images(image_dir: Path) -> list[tuple[int, str, Path]]:
-    """(number, number as written, path) of every PNG, sorted by the first integer in its name."""
-    out = []
-    for path in image_dir.iterdir():
-        if path.suffix.lower() != ".png":
+def numbered_files(folder: Path, suffixes: tuple[str, ...],
+                   error: type[Exception] = DatasetError) -> list[tuple[int, str, Path]]:
+    """(number, number as written, path) of every file in ``folder`` whose suffix is one of
+    ``suffixes`` (lower case), sorted by the first integer in its name (``image_12.png`` → 12).
+
+    Raises
+    ------
+    error (default DatasetError)
+        A name without a number, or two files with the same number.
+    """
+    found: dict[int, tuple[int, str, Path]] = {}
+    for path in folder.iterdir():
+        if path.suffix.lower() not in suffixes:
             continue
         match = _FIRST_INT.search(path.name)
         if match is None:
-            raise DatasetError(
-                f"{path}: image name has no frame number; name frames image_{{k}}.png"
-            )
-        out.append((int(match.group()), match.group(), path))
-    out.sort(key=lambda item: item[0])
-    return out
+            raise error(f"{path}: no frame number in the file name; frames are ordered by the "
+                        f"first integer in their names (e.g. image_12.png)")
+        number = int(match.group())
+        if number in found:
+            raise error(f"{path} and {found[number][2]} both carry frame number {number}")
+        found[number] = (number, match.group(), path)
+    return [found[k] for k in sorted(found)]
 
 
 def _check_numbering(image_dir: Path, numbers: list[int]) -> None:
+    """Frames must be numbered 0 … N−1 (``numbers`` sorted and without repeats)."""
     for expected, k in enumerate(numbers):
         if k != expected:
-            problem = (
-                f"two images carry number {k}" if k < expected
-                else f"{image_name(expected)} is missing"
-            )
             raise DatasetError(
-                f"{image_dir}: {problem}; frames must be numbered 0 … N−1 without gaps or "
-                "repeats, because trajectory j is frames 20j … 20j+19"
+                f"{image_dir}: {image_name(expected)} is missing; frames must be numbered "
+                "0 … N−1 without gaps, because trajectory j is frames 20j … 20j+19"
             )
 
 
@@ -291,7 +297,7 @@ def read_split(folder: str | Path, traj_len: int = 20) -> SeqDataset:
                 f"{sub}: folder missing; a split folder holds image/image_{{k}}.png and "
                 "annotation/COS{k}.xml (write one with `python -m sim generate`)"
             )
-    entries = _numbered_images(image_dir)
+    entries = numbered_files(image_dir, (".png",))
     if not entries:
         raise DatasetError(f"{image_dir}: no PNG images; generate the split first")
     _check_numbering(image_dir, [k for k, _, _ in entries])

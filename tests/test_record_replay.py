@@ -432,3 +432,26 @@ def test_seqcsist_replay_is_scored_with_cso_map(tmp_path, weights):
         assert scores["windows"] == expected["frames"] == 32
         assert math.isclose(scores["cso_map"]["mAP"], expected["mAP"], abs_tol=1e-9)
         assert scores["cso_map"]["mAP"] > 0
+
+
+def test_one_format_table_recognises_every_source(tmp_path):
+    from pipeline.replay.formats import FORMATS, detect_format
+    from sim.dataset import save_npz, simulate
+    from sim.seqcsist_io import write_split
+
+    np.save(tmp_path / "stack.npy", np.zeros((2, 8, 8), np.uint8))
+    save_npz(tmp_path / "test.npz", simulate(1, seed=1))
+    write_split(tmp_path / "root" / "test", simulate(1, seed=2))
+    (tmp_path / "frames").mkdir()
+    cv2.imwrite(str(tmp_path / "frames" / "f_1.png"), np.zeros((8, 8), np.uint8))
+    (tmp_path / "clip.mcap").write_bytes(b"")
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    found = {name: detect_format(tmp_path / name) for name in
+             ("stack.npy", "test.npz", "root", "root/test", "frames", "clip.mcap", "clip.mp4")}
+    assert found == {"stack.npy": "array", "test.npz": "seqcsist", "root": "seqcsist",
+                     "root/test": "seqcsist", "frames": "images", "clip.mcap": "mcap",
+                     "clip.mp4": "video"}
+    assert set(found.values()) == set(FORMATS)
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ConfigError, match="not a replayable source; expected one of: mcap: "):
+        detect_format(tmp_path / "notes.txt")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import numpy as np
 from models.config import ConfigError
 from pipeline.attach.record import read_recording, recording_info
 from pipeline.replay.playback import ReplaySource, ReplayTiming, frame_window
+from sim.seqcsist_io import numbered_files
 from stages.messages import Frame, Message
 
 logger = logging.getLogger(__name__)
@@ -33,7 +33,6 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".mjpg", ".mjpeg", ".m4v")
 KEPT_DTYPES = ("uint8", "uint16", "float32")
-_FIRST_INT = re.compile(r"\d+")
 
 VIDEO_WARNING = (
     "%s: video is decoded to 8 bits and lossy codecs (MJPG, H.264, ...) smear and quantise "
@@ -137,21 +136,10 @@ def numbered_images(folder: Path) -> list[Path]:
     """
     if not folder.is_dir():
         raise ConfigError(f"{folder}: no such folder")
-    numbered: dict[int, Path] = {}
-    for path in folder.iterdir():
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
-            continue
-        match = _FIRST_INT.search(path.name)
-        if match is None:
-            raise ConfigError(f"{path}: no frame number in the file name; frames are ordered "
-                              f"by the first integer in their names (e.g. frame_0001.png)")
-        number = int(match.group())
-        if number in numbered:
-            raise ConfigError(f"{path} and {numbered[number]} both carry frame number {number}")
-        numbered[number] = path
+    numbered = numbered_files(folder, IMAGE_SUFFIXES, ConfigError)
     if not numbered:
         raise ConfigError(f"{folder}: no {'/'.join(IMAGE_SUFFIXES)} images")
-    return [numbered[k] for k in sorted(numbered)]
+    return [path for _, _, path in numbered]
 
 
 class ImageFolderSource(ReplaySource):

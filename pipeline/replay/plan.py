@@ -32,29 +32,16 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 from pipeline.attach.record import read_recording, recording_info
 from pipeline.config import ConfigError, PipelineConfig, QueueConfig, StagePlan, validate
-from pipeline.replay.importers import (
-    IMAGE_SUFFIXES,
-    VIDEO_SUFFIXES,
-    ArraySource,
-    ArraySourceConfig,
-    FileSourceConfig,
-    ImageFolderSource,
-    McapSource,
-    McapSourceConfig,
-    VideoSource,
-    VideoSourceConfig,
-)
+from pipeline.replay.formats import FORMATS, detect_format
 from stages.base import Stage
 from stages.messages import MESSAGE_TYPES, Message
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("auto", "mcap", "images", "array", "video", "seqcsist")
 REPLAY_TOPIC = "replay"
 SOURCE_NAME = "replay"
 #: Run options a recorded config must not carry into a replay (they would write or bind).
@@ -68,7 +55,7 @@ class ReplayOptions:
     Attributes
     ----------
     format : str
-        One of :data:`FORMATS`; "auto" decides from the path.
+        A key of :data:`pipeline.replay.formats.FORMATS`; "auto" decides from the path.
     topics : tuple of str or None
         MCAP topics to replay (None: ``frames``).
     rate : float
@@ -96,53 +83,6 @@ class ReplayOptions:
     key: str | None = None
     split: str | None = None
     lossless: bool = False
-
-
-# ---------------------------------------------------------------------------------------------
-# Source format.
-
-
-def _is_dataset_npz(path: Path) -> bool:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {"images", "targets", "traj_len"} <= set(z.files)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: cannot read the .npz file ({exc})") from exc
-
-
-def detect_format(path: str | Path) -> str:
-    """The replay format of ``path`` (see :data:`FORMATS`).
-
-    Raises
-    ------
-    ConfigError
-        The path does not exist or its kind is not recognised.
-    """
-    from sim.seqcsist_io import available_splits
-
-    path = Path(path)
-    if path.is_dir():
-        if (path / "image").is_dir() or (path / "annotation").is_dir():
-            return "seqcsist"
-        if any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir()):
-            return "images"
-        if available_splits(path):
-            return "seqcsist"
-        raise ConfigError(f"{path}: no PNG/TIFF images, SeqCSIST split or dataset root here")
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such file or folder")
-    suffix = path.suffix.lower()
-    if suffix == ".mcap":
-        return "mcap"
-    if suffix == ".npy":
-        return "array"
-    if suffix == ".npz":
-        return "seqcsist" if _is_dataset_npz(path) else "array"
-    if suffix in VIDEO_SUFFIXES:
-        return "video"
-    raise ConfigError(f"{path}: unknown replay source type {suffix!r}; expected .mcap, .npy, "
-                      f".npz, a video ({', '.join(VIDEO_SUFFIXES)}), an image folder or a "
-                      f"SeqCSIST dataset (or pass --format)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,29 +231,7 @@ def _source_plan(path: str, fmt: str, options: ReplayOptions,
     if fmt != "mcap" and options.topics not in (None, ("frames",)):
         raise ConfigError(f"--topics applies to MCAP recordings; a {fmt} source gives frames")
     try:
-        if fmt == "mcap":
-            info = recording_info(path)
-            topics = options.topics or ("frames",)
-            missing = [t for t in topics if t not in info.topics]
-            if missing:
-                raise ConfigError(f"{path} has no topic(s) {missing}; it holds "
-                                  f"{info.topics}")
-            config: Any = McapSourceConfig(path=path, topics=topics, **timing)
-            cls: type = McapSource
-        elif fmt == "images":
-            config, cls = FileSourceConfig(path=path, fps=options.fps or 25.0,
-                                           **timing), ImageFolderSource
-            topics = ("frames",)
-        elif fmt == "array":
-            config = ArraySourceConfig(path=path, fps=options.fps or 25.0, key=options.key,
-                                       **timing)
-            cls, topics = ArraySource, ("frames",)
-        elif fmt == "video":
-            config, cls = VideoSourceConfig(path=path, fps=options.fps or 0.0,
-                                            **timing), VideoSource
-            topics = ("frames",)
-        else:
-            raise ConfigError(f"unknown replay format {fmt!r}; expected one of {FORMATS}")
+        config, cls, topics = FORMATS[fmt].build(path, options, timing)
     except ValueError as exc:
         if isinstance(exc, ConfigError):
             raise
@@ -366,13 +284,13 @@ def plan_replay(
     path = str(path)
     fmt = detect_format(path) if options.format == "auto" else options.format
     if fmt not in FORMATS:
-        raise ConfigError(f"unknown --format {fmt!r}; expected one of {FORMATS}")
+        raise ConfigError(f"unknown --format {fmt!r}; expected one of {['auto', *FORMATS]}")
     config, plans = validate(lossless_raw(raw) if options.lossless else raw, where)
     if any(p.name in (SOURCE_NAME, "cso_map") or p.name.startswith("demux_") for p in plans):
         raise ConfigError(f"{where}: stage names {SOURCE_NAME!r}, 'cso_map' and 'demux_*' are "
                           f"used by replay; rename the stage")
     queue = plans[0].queue
-    if fmt == "seqcsist":
+    if FORMATS[fmt].build is None:
         return config, _dataset_plans(path, options, plans, queue)
     source, topics = _source_plan(path, fmt, options, queue)
     kept, left_out = cut_chain(plans, topics)
