@@ -93,9 +93,10 @@ def test_derefnet_reference_size_and_losses():
     assert all(torch.isfinite(v) for v in aux.values())
 
 
-def test_forward_sequences_equals_per_window_forward():
+@pytest.mark.parametrize("name", ["derefnet", "tdan"])  # the models that override it
+def test_forward_sequences_equals_per_window_forward(name):
     torch.manual_seed(0)
-    model = small("derefnet").eval()
+    model = small(name).eval()
     frames = torch.rand(2, 8, 11, 11) * 200
     start = torch.tensor([0, 6])
     with torch.inference_mode():

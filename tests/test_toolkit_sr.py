@@ -14,7 +14,7 @@ from models.layers.deform import deform_conv2d
 from models.protocol import eval_windows
 from models.train import TrainConfig, Trainer
 from models.weights import load_weights, save_weights
-from sim.dataset import save_npz, simulate
+from sim.dataset import simulate
 
 torch.set_num_threads(1)
 
@@ -59,14 +59,6 @@ def small(name, **kw):
 def sim_windows():
     windows, frame_index, _ = eval_windows(simulate(1, seed=3))
     return torch.from_numpy(windows), torch.from_numpy(frame_index)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    save_npz(root / "train.npz", simulate(2, seed=1))
-    save_npz(root / "val.npz", simulate(1, seed=2))
-    return root
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -233,18 +225,6 @@ def test_tdan_centre_slot_is_the_window_middle_frame_unless_faithful():
     assert slots.shape == (2, 5, 5, 11, 11)
     torch.testing.assert_close(slots[:, :, 2], frames[:, 2:7])
     torch.testing.assert_close(faithful_slots[:, :, 2], frames[:, 4:5].expand(-1, 5, -1, -1))
-
-
-def test_tdan_sequences_equal_their_windows_one_by_one():
-    torch.manual_seed(0)
-    model = small("tdan").eval()
-    frames = torch.rand(2, 8, 11, 11) * 200
-    start = torch.tensor([0, 6])
-    with torch.inference_mode():
-        seq_maps, _ = model.forward_sequences(frames, start)
-        idx = torch.arange(4)[:, None] + torch.arange(5)[None]
-        win_maps, _ = model(frames[:, idx].reshape(8, 5, 11, 11), torch.arange(8) + 2)
-    torch.testing.assert_close(seq_maps.reshape(8, 33, 33), win_maps, rtol=1e-4, atol=1e-3)
 
 
 def test_tdan_align_loss_only_in_training():

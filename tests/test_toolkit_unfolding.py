@@ -26,7 +26,7 @@ from models.layers.shrinkage import hard_threshold, soft_threshold, support_sele
 from models.protocol import eval_windows
 from models.train import TrainConfig, Trainer, _loss
 from models.weights import load_model, load_weights, save_weights
-from sim.dataset import save_npz, simulate
+from sim.dataset import simulate
 from sim.phi import fit_qinit, phi_matrix
 from sim.render import render
 
@@ -99,14 +99,6 @@ def sim():
     pick = [0, 7, 16, 31]
     return (fit_qinit(ds.gt_maps()), torch.from_numpy(windows[pick]),
             torch.from_numpy(frame_index[pick]))
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    save_npz(root / "train.npz", simulate(2, seed=1))
-    save_npz(root / "val.npz", simulate(1, seed=2))
-    return root
 
 
 def small(name: str):

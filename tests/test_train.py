@@ -11,15 +11,6 @@ import models
 from models.config import ConfigError, load_config
 from models.train import TrainConfig, Trainer
 from models.weights import load_weights
-from sim.dataset import save_npz, simulate
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    save_npz(root / "train.npz", simulate(2, seed=1))
-    save_npz(root / "val.npz", simulate(1, seed=2))
-    return root
 
 
 def config(data_dir, out, **kw):

@@ -22,12 +22,18 @@ from sim.phi import phi_matrix
 
 
 class IstaNet(Unmixer):
-    """ISTA-Net on the middle frame; ``layers`` unfolding layers of ``channels`` features."""
+    """ISTA-Net on the middle frame; ``layers`` unfolding layers of ``channels`` features.
+
+    ``Layer`` is the class of one layer (``Layer(channels)``, called as
+    ``layer(x, phitphi, phity, with_symmetry) -> (x, mean(s²) or None)``); ISTA-Net+ swaps it.
+    """
+
+    Layer: type[nn.Module] = UnfoldingLayer
 
     def __init__(self, layers: int = 9, channels: int = 32) -> None:
         super().__init__(phi_matrix())
         self.register_buffer("phitphi", self.phi.T @ self.phi, persistent=False)  # (1089, 1089)
-        self.layers = nn.ModuleList(UnfoldingLayer(channels) for _ in range(layers))
+        self.layers = nn.ModuleList(self.Layer(channels) for _ in range(layers))
         self.config = {"layers": layers, "channels": channels}
 
     def forward(self, windows: torch.Tensor, frame_index: torch.Tensor):

@@ -14,11 +14,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.base import Unmixer
-from models.layers.unfolding import gradient_step, unfold
+from models.layers.unfolding import gradient_step
 from models.unfolding.blocks import PlusBlock
-from sim.geometry import HR, WINDOW
-from sim.phi import phi_matrix
+from models.unfolding.istanet import IstaNet
+from sim.geometry import HR
 
 
 class PlusLayer(nn.Module):
@@ -39,19 +38,7 @@ class PlusLayer(nn.Module):
         return out.flatten(1), sym
 
 
-class IstaNetPlus(Unmixer):
-    """ISTA-Net+ on the middle frame; ``layers`` layers of ``channels`` features."""
+class IstaNetPlus(IstaNet):
+    """ISTA-Net+ on the middle frame: ISTA-Net with :class:`PlusLayer` layers."""
 
-    def __init__(self, layers: int = 9, channels: int = 32) -> None:
-        super().__init__(phi_matrix())
-        self.register_buffer("phitphi", self.phi.T @ self.phi, persistent=False)  # (1089, 1089)
-        self.layers = nn.ModuleList(PlusLayer(channels) for _ in range(layers))
-        self.config = {"layers": layers, "channels": channels}
-
-    def forward(self, windows: torch.Tensor, frame_index: torch.Tensor):
-        """Maps (B, 33, 33) from windows (B, 5, 11, 11); ``cons`` in training mode."""
-        self.check_input(windows, frame_index)
-        y = windows[:, WINDOW // 2].flatten(1)
-        x, l_cons = unfold(self.layers, y @ self.qinit.T, self.phitphi, y @ self.phi,
-                           self.training)
-        return x.view(-1, HR, HR), ({"cons": l_cons} if self.training else {})
+    Layer = PlusLayer
