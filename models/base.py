@@ -1,6 +1,6 @@
 """The one model interface shared by training, evaluation and the live unmixer.
 
-Every unmixer is a ``torch.nn.Module`` subclass of :class:`Unmixer`:
+Every unmixer is a ``torch.nn.Module`` subclass of :class:`UnmixingModel`:
 
 ``forward(windows, frame_index) -> (maps, aux_losses)``
 
@@ -24,7 +24,7 @@ from torch import nn
 from sim.geometry import HR, PATCH, WINDOW
 
 
-class Unmixer(nn.Module):
+class UnmixingModel(nn.Module):
     """Base class: holds Φ and Qinit as buffers and checks input shapes."""
 
     #: True for models whose parameters are learned (ISTA has none).

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from models.base import Unmixer
+from models.base import UnmixingModel
 from models.extract import extract_points
 from models.metric import grid_detections, match_detections, summarize
 from models.protocol import HALF, eval_windows, ground_truths
@@ -72,10 +72,10 @@ def _inference(model: torch.nn.Module):
         model.train(was_training)
 
 
-def _batches(model: Unmixer, dataset: SeqDataset, batch_size: int, device: torch.device):
+def _batches(model: UnmixingModel, dataset: SeqDataset, batch_size: int, device: torch.device):
     """(slice of evaluated windows, forward thunk) pairs, about ``batch_size`` windows each.
 
-    Every model gets whole trajectories through :meth:`Unmixer.forward_sequences`, so a model
+    Every model gets whole trajectories through :meth:`UnmixingModel.forward_sequences`, so a model
     that shares per-frame work (DeRefNet) computes each frame's features once; the windows of
     a trajectory come out in the order :func:`~models.protocol.eval_windows` lists them.
     """
@@ -89,7 +89,7 @@ def _batches(model: Unmixer, dataset: SeqDataset, batch_size: int, device: torch
                lambda f=frames, s=starts: model.forward_sequences(f, s))
 
 
-def predict_maps(model: Unmixer, dataset: SeqDataset, batch_size: int = 256) -> Predictions:
+def predict_maps(model: UnmixingModel, dataset: SeqDataset, batch_size: int = 256) -> Predictions:
     """Run ``model`` on every evaluated window in eval mode under ``torch.inference_mode``.
 
     The model's train/eval mode is restored afterwards, so a training loop can call this.
@@ -144,7 +144,7 @@ def detections_from_maps(
 
 
 def evaluate_model(
-    model: Unmixer,
+    model: UnmixingModel,
     dataset: SeqDataset,
     mode: str = "grid",
     batch_size: int = 256,
@@ -169,7 +169,7 @@ def speed_fields(pred: Predictions) -> dict:
     return {"frames": len(pred.frames), "forward_s": pred.forward_s, "windows_per_s": rate}
 
 
-def count_macs(model: Unmixer, window: np.ndarray, frame_index: int) -> int:
+def count_macs(model: UnmixingModel, window: np.ndarray, frame_index: int) -> int:
     """MACs of one forward over one window (FLOPs / 2 by ``FlopCounterMode``).
 
     Parameters

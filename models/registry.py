@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from models.base import Unmixer
+    from models.base import UnmixingModel
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,6 @@ def model_builder(name: str):
     return getattr(importlib.import_module(module_name), attr)
 
 
-def get_model(name: str, **cfg) -> Unmixer:
+def get_model(name: str, **cfg) -> UnmixingModel:
     """Build registered model ``name`` with config keywords ``cfg``."""
     return model_builder(name)(**cfg)

@@ -22,7 +22,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from models.base import Unmixer
+from models.base import UnmixingModel
 from models.config import load_config
 from models.registry import get_model
 from models.weights import load_weights, save_weights
@@ -77,7 +77,7 @@ class TrainConfig:
             raise ValueError(f"sequence_length must be >= {WINDOW}")
 
 
-def _loss(model: Unmixer, frames, start, target, weights: dict, broadcast: bool = False,
+def _loss(model: UnmixingModel, frames, start, target, weights: dict, broadcast: bool = False,
           critic=None):
     """Weighted training loss of a batch of sequences; returns (total, detached parts)."""
     maps, aux = model.forward_sequences(frames, start)
@@ -88,8 +88,8 @@ def _weighted_loss(maps, aux: dict, target, weights: dict, broadcast: bool = Fal
                    critic=None):
     """Σ weights[k] · part k over ``reg`` (MSE to the target), the model's auxiliary losses,
     ``l1`` (mean |error|, only when weighted) and, given a ``critic`` (see
-    :meth:`Unmixer.make_discriminator`), its adversarial loss ``gan``. Returns (total, detached
-    parts).
+    :meth:`UnmixingModel.make_discriminator`), its adversarial loss ``gan``. Returns (total,
+    detached parts).
 
     ``target`` holds one map per window (B, L − 4, 33, 33), or with ``broadcast`` one per
     frame (B, L, 33, 33), every window's map then being compared with all of them (the LISTA

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from models.base import Unmixer
+from models.base import UnmixingModel
 from models.registry import get_model
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -36,7 +36,8 @@ def default_weights(name: str) -> Path:
     return WEIGHTS_DIR / f"{name}.pt"
 
 
-def save_weights(path: str | Path, model: Unmixer, name: str, config: dict, meta: dict) -> dict:
+def save_weights(path: str | Path, model: UnmixingModel, name: str, config: dict,
+                 meta: dict) -> dict:
     """Write ``path`` (.pt) and its ``.json`` sidecar; returns the metadata written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,7 +56,7 @@ def read_metadata(path: str | Path) -> dict:
     return json.loads(side.read_text())
 
 
-def load_weights(path: str | Path, verify: bool = True) -> tuple[Unmixer, dict]:
+def load_weights(path: str | Path, verify: bool = True) -> tuple[UnmixingModel, dict]:
     """Build the model named in a weights file and load its parameters (CPU).
 
     Returns the model in eval mode and its metadata.
@@ -76,7 +77,7 @@ def load_weights(path: str | Path, verify: bool = True) -> tuple[Unmixer, dict]:
     return model, meta
 
 
-def load_model(name: str, weights: str | Path | None = None) -> tuple[Unmixer, dict]:
+def load_model(name: str, weights: str | Path | None = None) -> tuple[UnmixingModel, dict]:
     """A ready-to-run model: given weights, the shipped default, or (untrained-free models) none."""
     path = Path(weights) if weights is not None else default_weights(name)
     if path.exists() or weights is not None:

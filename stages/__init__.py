@@ -25,7 +25,7 @@ STAGES: dict[str, str] = {
     # processing, in chain order
     "detector": "stages.detector:Detector",
     "cropper": "stages.cropper:Cropper",
-    "unmixer": "stages.unmixer:UnmixerStage",
+    "unmixer": "stages.unmixer:Unmixer",
     "extractor": "stages.extractor:Extractor",
     "tracker": "stages.tracker:Tracker",
     # sinks

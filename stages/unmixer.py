@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class UnmixerConfig:
-    """Options of :class:`UnmixerStage`.
+    """Options of :class:`Unmixer`.
 
     Attributes
     ----------
@@ -53,14 +53,14 @@ class UnmixerConfig:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
 
 
-class UnmixerStage(Stage):
+class Unmixer(Stage):
     """Windows → HR maps, one :class:`Maps` message per :class:`Windows` message.
 
     Parameters
     ----------
     config : UnmixerConfig, optional
     model : torch.nn.Module, optional
-        A ready model with the :class:`models.base.Unmixer` interface; when given, no weights
+        A ready model with the :class:`models.base.UnmixingModel` interface; when given, no weights
         are loaded (tests, or a caller that already holds the model).
     """
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from models.base import Unmixer
+from models.base import UnmixingModel
 from models.evaluate import add_arguments, run
 from models.harness import count_macs, count_params, evaluate_model, predict_maps
 from models.protocol import eval_frames, eval_windows, grid_oracle
@@ -26,7 +26,7 @@ def dataset():
     return simulate(3, seed=777)
 
 
-class ReplayModel(Unmixer):
+class ReplayModel(UnmixingModel):
     """Returns precomputed maps in call order and records the inputs it saw."""
 
     def __init__(self, maps: np.ndarray) -> None:
@@ -107,7 +107,7 @@ def test_predict_maps_returns_maps_in_dataset_order(dataset):
         predict_maps(ReplayModel(maps[:2]), dataset, batch_size=5)
 
 
-class TinyConv(Unmixer):
+class TinyConv(UnmixingModel):
     def __init__(self) -> None:
         super().__init__(np.array(phi_matrix()))
         self.conv = nn.Conv2d(5, 1, 3, padding=1)

@@ -196,7 +196,7 @@ def test_every_registered_model_imports_and_lives_in_its_family_package():
 def test_evaluation_shares_frame_features_without_changing_the_maps():
     """DeRefNet's forward_sequences (shared per-frame features) equals the base class's sliding
     window over forward(); predict_maps, which feeds whole trajectories, equals both."""
-    from models.base import Unmixer
+    from models.base import UnmixingModel
     from models.harness import predict_maps
     from models.protocol import eval_windows
     from sim.dataset import simulate
@@ -208,7 +208,7 @@ def test_evaluation_shares_frame_features_without_changing_the_maps():
     start = torch.zeros(3, dtype=torch.int64)
     with torch.inference_mode():
         shared, _ = model.forward_sequences(frames, start)
-        sliding, _ = Unmixer.forward_sequences(model, frames, start)
+        sliding, _ = UnmixingModel.forward_sequences(model, frames, start)
         windows, frame_index, _ = eval_windows(ds)
         plain, _ = model(torch.from_numpy(windows), torch.from_numpy(frame_index))
     assert shared.shape == (3, 16, 33, 33)

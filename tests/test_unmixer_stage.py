@@ -11,7 +11,7 @@ from models.config import ConfigError
 from sim.render import gt_map, render
 from stages.extractor import Extractor, to_frame_points
 from stages.messages import Maps, Point, Points, WindowInfo, Windows
-from stages.unmixer import UnmixerConfig, UnmixerStage
+from stages.unmixer import Unmixer, UnmixerConfig
 
 
 class CountingModel(nn.Module):
@@ -46,7 +46,7 @@ def restore_threads():
 
 def test_all_windows_of_a_frame_go_through_one_forward(restore_threads):
     model = CountingModel()
-    stage = UnmixerStage(UnmixerConfig(threads=1), model=model)
+    stage = Unmixer(UnmixerConfig(threads=1), model=model)
     stage.start()
     assert torch.get_num_threads() == 1
     msg = _windows(4)
@@ -61,12 +61,12 @@ def test_all_windows_of_a_frame_go_through_one_forward(restore_threads):
 
 def test_a_frame_without_windows_skips_the_model():
     model = CountingModel()
-    (out,) = UnmixerStage(model=model).process(_windows(0))
+    (out,) = Unmixer(model=model).process(_windows(0))
     assert model.calls == [] and out.maps.shape == (0, 33, 33)
 
 
 def test_a_registered_model_loads_and_runs(restore_threads):
-    stage = UnmixerStage(UnmixerConfig(model="ista", threads=1))
+    stage = Unmixer(UnmixerConfig(model="ista", threads=1))
     stage.start()
     (out,) = stage.process(_windows(2))
     assert out.maps.shape == (2, 33, 33) and np.all(np.isfinite(out.maps))
@@ -74,7 +74,7 @@ def test_a_registered_model_loads_and_runs(restore_threads):
 
 def test_unmixer_rejects_other_messages():
     with pytest.raises(ConfigError, match="Windows"):
-        UnmixerStage(model=CountingModel()).process(Points(seq=0, t_source_ns=0))
+        Unmixer(model=CountingModel()).process(Points(seq=0, t_source_ns=0))
 
 
 def test_extractor_maps_patch_points_to_frame_points_exactly():
@@ -132,7 +132,7 @@ def _read_only(array: np.ndarray) -> np.ndarray:
 def test_stages_take_read_only_arrays_as_decoded_from_the_wire(restore_threads):
     msg = _windows(2)
     windows = Windows(seq=5, t_source_ns=0, windows=msg.windows, patches=_read_only(msg.patches))
-    (maps,) = UnmixerStage(model=CountingModel()).process(windows)  # torch would warn: an error
+    (maps,) = Unmixer(model=CountingModel()).process(windows)  # torch would warn: an error
     seen = []
 
     def fake_extract(maps, patches, config, saturation):
@@ -148,7 +148,7 @@ def test_stages_take_read_only_arrays_as_decoded_from_the_wire(restore_threads):
 def test_each_torch_stage_applies_its_thread_count_before_every_call(restore_threads):
     from stages.extractor import ExtractorStageConfig
 
-    unmixer = UnmixerStage(UnmixerConfig(threads=2), model=CountingModel())
+    unmixer = Unmixer(UnmixerConfig(threads=2), model=CountingModel())
     unmixer.start()
     threads_seen = []
 

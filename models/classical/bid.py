@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.base import Unmixer
+from models.base import UnmixingModel
 from models.classical.per_sample import iterate_per_sample
 from models.layers.gaussian import gaussian_kernel
 from sim.geometry import HR, PATCH, WINDOW
@@ -50,7 +50,7 @@ def bid_image(frames: torch.Tensor, faithful: bool = False) -> torch.Tensor:
     return frames
 
 
-class BidUnmixer(Unmixer):
+class BidUnmixer(UnmixingModel):
     """BID on the middle frame of each window; no learned parameters.
 
     Parameters

@@ -18,7 +18,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from models.base import Unmixer
+from models.base import UnmixingModel
 from models.classical.per_sample import iterate_per_sample
 from models.layers.shrinkage import soft_threshold
 from sim.geometry import HR, WINDOW
@@ -78,7 +78,7 @@ def ista(
     return iterate_per_sample(y @ phi_pinv.T, step, max_iter)
 
 
-class IstaUnmixer(Unmixer):
+class IstaUnmixer(UnmixingModel):
     """ISTA on the middle frame of each window; no learned parameters.
 
     Parameters

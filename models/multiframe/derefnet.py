@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import Unmixer
+from models.base import UnmixingModel
 from models.layers.deform import DeformConv2dPack
 from models.layers.residual import ResidualBlockNoBN
 from models.layers.unfolding import UnfoldingLayer, unfold
@@ -53,7 +53,7 @@ class SelectiveAttention(nn.Module):
         return torch.cat([a * w[:, :1], b * w[:, 1:]], dim=1)
 
 
-class DeRefNet(Unmixer):
+class DeRefNet(UnmixingModel):
     """DeRefNet unmixer; see the module docstring. Input/output per :mod:`models.base`."""
 
     def __init__(

@@ -15,13 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import Unmixer
+from models.base import UnmixingModel
 from models.layers.residual import ResidualBlockNoBN
 from sim.geometry import HR, RATIO, WINDOW
 from sim.phi import phi_matrix
 
 
-class FastUnmixer(Unmixer):
+class FastUnmixer(UnmixingModel):
     """See the module docstring. ``scale`` (grey levels) normalises inputs and outputs."""
 
     def __init__(self, channels: int = 64, blocks: int = 6, hr_channels: int = 16,

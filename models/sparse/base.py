@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from models.base import Unmixer
+from models.base import UnmixingModel
 from sim.geometry import HR, WINDOW
 from sim.phi import phi_matrix
 
@@ -28,7 +28,7 @@ def lista_threshold(phi: np.ndarray, lam: float = 0.4) -> float:
     return float(lam / (1.001 * np.linalg.norm(phi, 2) ** 2))
 
 
-class LearnedIsta(Unmixer):
+class LearnedIsta(UnmixingModel):
     """Base class: middle frame → x₀ = Qinit·y → :meth:`iterate` → map (B, 33, 33).
 
     Subclasses create their parameters, call :meth:`init_from_qinit` at the end of their

@@ -1,6 +1,6 @@
 """Discriminators and GAN losses of the GAN baselines (docs/reference.md §5.4).
 
-A :class:`Critic` is what :meth:`models.base.Unmixer.make_discriminator` returns: a
+A :class:`Critic` is what :meth:`models.base.UnmixingModel.make_discriminator` returns: a
 discriminator network together with its GAN loss. The training harness owns it and its
 optimiser, so it is part of training only, never of a model's inference or weights.
 

@@ -1,6 +1,6 @@
 """Blocks shared by the super-resolution baselines (docs/reference.md §5.3–§5.4).
 
-- :class:`SingleFrameSR`: the :class:`~models.base.Unmixer` of every single-frame method; it
+- :class:`SingleFrameSR`: the :class:`~models.base.UnmixingModel` of every single-frame method; it
   upscales the middle frame of each window.
 - :func:`kaiming_init_`, :func:`conv_prelu`: the initialisation and PReLU conv of the
   reference's building blocks.
@@ -19,12 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import Unmixer
+from models.base import UnmixingModel
 from sim.geometry import HR, RATIO, WINDOW
 from sim.phi import phi_matrix
 
 
-class SingleFrameSR(Unmixer):
+class SingleFrameSR(UnmixingModel):
     """A single-frame SR network as an unmixer: maps = upscale(windows[:, 2]).
 
     Subclasses build their network and implement :meth:`upscale`; the other four frames of a

@@ -3,7 +3,7 @@
 x₀ = Qinit · y (the middle frame, 121 → 1089, reshaped 33×33) → conv9×9 1→32, ReLU →
 conv5×5 32→16, ReLU → conv5×5 16→1 ("same" padding throughout) → the HR map in grey levels.
 15 841 learned parameters (Table VII: 15.84 K, exact). Qinit is a buffer, fitted on the training
-targets by the training harness (:meth:`models.base.Unmixer.set_qinit`).
+targets by the training harness (:meth:`models.base.UnmixingModel.set_qinit`).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import Unmixer
+from models.base import UnmixingModel
 from models.layers.deform import DeformConv2dPack
 from models.layers.residual import ResidualBlockNoBN
 from models.sr.blocks import kaiming_init_
@@ -47,7 +47,7 @@ def _conv_relu(c_in: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(conv, nn.ReLU())
 
 
-class TDAN(Unmixer):
+class TDAN(UnmixingModel):
     """See the module docstring."""
 
     def __init__(self, channels: int = 32, blocks_before: int = 5, blocks_after: int = 10,

@@ -22,14 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import Unmixer
+from models.base import UnmixingModel
 from models.layers.unfolding import gradient_step
 from models.unfolding.blocks import PlusBlock
 from sim.geometry import HR, WINDOW
 from sim.phi import phi_matrix
 
 
-class FistaNet(Unmixer):
+class FistaNet(UnmixingModel):
     """FISTA-Net on the middle frame; ``iterations`` uses of one block of ``channels``."""
 
     def __init__(self, iterations: int = 7, channels: int = 32) -> None:

@@ -15,13 +15,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.base import Unmixer
+from models.base import UnmixingModel
 from models.layers.unfolding import UnfoldingLayer, unfold
 from sim.geometry import HR, WINDOW
 from sim.phi import phi_matrix
 
 
-class IstaNet(Unmixer):
+class IstaNet(UnmixingModel):
     """ISTA-Net on the middle frame; ``layers`` unfolding layers of ``channels`` features.
 
     ``Layer`` is the class of one layer (``Layer(channels)``, called as

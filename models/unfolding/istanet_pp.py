@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import Unmixer
+from models.base import UnmixingModel
 from models.layers.residual import ResidualBlock
 from sim.geometry import HR, PATCH, SIGMA, WINDOW
 from sim.phi import phi_matrix
@@ -54,7 +54,7 @@ class PPLayer(nn.Module):
         return r + self.tail(self.blocks(self.head(x)))
 
 
-class IstaNetPP(Unmixer):
+class IstaNetPP(UnmixingModel):
     """ISTA-Net++ on the middle frame; ``layers`` layers of ``channels`` features."""
 
     def __init__(self, layers: int = 20, channels: int = 32) -> None:

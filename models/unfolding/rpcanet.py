@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.base import Unmixer
+from models.base import UnmixingModel
 from sim.geometry import HR, WINDOW
 from sim.phi import phi_matrix
 
@@ -58,7 +58,7 @@ class Stage(nn.Module):
         return self.merge(b + t), t
 
 
-class RpcaNet(Unmixer):
+class RpcaNet(UnmixingModel):
     """RPCANet on the middle frame; sizes as the reference's config (``channel`` = C).
     ``faithful`` feeds every stage D₀, as the reference does (see the module docstring)."""
 

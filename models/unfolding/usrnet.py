@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import Unmixer
+from models.base import UnmixingModel
 from models.layers.gaussian import gaussian_kernel
 from models.unfolding.resunet import ResUNet
 from sim.geometry import HR, RATIO, WINDOW
@@ -63,7 +63,7 @@ class HyPaNet(nn.Module):
         return self.mlp(x) + 1e-6
 
 
-class UsrNet(Unmixer):
+class UsrNet(UnmixingModel):
     """USRNet on the middle frame (LR input); see the module docstring.
 
     Parameters
