@@ -1,4 +1,4 @@
-"""CLI: ``python -m models {train,evaluate,bench} ...``."""
+"""CLI: ``python -m models {train,evaluate,bench,list,table,compare} ...``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ COMMANDS = {
     "train": ("models.train", "train any registered model"),
     "evaluate": ("models.evaluate", "score a model with CSO-mAP on a dataset split"),
     "bench": ("models.bench", "measure windows/s and latency on this machine"),
+    "list": ("models.catalog", "every registered model: family, params, MACs, weights"),
+    "table": ("models.table", "Table VII side by side: paper, ours in grid and points mode"),
+    "compare": ("models.compare", "the paper's Fig. 6: maps and points of models on frames"),
 }
 
 

@@ -42,7 +42,9 @@ def _inputs(batch: int, seed: int = 0):
     return torch.rand(batch, WINDOW, PATCH, PATCH, generator=g) * 250, torch.full((batch,), 9)
 
 
-def _variant(model, batch: int, repeats: int, bf16: bool = False, channels_last: bool = False):
+def time_windows(model, batch: int, repeats: int, bf16: bool = False,
+                 channels_last: bool = False) -> dict:
+    """Median windows/s and ms per window of ``model`` on random windows of ``batch``."""
     windows, index = _inputs(batch)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -58,7 +60,7 @@ def _variant(model, batch: int, repeats: int, bf16: bool = False, channels_last:
             "latency_ms_per_window": 1e3 * sec / batch}
 
 
-def _sequence_variant(model, tracks: int, repeats: int):
+def _sequencetime_windows(model, tracks: int, repeats: int):
     """Live-style reuse: each new frame's features computed once and shared by 5 windows.
 
     Measured as the steady-state cost of a 20-frame sequence per track (16 windows).
@@ -87,16 +89,16 @@ def benchmark(model_name: str, weights: str | None, repeats: int, compile_: bool
     for threads in (1, 2):
         torch.set_num_threads(threads)
         for batch in (1, 64):
-            results[f"fp32_threads{threads}_b{batch}"] = _variant(model, batch, repeats)
+            results[f"fp32_threads{threads}_b{batch}"] = time_windows(model, batch, repeats)
     torch.set_num_threads(2)
-    results["channels_last_b64"] = _variant(model, 64, repeats, channels_last=True)
+    results["channels_last_b64"] = time_windows(model, 64, repeats, channels_last=True)
     model = model.to(memory_format=torch.contiguous_format)
-    results["bf16_autocast_b64"] = _variant(model, 64, repeats, bf16=True)
-    results["reuse_frame_features_4tracks"] = _sequence_variant(model, 4, repeats)
+    results["bf16_autocast_b64"] = time_windows(model, 64, repeats, bf16=True)
+    results["reuse_frame_features_4tracks"] = _sequencetime_windows(model, 4, repeats)
     if compile_:
         try:
             compiled = torch.compile(model)
-            results["torch_compile_b64"] = _variant(compiled, 64, repeats)
+            results["torch_compile_b64"] = time_windows(compiled, 64, repeats)
         except Exception as exc:  # report, do not fail the benchmark
             results["torch_compile_b64"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
     return {

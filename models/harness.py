@@ -159,9 +159,14 @@ def evaluate_model(
         ``forward_s`` and ``windows_per_s`` (forward time only).
     """
     pred = predict_maps(model, dataset, batch_size)
+    return {**score_predictions(pred, dataset, mode, extractor), **speed_fields(pred)}
+
+
+def score_predictions(pred: Predictions, dataset: SeqDataset, mode: str = "grid",
+                      extractor=None) -> dict[str, float]:
+    """``mAP``, ``AP05`` … ``AP25`` (fractions) of predicted maps in ``mode`` (grid|points)."""
     dets = detections_from_maps(pred.maps, pred.windows, mode, extractor)
-    result = summarize(match_detections(dets, ground_truths(dataset, pred.frames)))
-    return {**result, **speed_fields(pred)}
+    return summarize(match_detections(dets, ground_truths(dataset, pred.frames)))
 
 
 def speed_fields(pred: Predictions) -> dict:

@@ -89,6 +89,6 @@ def load_model(name: str, weights: str | Path | None = None) -> tuple[UnmixingMo
     if model.trainable:
         raise WeightsError(
             f"model {name!r} has no shipped weights at {path}; pass --weights FILE "
-            f"or train it with `python -m models train`"
+            f"or train it with `python -m models train --config configs/models/{name}.yaml`"
         )
     return model.eval(), {"model": name}
