@@ -179,10 +179,23 @@ def _ms(value: float) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value:.2f} ms"
 
 
+def through_line(report: dict[str, Any]) -> str:
+    """"N of M frames through (K dropped at <stage>, …) in S s: X frames/s in, Y out"."""
+    drops = ", ".join(f"{n} dropped at {stage}" for stage, n in report["dropped_at"].items())
+    out = report["frames_out"]
+    head = (f"{out} of {report['frames_in']} frames through" if out is not None
+            else f"{report['frames_in']} frames")
+    rates = f"{report['fps']:.1f} frames/s in" + (
+        f", {report['fps_out']:.1f} out" if out is not None else "")
+    return f"{head}{f' ({drops})' if drops else ''} in {report['wall_s']:.2f} s: {rates}"
+
+
 def _print_summary(report: dict[str, Any]) -> None:
     e2e = report["end_to_end"]
-    print(f"{report['frames']} frames in {report['wall_s']:.2f} s ({report['fps']:.1f} fps), "
-          f"end-to-end p50 {_ms(e2e['p50_ms'])}, p99 {_ms(e2e['p99_ms'])}")
+    print(f"{through_line(report)}; end-to-end p50 {_ms(e2e['p50_ms'])}, "
+          f"p99 {_ms(e2e['p99_ms'])}")
+    if report.get("cso_map") is not None:
+        print(f"CSO-mAP (points, live) {100 * report['cso_map']:.2f}")
     for name, s in report["stages"].items():
         print(f"  {name:12s} in {s['msgs_in']:6d} out {s['msgs_out']:6d}  p50 {_ms(s['p50_ms'])}"
               f"  p99 {_ms(s['p99_ms'])}  dropped {s['dropped']} gaps {s['seq_gaps']} "

@@ -298,3 +298,26 @@ def test_pace_spaces_source_messages():
     ticks = pace(50.0)
     assert next(ticks) == 0.0
     assert 0.0 < next(ticks) <= 0.02
+
+
+def test_the_report_says_how_many_frames_got_through_and_where_the_rest_went():
+    from pipeline.__main__ import through_line
+    from pipeline.run.report import build_report
+
+    def stage(out, dropped=0, t=(0, 4_000_000_000)):
+        return {"msgs_in": out + dropped, "msgs_out": out, "dropped": dropped,
+                "first_ns": t[0], "last_ns": t[1], "age_p50_ms": 1.0, "age_p99_ms": 2.0}
+
+    stages = {"source": stage(100), "unmixer": stage(62, 36), "extractor": stage(34, 28),
+              "tracker": stage(34), "scoring": stage(0)}
+    summaries = {"scoring": {"cso_map": {"mode": "points", "mAP": 0.875}}}
+    report = build_report(mode="processes", source="source", stages=stages,
+                          latency_at="tracker", summaries=summaries, error=None,
+                          interrupted=False)
+    assert (report["frames_in"], report["frames_out"]) == (100, 34)
+    assert report["drop_rate"] == pytest.approx(0.66)
+    assert report["dropped_at"] == {"unmixer": 36, "extractor": 28}
+    assert report["cso_map"] == 0.875
+    assert report["fps"] == pytest.approx(25.0) and report["fps_out"] == pytest.approx(8.5)
+    assert through_line(report) == ("34 of 100 frames through (36 dropped at unmixer, 28 "
+                                    "dropped at extractor) in 4.00 s: 25.0 frames/s in, 8.5 out")

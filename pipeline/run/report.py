@@ -116,6 +116,35 @@ def end_to_end(stages: Mapping[str, Mapping[str, Any]], at: str | None) -> dict[
     return {"p50_ms": stages[at]["age_p50_ms"], "p99_ms": stages[at]["age_p99_ms"], "at": at}
 
 
+def throughput(stages: Mapping[str, Mapping[str, Any]], source: str,
+               at: str | None) -> dict[str, Any]:
+    """How many frames made it through the chain, and where the others were dropped.
+
+    Returns
+    -------
+    dict
+        ``frames_in`` (messages the source produced), ``frames_out`` (messages out of stage
+        ``at``, the end of the chain; None without one), ``drop_rate`` (1 − out/in) and
+        ``dropped_at`` (stage -> messages its input links dropped, stages that dropped any).
+        With 5-frame windows the last two frames of a finite run never leave the cropper, so
+        ``frames_out`` ≤ ``frames_in`` − 2 even without drops.
+    """
+    frames_in = stages[source]["msgs_out"]
+    frames_out = stages[at]["msgs_out"] if at is not None else None
+    rate = 1 - frames_out / frames_in if frames_out is not None and frames_in else None
+    return {"frames_in": frames_in, "frames_out": frames_out, "drop_rate": rate,
+            "dropped_at": {name: s["dropped"] for name, s in stages.items() if s["dropped"]}}
+
+
+def points_cso_map(summaries: Mapping[str, Any]) -> float | None:
+    """The points-mode CSO-mAP (a fraction) a scoring sink reported, or None."""
+    for summary in summaries.values():
+        score = summary.get("cso_map") if isinstance(summary, Mapping) else None
+        if isinstance(score, Mapping) and score.get("mode") == "points":
+            return score.get("mAP")
+    return None
+
+
 def build_report(
     *,
     mode: str,
@@ -149,13 +178,16 @@ def build_report(
     Returns
     -------
     dict
-        ``frames``, ``wall_s``, ``fps``, ``stages``, ``end_to_end``, ``scores``, ``mode``,
-        ``ok``, ``error``, ``interrupted``.
+        ``frames`` (= ``frames_in``), ``wall_s``, ``fps`` (frames in per second),
+        ``fps_out`` (frames out per second), the :func:`throughput` keys, ``stages``,
+        ``end_to_end``, ``scores``, ``cso_map`` (points-mode CSO-mAP of a scoring sink, a
+        fraction, or None), ``mode``, ``ok``, ``error``, ``interrupted``.
     """
     frames = stages[source]["msgs_out"]
     firsts = [s["first_ns"] for s in stages.values() if s["first_ns"] is not None]
     lasts = [s["last_ns"] for s in stages.values() if s["last_ns"] is not None]
     wall_s = (max(lasts) - min(firsts)) / 1e9 if firsts and lasts else 0.0
+    flow = throughput(stages, source, latency_at)
     return {
         "mode": mode,
         "ok": error is None,
@@ -164,12 +196,16 @@ def build_report(
         "frames": frames,
         "wall_s": wall_s,
         "fps": frames / wall_s if wall_s > 0 else math.nan,
+        "fps_out": (flow["frames_out"] / wall_s if wall_s > 0 and flow["frames_out"] is not None
+                    else math.nan),
+        **flow,
         "stages": {
             name: {k: v for k, v in s.items() if k not in ("first_ns", "last_ns")}
             for name, s in stages.items()
         },
         "end_to_end": end_to_end(stages, latency_at),
         "scores": dict(summaries),
+        "cso_map": points_cso_map(summaries),
     }
 
 
