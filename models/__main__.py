@@ -1,4 +1,4 @@
-"""CLI: ``python -m models {train,evaluate,bench,list,table,compare} ...``."""
+"""CLI: ``python -m models {train,train-many,evaluate,bench,list,table,compare} ...``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 
 COMMANDS = {
     "train": ("models.train", "train any registered model"),
+    "train-many": ("models.train_many", "train several models under one equal budget"),
     "evaluate": ("models.evaluate", "score a model with CSO-mAP on a dataset split"),
     "bench": ("models.bench", "measure windows/s and latency on this machine"),
     "list": ("models.catalog", "every registered model: family, params, MACs, weights"),

@@ -52,3 +52,23 @@ def test_compare_draws_the_models_that_have_weights(test_split, tmp_path, capsys
                  "--trajectory", "1", "--frames", "2,17", "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "istanet: left out" in capsys.readouterr().err
+
+
+def test_train_many_trains_each_model_under_one_budget_and_ships(data_dir, tmp_path,
+                                                                  monkeypatch, capsys):
+    import models.train_many as train_many
+
+    monkeypatch.setattr(train_many, "default_weights", lambda name: tmp_path / f"{name}.pt")
+    out = tmp_path / "runs"
+    args = ["train-many", "--models", "espcn,srcnn", "--budget-minutes", "0.01",
+            "--out", str(out), "--set", f"data={data_dir}", "--set", "threads=1",
+            "--set", "val_trajectories=1", "--ship"]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    for name in ("espcn", "srcnn"):
+        entry = summary[name]
+        assert entry["status"] == "ok" and entry["budget_minutes"] == 0.01
+        assert 0.6 <= entry["train_seconds"] < 5 and entry["steps"] >= 1
+        assert entry["shipped"] == "shipped" and (tmp_path / f"{name}.json").exists()
+    assert main([*args[:2], "nope", *args[3:]]) == 2  # unknown model: named, no traceback
+    assert "are not registered models with a recipe" in capsys.readouterr().err
