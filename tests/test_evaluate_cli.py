@@ -172,3 +172,14 @@ def test_a_missing_dataset_is_named_without_a_traceback(tmp_path, capsys):
 
     assert main(["evaluate", "--model", "ista", "--data", str(tmp_path / "nope")]) == 2
     assert "python -m sim generate" in capsys.readouterr().err
+
+
+def test_a_model_without_weights_is_named_with_its_training_command(tmp_path, capsys):
+    from models.__main__ import main
+    from sim.dataset import save_npz, simulate
+
+    save_npz(tmp_path / "test.npz", simulate(1, seed=1))
+    assert main(["evaluate", "--model", "lista", "--data", str(tmp_path / "test.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "python -m models train --config configs/models/lista.yaml" in err
+    assert "Traceback" not in err
