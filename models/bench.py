@@ -4,9 +4,12 @@ Measures windows/s at batch 1 and batch 64 and the latency per window on this ma
 CPU, for the plain model and for each optimisation that applies: thread count,
 channels_last, bf16 autocast, torch.compile, and whole 20-frame sequences through
 ``forward_sequences`` (models that share per-frame features, such as DeRefNet, reuse them
-across the overlapping windows of a track). Every figure is the
-median of ``--repeats`` timed runs after a warm-up; all variants run side by side in one
-process. Results go to a JSON file (default ``benchmarks/bench_<model>.json``).
+across the overlapping windows of a track); bf16 autocast only where the CPU runs bf16
+natively. Every figure is the median of ``--repeats`` timed runs after a warm-up; all
+variants run side by side in one process, next to the machine's measured fp32 matmul peak.
+At the top of the JSON (default ``benchmarks/bench_<model>.json``): ``peak_gflops``,
+``macs_per_window``, ``best`` (the fastest variant that keeps the accuracy) and
+``fraction_of_peak`` (see :func:`benchmark`).
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ from pathlib import Path
 
 import torch
 
+from models.harness import count_macs, predict_maps, score_predictions
 from models.registry import get_model
 from models.weights import WeightsError, load_model
+from sim import load_dataset
 from sim.geometry import PATCH, WINDOW
 
 
@@ -60,7 +65,7 @@ def time_windows(model, batch: int, repeats: int, bf16: bool = False,
             "latency_ms_per_window": 1e3 * sec / batch}
 
 
-def _sequencetime_windows(model, tracks: int, repeats: int):
+def time_sequences(model, tracks: int, repeats: int) -> dict:
     """Live-style reuse: each new frame's features computed once and shared by 5 windows.
 
     Measured as the steady-state cost of a 20-frame sequence per track (16 windows).
@@ -79,12 +84,54 @@ def _sequencetime_windows(model, tracks: int, repeats: int):
             "latency_ms_per_window": 1e3 * sec / n}
 
 
-def benchmark(model_name: str, weights: str | None, repeats: int, compile_: bool) -> dict:
+def bf16_native() -> bool:
+    """True where this CPU computes bf16 natively (AVX-512 BF16 or AMX): oneDNN says so.
+    Elsewhere bf16 is emulated and slower than fp32, so it is not even measured."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def matmul_peak_gflops(threads: int, size: int = 1024, repeats: int = 5) -> float:
+    """This machine's fp32 matmul throughput (GFLOP/s, median) with ``threads`` threads."""
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(size, size, generator=g), torch.rand(size, size, generator=g)
+    seconds = _median_seconds(lambda: torch.mm(a, b), repeats)
+    return 2 * size**3 / seconds / 1e9
+
+
+def _accuracy(model, dataset, bf16: bool) -> dict:
+    """Grid and points mAP (fractions) of ``model`` on ``dataset``, in fp32 or bf16 autocast."""
+    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if bf16
+                else contextlib.nullcontext())
+    with autocast:
+        pred = predict_maps(model, dataset)
+    return {mode: score_predictions(pred, dataset, mode)["mAP"] for mode in ("grid", "points")}
+
+
+#: Variants whose arithmetic is fp32: they keep the accuracy by construction.
+FP32_VARIANTS = ("fp32_threads1_b1", "fp32_threads1_b64", "fp32_threads2_b1",
+                 "fp32_threads2_b64", "channels_last_b64", "reuse_frame_features_4tracks",
+                 "torch_compile_b64")
+
+
+def benchmark(model_name: str, weights: str | None, repeats: int, compile_: bool,
+              dataset=None) -> dict:
+    """Every variant's speed side by side, the machine's fp32 peak, and the best variant.
+
+    ``best`` is the fastest variant that keeps the accuracy: an fp32 one, or bf16 when the
+    CPU runs it natively and its grid and points mAP on ``dataset`` move less than 0.3
+    points (without a dataset bf16 is not eligible). ``fraction_of_peak`` = best windows/s ×
+    2 × ``macs_per_window`` / peak, with the MACs of one window's own forward, so a variant
+    that shares work between windows (per-frame feature reuse) can exceed what the MACs say.
+    """
     try:
         model, meta = load_model(model_name, weights)
         weights_note = meta.get("sha256", "no weights needed")
     except WeightsError:
         model, weights_note = get_model(model_name).eval(), "untrained (speed only)"
+    peak = matmul_peak_gflops(2)
+    windows, index = _inputs(1)
+    macs = count_macs(model, windows[0].numpy(), int(index[0]))
     results: dict[str, dict] = {}
     for threads in (1, 2):
         torch.set_num_threads(threads)
@@ -93,20 +140,41 @@ def benchmark(model_name: str, weights: str | None, repeats: int, compile_: bool
     torch.set_num_threads(2)
     results["channels_last_b64"] = time_windows(model, 64, repeats, channels_last=True)
     model = model.to(memory_format=torch.contiguous_format)
-    results["bf16_autocast_b64"] = time_windows(model, 64, repeats, bf16=True)
-    results["reuse_frame_features_4tracks"] = _sequencetime_windows(model, 4, repeats)
+    results["reuse_frame_features_4tracks"] = time_sequences(model, 4, repeats)
+    eligible = list(FP32_VARIANTS)
+    if bf16_native():
+        results["bf16_autocast_b64"] = time_windows(model, 64, repeats, bf16=True)
+        if dataset is not None:
+            fp32, bf16 = _accuracy(model, dataset, False), _accuracy(model, dataset, True)
+            delta = {m: 100 * (bf16[m] - fp32[m]) for m in fp32}
+            results["bf16_autocast_b64"]["map_delta_points_x100"] = delta
+            if all(abs(d) < 0.3 for d in delta.values()):
+                eligible.append("bf16_autocast_b64")
+    else:
+        results["bf16_autocast_b64"] = {"skipped": "bf16 is emulated on this CPU (no AVX-512 "
+                                                   "BF16/AMX): slower than fp32"}
     if compile_:
         try:
             compiled = torch.compile(model)
             results["torch_compile_b64"] = time_windows(compiled, 64, repeats)
         except Exception as exc:  # report, do not fail the benchmark
             results["torch_compile_b64"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    timed = {k: r for k, r in results.items() if k in eligible and "windows_per_s" in r}
+    best = max(timed, key=lambda k: timed[k]["windows_per_s"])
+    best_wps = timed[best]["windows_per_s"]
     return {
         "model": model_name, "weights": weights_note, "repeats": repeats,
-        "statistic": "median", "results": results,
+        "statistic": "median",
+        "peak_gflops": peak,
+        "macs_per_window": macs,
+        "best": {"variant": best, "windows_per_s": best_wps},
+        "fraction_of_peak": best_wps * 2 * macs / (peak * 1e9),
+        "results": results,
         "machine": {"cpus": os.cpu_count(), "torch": torch.__version__,
                     "processor": platform.processor() or platform.machine(),
-                    "python": platform.python_version()},
+                    "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                    "bf16_native": bf16_native(), "python": platform.python_version(),
+                    "load_average": list(os.getloadavg())},
     }
 
 
@@ -116,19 +184,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="JSON output (default benchmarks/bench_MODEL.json)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per variant")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+    p.add_argument("--data", help="dataset whose test split measures the accuracy of reduced "
+                                  "precision (bf16 is only eligible as 'best' with it)")
+    p.add_argument("--limit-trajectories", type=int, default=100,
+                   help="trajectories of --data used for the accuracy check (default 100)")
 
 
 def run(args: argparse.Namespace) -> int:
-    report = benchmark(args.model, args.weights, args.repeats, not args.no_compile)
+    dataset = None
+    if args.data:
+        dataset = load_dataset(args.data, "test")
+        dataset = dataset.subset(range(min(args.limit_trajectories, dataset.n_trajectories)))
+    report = benchmark(args.model, args.weights, args.repeats, not args.no_compile, dataset)
     out = Path(args.out or f"benchmarks/bench_{args.model}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"{'variant':34s} {'batch':>5s} {'windows/s':>10s} {'ms/window':>10s}")
     for name, r in report["results"].items():
-        if "error" in r:
-            print(f"{name:34s} {r['error']}")
+        if "windows_per_s" not in r:
+            print(f"{name:34s} {r.get('error') or r.get('skipped')}")
         else:
             print(f"{name:34s} {r['batch']:5d} {r['windows_per_s']:10.1f} "
                   f"{r['latency_ms_per_window']:10.2f}")
+    print(f"best: {report['best']['variant']} {report['best']['windows_per_s']:.1f} windows/s; "
+          f"peak {report['peak_gflops']:.0f} GFLOP/s; fraction of peak "
+          f"{report['fraction_of_peak']:.3f} ({report['machine']['cpu_capability']})")
     print(f"wrote {out}")
     return 0

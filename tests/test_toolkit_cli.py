@@ -72,3 +72,18 @@ def test_train_many_trains_each_model_under_one_budget_and_ships(data_dir, tmp_p
         assert entry["shipped"] == "shipped" and (tmp_path / f"{name}.json").exists()
     assert main([*args[:2], "nope", *args[3:]]) == 2  # unknown model: named, no traceback
     assert "are not registered models with a recipe" in capsys.readouterr().err
+
+
+def test_model_bench_reports_peak_best_and_fraction_of_peak():
+    from models.bench import FP32_VARIANTS, benchmark, bf16_native
+
+    report = benchmark("fastunmix", None, repeats=1, compile_=False)
+    assert report["peak_gflops"] > 1 and report["macs_per_window"] == 64_068_048
+    best = report["best"]
+    assert best["variant"] in FP32_VARIANTS  # no dataset: bf16 is never eligible
+    assert best["windows_per_s"] == max(r["windows_per_s"] for k, r in report["results"].items()
+                                        if k in FP32_VARIANTS and "windows_per_s" in r)
+    assert report["fraction_of_peak"] == pytest.approx(
+        best["windows_per_s"] * 2 * report["macs_per_window"] / (report["peak_gflops"] * 1e9))
+    bf16 = report["results"]["bf16_autocast_b64"]
+    assert ("windows_per_s" in bf16) == bf16_native() == report["machine"]["bf16_native"]
