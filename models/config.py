@@ -6,7 +6,8 @@ the extractor) is a frozen dataclass with defaults. What a type can say is in th
 fields are in ``__post_init__``. :func:`build_config` turns a mapping (a YAML section) into
 one, in a single pass:
 
-1. unknown keys, at any depth, are refused with the valid keys listed;
+1. unknown keys, at any depth, are refused with the valid keys listed, and so are NaN
+   anywhere and a bool where a number is expected;
 2. values are type-checked and coerced by pydantic (``"3"`` is not an int, ``2.5`` not a
    count), nested mappings become nested configs;
 3. ``__post_init__`` runs.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -66,8 +68,33 @@ def _config_classes(annotation: Any) -> tuple[type | None, bool]:
     return None, False
 
 
+def _numeric(annotation: Any) -> bool:
+    """True when ``annotation`` admits a number but not a bool (int, float, Optional…)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _numeric(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return bool(args) and all(_numeric(a) for a in args)
+    return annotation in (int, float)
+
+
+def _has_nan(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isnan(value)
+    if isinstance(value, Mapping):
+        return any(_has_nan(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has_nan(v) for v in value)
+    return False
+
+
 def unknown_keys(cls: type, values: Any, where: str = "") -> list[str]:
-    """``"where.key: unknown key; valid keys: …"`` for every unknown key of ``values``.
+    """What pydantic's lax checks would let through, for every key of ``values``:
+
+    - ``"where.key: unknown key for Cls; valid keys: …"``;
+    - a bool where a number is expected (lax validation would read ``true`` as 1);
+    - NaN anywhere (a float field accepts it and every range check passes it).
 
     Nested mappings are checked against nested config dataclasses, and each element of a
     tuple of configs against its dataclass.
@@ -84,6 +111,10 @@ def unknown_keys(cls: type, values: Any, where: str = "") -> list[str]:
             continue
         inner, many = _config_classes(fields[key])
         if inner is None:
+            if isinstance(value, bool) and _numeric(fields[key]):
+                problems.append(f"{here}: expected a number, got {str(value).lower()}")
+            if _has_nan(value):
+                problems.append(f"{here}: NaN is not a valid value")
             continue
         items = enumerate(value) if many and isinstance(value, Sequence) else [(None, value)]
         for i, item in items:

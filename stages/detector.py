@@ -75,6 +75,9 @@ class DetectorConfig:
             raise ValueError(f"unknown detector kind {self.kind!r}; expected one of {KINDS}")
         if self.statistic not in STATISTICS:
             raise ValueError(f"unknown statistic {self.statistic!r}; expected one of {STATISTICS}")
+        if not self.k > 0:
+            raise ValueError(f"k (the threshold, in noise standard deviations) must be > 0, "
+                             f"got {self.k}")
         if self.kernel < 3 or self.kernel % 2 == 0:
             raise ValueError(f"kernel must be an odd size >= 3 px, got {self.kernel}")
         if not 1 <= self.min_area <= self.max_area:

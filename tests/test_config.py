@@ -229,3 +229,21 @@ def test_cli_run_smoke(tmp_path):
     report = json.loads(report_path.read_text())
     assert report["ok"] and report["frames"] == 3
     assert report["stages"]["detector"]["msgs_in"] == 3
+
+
+@pytest.mark.parametrize("cls_path, values, expected", [
+    ("stages.scene:SceneConfig", {"groups": "abc"}, r"groups: Input should be a valid integer"),
+    ("pipeline.config:RunConfig", {"frames": True}, r"frames: expected a number, got true"),
+    ("stages.detector:DetectorConfig", {"k": -8}, r"k \(the threshold.*must be > 0"),
+    ("stages.detector:DetectorConfig", {"k": float("nan")}, r"k: NaN is not a valid value"),
+    ("stages.scene:SceneConfig", {"psf_sigma": float("nan")}, r"psf_sigma: NaN is not a valid"),
+    ("pipeline.config:RunConfig", {"queue": {"hwm": float("nan")}}, r"queue\.hwm: NaN is not"),
+])
+def test_types_first_then_ranges_and_no_nan(cls_path, values, expected):
+    import importlib
+
+    from models.config import build_config
+
+    module, _, name = cls_path.partition(":")
+    with pytest.raises(ConfigError, match=expected):
+        build_config(getattr(importlib.import_module(module), name), values)
