@@ -7,6 +7,7 @@ import pytest
 from models.__main__ import main
 from models.paper import METHOD_NAMES, paper_row
 from models.registry import MODELS
+from models.weights import default_weights
 from sim.dataset import save_npz, simulate
 
 
@@ -28,30 +29,30 @@ def test_list_json_names_family_size_paper_and_weights(capsys):
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["espcn"] == {"name": "espcn", "family": "sr", "params": 22_729,
                              "macs_per_window": 2_737_504, "paper": 47.18,
-                             "weights": False, "trainable": True}
+                             "weights": default_weights("espcn").exists(), "trainable": True}
     assert rows["fastunmix"]["weights"] and rows["fastunmix"]["paper"] is None
     assert rows["bid"]["params"] == 0 and not rows["bid"]["trainable"]
 
 
 def test_table_scores_models_with_weights_and_names_the_others(test_split, tmp_path, capsys):
     out, js = tmp_path / "t7.md", tmp_path / "t7.json"
-    assert main(["table", "--data", str(test_split), "--models", "fastunmix,srcnn",
+    assert main(["table", "--data", str(test_split), "--models", "fastunmix,lista",
                  "--out", str(out), "--json", str(js)]) == 0
     rows = {r["name"]: r for r in json.loads(js.read_text())["rows"]}
     fast = rows["fastunmix"]
     assert fast["status"] == "ok" and fast["points"]["mAP"] > fast["grid"]["mAP"] > 0.3
     assert fast["params"] == 529_313 and fast["windows_per_s"] > 0 and fast["epochs"] > 1
-    assert rows["srcnn"]["status"].startswith("not trained here: python -m models train")
+    assert rows["lista"]["status"].startswith("not trained here: python -m models train")
     text = out.read_text()
-    assert "| SRCNN (`srcnn`) | 49.64 | not trained here" in text
+    assert "| LISTA (`lista`) | 9.39 | not trained here" in text
 
 
 def test_compare_draws_the_models_that_have_weights(test_split, tmp_path, capsys):
     out = tmp_path / "fig.png"
-    assert main(["compare", "--models", "fastunmix,istanet", "--data", str(test_split),
+    assert main(["compare", "--models", "fastunmix,lista", "--data", str(test_split),
                  "--trajectory", "1", "--frames", "2,17", "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "istanet: left out" in capsys.readouterr().err
+    assert "lista: left out" in capsys.readouterr().err
 
 
 def test_train_many_trains_each_model_under_one_budget_and_ships(data_dir, tmp_path,
