@@ -89,7 +89,7 @@ def _has_nan(value: Any) -> bool:
     return False
 
 
-def unknown_keys(cls: type, values: Any, where: str = "") -> list[str]:
+def raw_problems(cls: type, values: Any, where: str = "") -> list[str]:
     """What pydantic's lax checks would let through, for every key of ``values``:
 
     - ``"where.key: unknown key for Cls; valid keys: …"``;
@@ -118,7 +118,7 @@ def unknown_keys(cls: type, values: Any, where: str = "") -> list[str]:
             continue
         items = enumerate(value) if many and isinstance(value, Sequence) else [(None, value)]
         for i, item in items:
-            problems += unknown_keys(inner, item, here if i is None else f"{here}[{i}]")
+            problems += raw_problems(inner, item, here if i is None else f"{here}[{i}]")
     return problems
 
 
@@ -152,7 +152,7 @@ def build_config(cls: type, values: Mapping[str, Any] | None = None, where: str 
     if not isinstance(values, Mapping):
         raise ConfigError(f"{prefix}expected a mapping of {cls.__name__} options, "
                           f"got {type(values).__name__}")
-    problems = unknown_keys(cls, values)
+    problems = raw_problems(cls, values)
     if problems:
         raise ConfigError(prefix + "; ".join(problems))
     try:
