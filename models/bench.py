@@ -9,7 +9,8 @@ natively. Every figure is the median of ``--repeats`` timed runs after a warm-up
 variants run side by side in one process, next to the machine's measured fp32 matmul peak.
 At the top of the JSON (default ``benchmarks/bench_<model>.json``): ``peak_gflops``,
 ``macs_per_window``, ``best`` (the fastest variant that keeps the accuracy) and
-``fraction_of_peak`` (see :func:`benchmark`).
+``fraction_of_peak`` (see :func:`benchmark`). ``extractor``: the sub-pixel extractor's
+median time per frame of 6 and of 24 windows on this model's maps.
 """
 
 from __future__ import annotations
@@ -26,10 +27,13 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from models.extract import extract_points
 from models.harness import count_macs, predict_maps, score_predictions
+from models.protocol import eval_windows
 from models.registry import get_model
 from models.weights import WeightsError, load_model
 from sim import load_dataset
+from sim.dataset import simulate
 from sim.geometry import PATCH, WINDOW
 
 
@@ -91,6 +95,19 @@ def sequence_macs_per_window(model) -> int:
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         model.forward_sequences(frames, torch.zeros(1, dtype=torch.int64))
     return counter.get_total_flops() // 2 // 16
+
+
+def time_extractor(model, repeats: int, sizes=(6, 24)) -> dict:
+    """Median ms per call and per window of :func:`models.extract.extract_points` on ``model``'s
+    maps of simulated windows, for calls of ``sizes`` windows (one frame's groups)."""
+    windows, frame_index, _ = eval_windows(simulate(4, seed=0))
+    with torch.inference_mode():
+        maps = model(torch.as_tensor(windows), torch.as_tensor(frame_index))[0].numpy()
+    out = {}
+    for n in sizes:
+        sec = _median_seconds(lambda n=n: extract_points(maps[:n], windows[:n]), repeats)
+        out[str(n)] = {"ms_per_call": 1e3 * sec, "ms_per_window": 1e3 * sec / n}
+    return out
 
 
 def bf16_native() -> bool:
@@ -184,6 +201,7 @@ def benchmark(model_name: str, weights: str | None, repeats: int, compile_: bool
         "best": {"variant": best, "windows_per_s": best_wps},
         "fraction_of_peak": best_wps * 2 * timed[best]["macs_per_window"] / (peak * 1e9),
         "results": results,
+        "extractor": time_extractor(model, max(repeats, 10)),
         "machine": {"cpus": os.cpu_count(), "torch": torch.__version__,
                     "processor": platform.processor() or platform.machine(),
                     "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -223,5 +241,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"best: {report['best']['variant']} {report['best']['windows_per_s']:.1f} windows/s; "
           f"peak {report['peak_gflops']:.0f} GFLOP/s; fraction of peak "
           f"{report['fraction_of_peak']:.3f} ({report['machine']['cpu_capability']})")
+    for n, r in report["extractor"].items():
+        print(f"extractor, {n} windows: {r['ms_per_call']:.2f} ms per call, "
+              f"{r['ms_per_window']:.2f} ms per window")
     print(f"wrote {out}")
     return 0

@@ -4,13 +4,13 @@ The shared :func:`models.extract.extract_points` finds the points of each map in
 pixels (integer = centre of a patch pixel); a window's origin is the frame pixel of patch
 pixel (0, 0), so ``frame = origin + patch`` exactly. Each point carries the index of its window
 in the frame's message (``window_id``).
-The stage's options are those of :class:`models.extract.ExtractorConfig` plus ``threads``.
+The stage's options are those of :class:`models.extract.ExtractorConfig` (the fits are
+numpy: no torch threads to set).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -18,28 +18,10 @@ from models.config import ConfigError
 from models.extract import ExtractorConfig, extract_points
 from stages.base import Stage
 from stages.messages import Maps, Message, Point, Points, WindowInfo
-from stages.threads import use_torch_threads
 
 #: ``extract(maps (N, 33, 33), windows (N, 5, 11, 11), config) -> N arrays (n_i, 3)``
 #: of (row, col, score) in patch pixels.
 ExtractFn = Callable[[np.ndarray, np.ndarray, ExtractorConfig, np.ndarray], Sequence[np.ndarray]]
-
-
-@dataclass(frozen=True)
-class ExtractorStageConfig(ExtractorConfig):
-    """Options of :class:`Extractor`: every :class:`models.extract.ExtractorConfig` field, plus
-
-    Attributes
-    ----------
-    threads : int
-        Torch intra-op threads of the fits (see :mod:`stages.threads`).
-    """
-
-    threads: int = 1
-
-    def __post_init__(self) -> None:
-        if self.threads < 1:
-            raise ValueError(f"threads must be >= 1, got {self.threads}")
 
 
 def to_frame_points(
@@ -80,17 +62,17 @@ class Extractor(Stage):
 
     Parameters
     ----------
-    config : ExtractorStageConfig, optional
+    config : ExtractorConfig, optional
     extract : callable, optional
         Replaces :func:`models.extract.extract_points` (tests).
     """
 
-    Config = ExtractorStageConfig
+    Config = ExtractorConfig
     INPUTS = ("maps",)
     OUTPUT = "points"
 
     def __init__(
-        self, config: ExtractorStageConfig | None = None, extract: ExtractFn = extract_points
+        self, config: ExtractorConfig | None = None, extract: ExtractFn = extract_points
     ) -> None:
         super().__init__(config)
         self.extract = extract
@@ -107,11 +89,7 @@ class Extractor(Stage):
 
     def extract_windows(self, msg: Maps) -> Sequence[np.ndarray]:
         """Points (row, col, score) in patch pixels of every window of ``msg``."""
-        use_torch_threads(self.config.threads)
-        # arrays decoded from the wire are read-only, and torch warns about those
-        maps = np.require(msg.maps, requirements="W")
-        patches = np.require(msg.patches, requirements="W")
         # frames clip (at their dtype's maximum, or as configured in the cropper) before the
         # cropper subtracts each window's background
         saturation = np.array([w.saturation - w.background for w in msg.windows], np.float64)
-        return self.extract(maps, patches, self.config, saturation)
+        return self.extract(msg.maps, msg.patches, self.config, saturation)

@@ -91,8 +91,9 @@ def test_a_deliberate_violation_is_caught(tmp_path, layer, line, package):
     assert violations(tmp_path) == [f"{layer}/bad.py:1: {layer} imports {package}"]
 
 
-def test_the_metric_and_the_registry_import_without_torch():
+def test_the_metric_the_extractor_and_the_registry_import_without_torch():
     code = ("import sys, models, models.metric, models.protocol, models.registry, sim.geometry\n"
+            "import models.extract\n"
             "print(sorted(m for m in ('torch', 'models.base') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, check=True).stdout
