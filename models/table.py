@@ -5,8 +5,15 @@ prediction pass over the evaluation protocol (:mod:`models.protocol`) scored in 
 paper's protocol) and in points mode (the sub-pixel extractor), its learned parameters and MACs
 per window, its windows/s at batch 64 measured in this run on this machine, and the training it
 got (budget, epochs reached, from the weights' metadata). Models without weights are listed as
-"not trained here" with the command that trains them. Output: a Markdown table
-(``--out``, default ``benchmarks/table7.md``) and, with ``--json``, the rows as JSON.
+"not trained here" with the command that trains them.
+
+With ``--runs SUMMARY`` (the ``summary.json`` of a ``python -m models train-many`` run with
+``--test-trajectories``), a first table shows every recipe of that run at its equal budget,
+variants such as ``lista-faithful`` included: the test figures measured after training, the
+epochs reached, and the learned parameters and MACs per window of the recipe's model.
+
+Output: a Markdown file (``--out``, default ``benchmarks/table7.md``) and, with ``--json``, the
+rows as JSON.
 """
 
 from __future__ import annotations
@@ -20,10 +27,13 @@ from pathlib import Path
 import torch
 
 from models.bench import time_windows
+from models.config import load_config
 from models.harness import count_macs, count_params, predict_maps, score_predictions
 from models.paper import AP_KEYS, METHOD_NAMES, paper_row
-from models.protocol import eval_frames
-from models.registry import MODELS, list_models
+from models.protocol import eval_frames, eval_windows
+from models.registry import MODELS, get_model, list_models
+from models.train import TrainConfig
+from models.train_many import RECIPES
 from models.weights import WeightsError, load_model
 from sim import load_dataset
 
@@ -53,6 +63,53 @@ def table_row(name: str, dataset, batch_size: int = 256, repeats: int = 3) -> di
         weights_sha256=meta.get("sha256"),
     )
     return row
+
+
+def table_order() -> list[str]:
+    """Registered model names in the paper's Table VII order, ours after them."""
+    return [*METHOD_NAMES, *(n for n in list_models() if n not in METHOD_NAMES)]
+
+
+def budget_rows(summary_path: str | Path, dataset) -> list[dict]:
+    """One row per recipe of an equal-budget run, in the registry's order (variants after their
+    model): its summary entry, the paper's figures, params and MACs per window of its model."""
+    summary = json.loads(Path(summary_path).read_text())
+    windows, _, _ = eval_windows(dataset)
+    _, frame_index = eval_frames(dataset)
+    order = table_order()
+    rows = []
+    for recipe, entry in summary.items():
+        cfg = load_config(TrainConfig, RECIPES / f"{recipe}.yaml", [])
+        model = get_model(cfg.model, **cfg.model_config)
+        rows.append({"recipe": recipe, "name": cfg.model, "paper": paper_row(cfg.model), **entry,
+                     "params": count_params(model),
+                     "macs_per_window": count_macs(model, windows[0], int(frame_index[0]))})
+    return sorted(rows, key=lambda r: (order.index(r["name"]), r["recipe"] != r["name"],
+                                       r["recipe"]))
+
+
+def budget_markdown(rows: list[dict], summary_path: str | Path) -> str:
+    """The equal-budget rows as a Markdown table (APs ×100)."""
+    head = ["recipe", "paper mAP", "grid mAP", "points mAP", "val grid mAP", "epochs", "steps",
+            "trainings sharing the GPU", "params", "MACs/window"]
+    budgets = sorted({r["budget_minutes"] for r in rows if r["status"] == "ok"})
+    lines = [f"Equal budget: every recipe of `{summary_path}` trained for "
+             f"{' / '.join(format(b, 'g') for b in budgets)} minutes of wall-clock time, then "
+             "scored on the test split (grid = the paper's protocol, points = our sub-pixel "
+             "extractor). CSO-mAP ×100.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        label = METHOD_NAMES.get(r["name"], r["name"])
+        cells = [f"{label} (`{r['recipe']}`)", _cell(r["paper"] and r["paper"]["mAP"], ".2f")]
+        if r["status"] != "ok":
+            cells += [r["status"]] + [""] * (len(head) - 3)
+        else:
+            cells += [f"{100 * r['test_grid_mAP']:.2f}", f"{100 * r['test_points_mAP']:.2f}",
+                      f"{100 * r['val_mAP']:.2f}", f"{r['epochs']:.2f}", str(r["steps"]),
+                      _cell(r.get("jobs_sharing_gpu"), "d"), f"{r['params']:,}",
+                      f"{r['macs_per_window']:,}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _cell(value, fmt: str) -> str:
@@ -88,13 +145,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit-trajectories", type=int, help="score only the first N trajectories")
     p.add_argument("--out", default="benchmarks/table7.md", help="Markdown output")
     p.add_argument("--json", help="also write the rows as JSON to this file")
+    p.add_argument("--runs", help="summary.json of an equal-budget train-many run: adds its "
+                                  "table")
 
 
 def run(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.data, args.split)
     if args.limit_trajectories:
         dataset = dataset.subset(range(min(args.limit_trajectories, dataset.n_trajectories)))
-    names = args.models.split(",") if args.models else list_models()
+    names = args.models.split(",") if args.models else table_order()
     unknown = [n for n in names if n not in MODELS]
     if unknown:
         raise SystemExit(f"--models: unknown {unknown}; registered: {', '.join(list_models())}")
@@ -105,10 +164,15 @@ def run(args: argparse.Namespace) -> int:
     source = (f"{dataset.n_trajectories} trajectories of {args.data} ({args.split}), "
               f"{torch.get_num_threads()} torch threads, {platform.processor() or 'cpu'}, "
               f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    text = markdown(rows, source)
+    budget = budget_rows(args.runs, dataset) if args.runs else []
+    if budget:
+        text = (f"## At an equal budget\n\n{budget_markdown(budget, args.runs)}\n"
+                f"## The shipped weights\n\n{text}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(markdown(rows, source))
-    print(Path(args.out).read_text())
+    Path(args.out).write_text(text)
+    print(text)
     if args.json:
-        payload = {"source": source, "cpus": os.cpu_count(), "rows": rows}
+        payload = {"source": source, "cpus": os.cpu_count(), "rows": rows, "budget_rows": budget}
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
     return 0

@@ -1,6 +1,7 @@
 """The toolkit's commands: ``models list``, ``models table`` and ``models compare``."""
 
 import json
+import shutil
 
 import pytest
 
@@ -55,24 +56,52 @@ def test_compare_draws_the_models_that_have_weights(test_split, tmp_path, capsys
     assert "lista: left out" in capsys.readouterr().err
 
 
-def test_train_many_trains_each_model_under_one_budget_and_ships(data_dir, tmp_path,
-                                                                  monkeypatch, capsys):
+def test_train_many_trains_recipes_in_parallel_scores_them_and_ships_own_recipes(
+        data_dir, test_split, tmp_path, monkeypatch, capsys):
     import models.train_many as train_many
 
     monkeypatch.setattr(train_many, "default_weights", lambda name: tmp_path / f"{name}.pt")
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("train", "val"):
+        shutil.copyfile(data_dir / f"{split}.npz", data / f"{split}.npz")
+    shutil.copyfile(test_split, data / "test.npz")
     out = tmp_path / "runs"
-    args = ["train-many", "--models", "espcn,srcnn", "--budget-minutes", "0.01",
-            "--out", str(out), "--set", f"data={data_dir}", "--set", "threads=1",
-            "--set", "val_trajectories=1", "--ship"]
+    args = ["train-many", "--models", "espcn,lamp-faithful", "--budget-minutes", "0.01",
+            "--out", str(out), "--set", f"data={data}", "--set", "threads=1",
+            "--set", "val_trajectories=1", "--parallel", "2", "--test-trajectories", "1",
+            "--ship"]
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
-    for name in ("espcn", "srcnn"):
-        entry = summary[name]
+    assert set(summary) == {"espcn", "lamp-faithful"}
+    for recipe, model in (("espcn", "espcn"), ("lamp-faithful", "lamp")):
+        entry = summary[recipe]
         assert entry["status"] == "ok" and entry["budget_minutes"] == 0.01
+        assert entry["model"] == model
         assert 0.6 <= entry["train_seconds"] < 5 and entry["steps"] >= 1
-        assert entry["shipped"] == "shipped" and (tmp_path / f"{name}.json").exists()
-    assert main([*args[:2], "nope", *args[3:]]) == 2  # unknown model: named, no traceback
-    assert "are not registered models with a recipe" in capsys.readouterr().err
+        best = json.loads((out / recipe / "best.json").read_text())
+        test = best["test_metrics"]
+        assert test["set"].startswith("1 trajectories of") and "(test)" in test["set"]
+        assert entry["test_grid_mAP"] == test["grid"]["mAP"]
+        assert entry["test_points_mAP"] == test["points"]["mAP"]
+    assert summary["espcn"]["shipped"] == "shipped" and (tmp_path / "espcn.json").exists()
+    assert summary["lamp-faithful"]["shipped"].startswith("not shipped: a variant")
+    assert not (tmp_path / "lamp.pt").exists()
+
+    # the run's summary feeds the equal-budget table (params and MACs of each recipe's model)
+    md = tmp_path / "t7.md"
+    assert main(["table", "--data", str(test_split), "--models", "espcn", "--runs",
+                 str(out / "summary.json"), "--out", str(md)]) == 0
+    text = md.read_text()
+    assert text.startswith("## At an equal budget") and "## The shipped weights" in text
+    lamp_row = next(line for line in text.splitlines() if "(`lamp-faithful`)" in line)
+    cells = [c.strip() for c in lamp_row.strip("|").split("|")]
+    assert cells[:2] == ["LAMP (`lamp-faithful`)", "9.09"]
+    assert cells[2] == f"{100 * summary['lamp-faithful']['test_grid_mAP']:.2f}"
+    assert cells[-2] == "2,125,728"  # LAMP's learned parameters
+
+    assert main([*args[:2], "nope", *args[3:]]) == 2  # unknown recipe: named, no traceback
+    assert "have no recipe in" in capsys.readouterr().err
 
 
 def test_model_bench_reports_peak_best_and_fraction_of_peak():

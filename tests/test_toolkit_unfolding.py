@@ -334,3 +334,21 @@ def test_rpcanet_faithful_feeds_every_stage_the_initial_d(sim):
     (maps_f.pow(2).mean() + aux_f["merge"]).backward()
     first_merge = faithful.stages[0].merge[0].weight
     assert first_merge.grad is None  # its output is discarded, as in the reference
+
+
+def test_istanet_plus_starts_at_the_ista_step_and_faithful_keeps_the_diverging_one():
+    """ρ = 0.5 with ‖Φ‖₂² = 8.59 amplifies the top singular direction 3.3× per layer; the
+    corrected start 1/‖Φ‖₂² keeps the first forward pass at the windows' scale."""
+    windows, frame_index, _ = eval_windows(simulate(1, seed=5))
+    x = torch.as_tensor(windows[:8], dtype=torch.float32)
+    t = torch.as_tensor(frame_index[:8], dtype=torch.int64)
+    lipschitz = float(np.linalg.norm(phi_matrix(), 2) ** 2)
+    peaks = {}
+    for faithful in (False, True):
+        torch.manual_seed(0)
+        model = models.get_model("istanet_plus", faithful=faithful).eval()
+        steps = [layer.rho.item() for layer in model.layers]
+        assert steps == pytest.approx([0.5 if faithful else 1 / lipschitz] * 9, rel=1e-5)
+        with torch.no_grad():
+            peaks[faithful] = float(model(x, t)[0].abs().max())
+    assert peaks[False] < float(x.max()) < peaks[True] / 100

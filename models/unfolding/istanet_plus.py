@@ -1,9 +1,15 @@
 """ISTA-Net+ (Zhang & Ghanem 2018) as in the reference (docs/reference.md §5.7).
 
 From x₀ = Qinit·y, 9 untied layers; layer k takes the gradient step rₖ = x − ρₖΦᵀΦx + ρₖΦᵀy
-(ρₖ init 0.5) and applies the :class:`~models.unfolding.blocks.PlusBlock` (32 features, no
-biases, threshold θₖ init 0.01). Training adds ``cons`` = Σₖ mean(sₖ²), with
+and applies the :class:`~models.unfolding.blocks.PlusBlock` (32 features, no biases,
+threshold θₖ init 0.01). Training adds ``cons`` = Σₖ mean(sₖ²), with
 sₖ = F̃(F(D(rₖ))) − D(rₖ).
+
+Corrected step init: the reference starts every ρₖ at 0.5, ISTA-Net's value for a Φ with
+orthonormal rows. Our Φ has ‖Φ‖₂² = 8.59, so a step of 0.5 multiplies the top singular
+direction by |1 − 0.5·8.59| = 3.3 per layer (4.5·10⁴ over 9 layers, through the residual
+block): training starts at an MSE near 10⁷ and must first learn ρ down. We start at the ISTA
+step 1/‖Φ‖₂² instead; ``faithful=True`` keeps 0.5 (docs/reference.md §8).
 
 9 × 37 442 = 336 978 parameters, which is what the reference code builds; Table VII prints
 0.38 M, which we could not reproduce (its 7.70 G MACs per 20-frame batch do match 9 layers).
@@ -18,6 +24,9 @@ from models.layers.unfolding import gradient_step
 from models.unfolding.blocks import PlusBlock
 from models.unfolding.istanet import IstaNet
 from sim.geometry import HR
+
+#: The reference's initial step ρₖ (kept by ``faithful=True``).
+FAITHFUL_STEP = 0.5
 
 
 class PlusLayer(nn.Module):
@@ -42,3 +51,11 @@ class IstaNetPlus(IstaNet):
     """ISTA-Net+ on the middle frame: ISTA-Net with :class:`PlusLayer` layers."""
 
     Layer = PlusLayer
+
+    def __init__(self, layers: int = 9, channels: int = 32, faithful: bool = False) -> None:
+        super().__init__(layers, channels)
+        ista_step = 1.0 / float(torch.linalg.matrix_norm(self.phi, 2) ** 2)
+        step = FAITHFUL_STEP if faithful else ista_step
+        for layer in self.layers:
+            layer.rho.data.fill_(step)
+        self.config = {**self.config, "faithful": faithful}
