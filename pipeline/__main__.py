@@ -207,8 +207,16 @@ def _print_summary(report: dict[str, Any]) -> None:
 
 
 def _execute(config: Any, plans: list, config_yaml: str = "") -> int:
+    capacity = None
+    if config.run.capacity_check:
+        from pipeline.run.capacity import check
+
+        capacity = check(plans, config.run)
+        print(capacity["line"], flush=True)
     try:
         report = run(plans, config.run, config_yaml)
+        if capacity is not None:
+            report["capacity"] = capacity
     except KeyboardInterrupt:
         print("aborted", file=sys.stderr)
         return 130

@@ -12,6 +12,7 @@ Shape of a config file::
       record: {path: runs/live.mcap, topics: null}   # MCAP recording (null: none)
       publish: {endpoint: tcp://127.0.0.1:5555}      # tap: every topic on one PUB endpoint
       curve: {secret_key: keys/server.key_secret, allowed: keys/allowed}  # CURVE on the tap
+      capacity_check: true   # CLI: time the unmixer and extractor here against the load first
     stages:                  # ordered: the source first, every input produced by an earlier stage
       - name: source
         kind: simulator      # a key of STAGE_KINDS (stages.STAGES + the pipeline's own)
@@ -137,6 +138,7 @@ class RunConfig:
     record: RecordConfig | None = None
     publish: PublishConfig | None = None
     curve: CurveKeys | None = None
+    capacity_check: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

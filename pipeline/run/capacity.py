@@ -1,0 +1,188 @@
+"""Before the first frame: what the chain's unmixer and extractor can hold on this machine,
+against the load the config asks for.
+
+Each of the two stages is built from its plan and timed on synthetic frames of the chain's
+group count (median of a few calls after a warm-up, in this process); the cost is cached per
+machine, stage config and weights file in ``$XDG_CACHE_HOME/csist-pipeline/capacity.json``
+(default ``~/.cache``), so a second run starts at once. The load is the source's ``groups``
+windows per frame at ``run.rate_hz`` frames/s (unknown for a source that does not say how
+many groups it holds, and unpaced chains have no load to compare with).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sim.geometry import HR, WINDOW
+from stages.messages import Maps, WindowInfo, Windows
+
+logger = logging.getLogger(__name__)
+
+#: Stage kinds whose cost is measured (the per-window work of the chain).
+MEASURED = ("unmixer", "extractor")
+#: Windows per frame when the source does not say how many groups it holds.
+DEFAULT_WINDOWS = 6
+#: Fraction of the spare cores the measured stages may need before the chain is "tight".
+HEADROOM = 0.5
+
+
+def cache_path() -> Path:
+    """The capacity cache file of this user."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "csist-pipeline" / "capacity.json"
+
+
+def machine_key() -> str:
+    """What makes a cost figure valid: processor, core count, torch CPU capability."""
+    import torch
+
+    return (f"{platform.processor() or platform.machine()}|{os.cpu_count()} cpus|"
+            f"{torch.backends.cpu.get_cpu_capability()}|torch {torch.__version__}")
+
+
+def _weights_stamp(config: Any) -> str:
+    """Size and mtime of the unmixer's weights file (a new file invalidates the cost)."""
+    from models.weights import default_weights
+
+    model = getattr(config, "model", None)
+    if model is None:
+        return ""
+    path = Path(config.weights) if config.weights else default_weights(model)
+    return f"{path.stat().st_size}:{path.stat().st_mtime_ns}" if path.exists() else "none"
+
+
+def frame_load(plans: list, run_config: Any) -> dict[str, Any]:
+    """Windows per frame, frames/s and windows/s the config asks for (rate None = unpaced)."""
+    source = plans[0].config
+    groups = getattr(source, "groups", None)
+    rate = run_config.rate_hz
+    return {"windows_per_frame": groups, "frames_per_s": rate,
+            "windows_per_s": None if groups is None or rate is None else groups * rate}
+
+
+def _synthetic_frame(n: int, seed: int = 0) -> Windows:
+    """A Windows message of ``n`` windows of simulated 2–4-target patches."""
+    from models.protocol import eval_windows
+    from sim.dataset import simulate
+
+    patches, frame_index, _ = eval_windows(simulate(max(1, -(-n // 16)), seed=seed))
+    info = tuple(WindowInfo(blob_id=i, origin_row=0, origin_col=0,
+                            frame_index=int(frame_index[i])) for i in range(n))
+    return Windows(seq=0, t_source_ns=0, windows=info,
+                   patches=np.ascontiguousarray(patches[:n], dtype=np.float32))
+
+
+def _median_ms(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def measure(plans: list, windows_per_frame: int, repeats: int = 5) -> dict[str, float]:
+    """Median ms per frame of ``windows_per_frame`` windows of each measured stage."""
+    stages = {p.kind: p for p in plans if p.kind in MEASURED}
+    frame = _synthetic_frame(windows_per_frame)
+    costs: dict[str, float] = {}
+    maps = None
+    if "unmixer" in stages:
+        unmixer = stages["unmixer"].build()
+        unmixer.start()
+        costs["unmixer"] = _median_ms(lambda: unmixer.process(frame), repeats)
+        (maps,) = unmixer.process(frame)
+    if "extractor" in stages:
+        if maps is None:  # no unmixer in the chain: the extractor's cost on flat maps
+            maps = Maps(seq=0, t_source_ns=0, windows=frame.windows, patches=frame.patches,
+                        maps=np.zeros((windows_per_frame, HR, HR), np.float32))
+        extractor = stages["extractor"].build()
+        costs["extractor"] = _median_ms(lambda: extractor.process(maps), repeats)
+    return costs
+
+
+def stage_costs(plans: list, windows_per_frame: int) -> dict[str, float]:
+    """:func:`measure`, through the per-machine cache."""
+    machine = machine_key()
+    keys = {p.kind: json.dumps([machine, p.kind, repr(p.config), _weights_stamp(p.config),
+                                windows_per_frame, WINDOW])
+            for p in plans if p.kind in MEASURED}
+    path = cache_path()
+    try:
+        cache = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):
+        cache = {}  # a broken cache is measured again and rewritten
+    costs = {kind: cache[key] for kind, key in keys.items() if key in cache}
+    if len(costs) < len(keys):
+        costs = measure(plans, windows_per_frame)
+        cache.update({keys[kind]: ms for kind, ms in costs.items()})
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(cache, indent=1) + "\n")
+        except OSError as exc:
+            logger.warning("capacity: cannot write the cache %s (%s)", path, exc)
+    return costs
+
+
+def check(plans: list, run_config: Any) -> dict[str, Any]:
+    """Costs (ms per frame), capacity (frames/s each stage holds alone), the cores the two
+    stages together need at the configured rate, the load, and the verdict line."""
+    load = frame_load(plans, run_config)
+    n = load["windows_per_frame"] or DEFAULT_WINDOWS
+    costs = stage_costs(plans, n)
+    rate = load["frames_per_s"]
+    result = {"windows_per_frame": n, "ms_per_frame": costs,
+              "frames_per_s": {kind: 1e3 / ms for kind, ms in costs.items() if ms > 0},
+              "cores_needed": None if rate is None else sum(costs.values()) * rate / 1e3,
+              "cores": os.cpu_count(), "load": load, "machine": machine_key()}
+    result["fits"] = _fits(result)
+    result["line"] = _line(result, plans)
+    return result
+
+
+def _fits(result: dict[str, Any]) -> str | None:
+    """``"fits"``, ``"tight"`` or ``"no"`` (None for an unpaced chain).
+
+    "no": a stage alone cannot keep the rate, or the two together need more than the cores
+    left after one for the rest of the chain. "tight": they need more than ``HEADROOM`` of
+    those cores: with every stage in its own process they slow each other down (measured on 2
+    AVX2 cores: at 0.75 of a core for fastunmix and the extractor, each took 2.5× its
+    stand-alone time in the chain, which dropped 16–18 % of 150 frames).
+    """
+    rate = result["load"]["frames_per_s"]
+    if rate is None:
+        return None
+    spare = max(1, result["cores"] - 1)
+    if any(fps < rate for fps in result["frames_per_s"].values()) or \
+            result["cores_needed"] > spare:
+        return "no"
+    return "tight" if result["cores_needed"] > HEADROOM * spare else "fits"
+
+
+def _line(result: dict[str, Any], plans: list) -> str:
+    """One line: what each stage holds here, what the chain needs, and whether it fits."""
+    labels = {p.kind: (f"{p.kind} ({p.config.model})" if hasattr(p.config, "model") else p.kind)
+              for p in plans}
+    n, load = result["windows_per_frame"], result["load"]
+    held = "; ".join(
+        f"{labels[kind]} {result['ms_per_frame'][kind]:.1f} ms per frame of {n} windows "
+        f"(~{fps:.0f} frames/s alone)" for kind, fps in result["frames_per_s"].items())
+    if load["frames_per_s"] is None:
+        return f"capacity here: {held}; the source is unpaced (no load to compare)"
+    need = (f"at {load['frames_per_s']:g} frames/s they need {result['cores_needed']:.2f} of "
+            f"{result['cores']} cores")
+    remedy = "fewer groups, a lower run.rate_hz, a faster model, or stages.unmixer.device=cuda"
+    verdict = {"fits": "it fits",
+               "tight": f"tight: expect some dropped frames ({remedy})",
+               "no": f"this chain cannot keep up and will drop frames ({remedy})"}
+    return f"capacity here: {held}; {need}: {verdict[result['fits']]}"
