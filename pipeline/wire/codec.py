@@ -29,8 +29,10 @@ every rule.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import operator
+import reprlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -43,6 +45,8 @@ from stages.messages import MESSAGE_TYPES, VERSION_CHANGES, Message, PipelineErr
 DTYPES = frozenset({"|u1", "<u2", "<i2", "<i4", "<f4", "<f8"})
 HEADER_KEYS = ("schema", "version", "topic", "seq", "t_source_ns", "stamps", "fields", "buffers")
 MAX_NDIM = 8
+#: Largest length of one array axis (numpy's own limit is 2**63 - 1).
+MAX_DIM = 2**31 - 1
 MAX_TOPIC_BYTES = 256
 
 
@@ -237,13 +241,48 @@ def _fail(where: str, problem: str) -> DecodeError:
     return DecodeError(f"{where}: {problem}" if where else problem)
 
 
+def _short_repr() -> reprlib.Repr:
+    short = reprlib.Repr()
+    short.maxlevel, short.maxstring, short.maxother = 2, 40, 40
+    short.maxlist = short.maxdict = short.maxtuple = 4
+    return short
+
+
+_SHORT = _short_repr()
+
+
+def _show(value: Any) -> str:
+    """A short, bounded repr of an untrusted value (for error messages): long strings and
+    deep or wide containers are abbreviated, so no input can make the message huge or
+    recurse."""
+    return _SHORT.repr(value)
+
+
+def _only_decode_errors(fn):
+    """Whatever the bytes, ``fn`` raises only :class:`DecodeError`: an escape of any other
+    error (a rule this module forgot) is turned into one, naming its type."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except DecodeError:
+            raise
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError,
+                RecursionError, MemoryError) as exc:
+            raise DecodeError(f"malformed message ({type(exc).__name__})") from exc
+
+    return wrapper
+
+
 def _check_keys(where: str, got: Any, expected: Sequence[str]) -> None:
     if not isinstance(got, dict):
         raise _fail(where, f"expected a map, got {type(got).__name__}")
     missing = [k for k in expected if k not in got]
     extra = [k for k in got if k not in expected]
     if missing or extra:
-        raise _fail(where, f"keys do not match the schema (missing {missing}, unexpected {extra})")
+        raise _fail(where, f"keys do not match the schema (missing {missing}, unexpected "
+                           f"{_show(extra)})")
 
 
 def _decode_value(where: str, spec: _Field, value: Any) -> Any:
@@ -270,17 +309,19 @@ def _decode_record(where: str, cls: type, value: Any) -> Any:
 def _decode_array(where: str, desc: Any, buf: Any, name: str) -> np.ndarray:
     _check_keys(where, desc, ("name", "dtype", "shape"))
     if desc["name"] != name:
-        raise _fail(where, f"buffer named {desc['name']!r} where {name!r} was expected")
+        raise _fail(where, f"buffer named {_show(desc['name'])} where {name!r} was expected")
     dtype = desc["dtype"]
     if not isinstance(dtype, str) or dtype not in DTYPES:
-        raise _fail(where, f"dtype {dtype!r} is not allowed; allowed: {sorted(DTYPES)}")
+        raise _fail(where, f"dtype {_show(dtype)} is not allowed; allowed: {sorted(DTYPES)}")
     shape = desc["shape"]
     if (
         not isinstance(shape, list)
         or len(shape) > MAX_NDIM
-        or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
+        or not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= MAX_DIM
+                   for n in shape)
     ):
-        raise _fail(where, f"shape must be a list of at most {MAX_NDIM} ints >= 0, got {shape!r}")
+        raise _fail(where, f"shape must be a list of at most {MAX_NDIM} ints in 0..{MAX_DIM}, "
+                           f"got {_show(shape)}")
     dt = np.dtype(dtype)
     view = memoryview(buf)
     need = math.prod(shape) * dt.itemsize
@@ -298,6 +339,7 @@ def _unpack(where: str, data: Any) -> Any:
         raise _fail(where, f"not valid msgpack ({type(exc).__name__}: {exc})") from exc
 
 
+@_only_decode_errors
 def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
     """Decode multipart frames ``[topic, header, buffer...]`` into a message.
 
@@ -337,10 +379,11 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
     header = _unpack(f"{where} header", views[1])
     _check_keys(f"{where} header", header, HEADER_KEYS)
     if header["topic"] != topic:
-        raise _fail(where, f"header topic {header['topic']!r} differs from frame 0")
+        raise _fail(where, f"header topic {_show(header['topic'])} differs from frame 0")
     return _decode_message(where, header, views[2:], limits)
 
 
+@_only_decode_errors
 def decode_record(data: Any, limits: Limits = DEFAULT_LIMITS) -> tuple[str, Message]:
     """Decode one on-disk blob written by :func:`encode_record`.
 
@@ -372,8 +415,8 @@ def decode_record(data: Any, limits: Limits = DEFAULT_LIMITS) -> tuple[str, Mess
         raise DecodeError(f"record topic must be a str of at most {MAX_TOPIC_BYTES} bytes")
     buffers = record.pop("data")
     if not isinstance(buffers, list) or not all(isinstance(b, bytes) for b in buffers):
-        raise DecodeError(f"topic {topic!r}: record data must be a list of bin values")
-    return topic, _decode_message(f"topic {topic!r}", record, buffers, limits)
+        raise DecodeError(f"topic {_show(topic)}: record data must be a list of bin values")
+    return topic, _decode_message(f"topic {_show(topic)}", record, buffers, limits)
 
 
 def _decode_message(where: str, header: dict, buffers: Sequence[Any], limits: Limits) -> Message:
@@ -381,18 +424,18 @@ def _decode_message(where: str, header: dict, buffers: Sequence[Any], limits: Li
     schema = header["schema"]
     cls = MESSAGE_TYPES.get(schema) if isinstance(schema, str) else None
     if cls is None:
-        raise _fail(where, f"unknown schema {schema!r}; known: {sorted(MESSAGE_TYPES)}")
+        raise _fail(where, f"unknown schema {_show(schema)}; known: {sorted(MESSAGE_TYPES)}")
     where = f"{where} {schema}"
     version = header["version"]
     if not _is_int(version) or version != cls.VERSION:
         changes = "".join(f"; version {v}: {VERSION_CHANGES[v]}" for v in sorted(VERSION_CHANGES)
                           if _is_int(version) and version < v <= cls.VERSION)
-        raise _fail(where, f"version {version!r} but this receiver speaks version "
+        raise _fail(where, f"version {_show(version)} but this receiver speaks version "
                            f"{cls.VERSION}{changes} (docs/wire-format.md, 'Versions')")
     seq, t_source = header["seq"], header["t_source_ns"]
     if not (_is_int(seq) and seq >= 0 and _is_int(t_source)):
-        raise _fail(where, f"seq and t_source_ns must be ints, seq >= 0 (got {seq!r}, "
-                           f"{t_source!r})")
+        raise _fail(where, f"seq and t_source_ns must be ints, seq >= 0 (got {_show(seq)}, "
+                           f"{_show(t_source)})")
     stamps = header["stamps"]
     if not isinstance(stamps, dict) or not all(
         isinstance(k, str) and _is_int(v) for k, v in stamps.items()
