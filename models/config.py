@@ -216,6 +216,9 @@ def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
         raw = yaml.safe_load(path.read_text())
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the {what} file ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: the {what} file is not UTF-8 text (byte {exc.start}); "
+                          "save it as UTF-8") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
     if raw is None:

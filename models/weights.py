@@ -53,7 +53,14 @@ def read_metadata(path: str | Path) -> dict:
     side = Path(path).with_suffix(".json")
     if not side.exists():
         raise WeightsError(f"{side} is missing; weights need their metadata sidecar")
-    return json.loads(side.read_text())
+    try:
+        meta = json.loads(side.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise WeightsError(f"{side}: not a readable JSON metadata file ({type(exc).__name__}); "
+                           "restore it, or retrain to write a new one") from exc
+    if not isinstance(meta, dict):
+        raise WeightsError(f"{side}: the metadata must be a JSON object")
+    return meta
 
 
 def load_weights(path: str | Path, verify: bool = True) -> tuple[UnmixingModel, dict]:

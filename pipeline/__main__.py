@@ -179,14 +179,18 @@ def _ms(value: float) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value:.2f} ms"
 
 
+def _rate_text(value: float | None) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.1f}"
+
+
 def through_line(report: dict[str, Any]) -> str:
     """"N of M frames through (K dropped at <stage>, …) in S s: X frames/s in, Y out"."""
     drops = ", ".join(f"{n} dropped at {stage}" for stage, n in report["dropped_at"].items())
     out = report["frames_out"]
     head = (f"{out} of {report['frames_in']} frames through" if out is not None
             else f"{report['frames_in']} frames")
-    rates = f"{report['fps']:.1f} frames/s in" + (
-        f", {report['fps_out']:.1f} out" if out is not None else "")
+    rates = f"{_rate_text(report['fps'])} frames/s in" + (
+        f", {_rate_text(report['fps_out'])} out" if out is not None else "")
     return f"{head}{f' ({drops})' if drops else ''} in {report['wall_s']:.2f} s: {rates}"
 
 

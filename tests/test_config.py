@@ -141,6 +141,10 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load(write(tmp_path, "run: [\n"))
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("run: {frames: 3}\n# caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.yaml: the config file is not UTF-8 text"):
+        load(latin1)
 
 
 def test_set_overrides(tmp_path):

@@ -175,6 +175,16 @@ def test_corrupt_weights_are_refused(tmp_path):
         load_weights(path)
 
 
+@pytest.mark.parametrize("sidecar", [b"{not json", b"\xff\xfe", b"[1, 2]"])
+def test_a_broken_metadata_sidecar_names_the_file(tmp_path, sidecar):
+    model = small("fastunmix")
+    path = tmp_path / "w.pt"
+    save_weights(path, model, "fastunmix", model.config, {})
+    path.with_suffix(".json").write_bytes(sidecar)
+    with pytest.raises(WeightsError, match=r"w\.json: (not a readable JSON|the metadata must)"):
+        load_weights(path)
+
+
 def test_missing_weights_name_the_fix(tmp_path):
     with pytest.raises(WeightsError, match="does not exist"):
         load_model("fastunmix", tmp_path / "nope.pt")

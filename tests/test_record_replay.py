@@ -169,6 +169,22 @@ def test_reading_a_file_that_is_not_mcap_names_the_problem(tmp_path):
     assert main(["replay", str(bad), "--config", str(detector_config(tmp_path))]) == 2
 
 
+def test_a_damaged_chunk_names_the_file_not_the_codec(tmp_path):
+    path = tmp_path / "rec.mcap"
+    recorder = McapRecorder(RecorderConfig(path=str(path)))
+    recorder.start()
+    for seq in range(40):
+        recorder.process_topic("frames", Frame(seq=seq, t_source_ns=seq, image=np.full(
+            (64, 64), seq, np.uint16)))
+    recorder.stop()
+    data = bytearray(path.read_bytes())
+    for offset in range(len(data) // 4, len(data) // 2, 97):  # inside the compressed chunks
+        data[offset] ^= 0x5A
+    path.write_bytes(bytes(data))
+    with pytest.raises(RecordingError, match=r"rec\.mcap: a chunk is damaged"):
+        list(read_recording(path))
+
+
 @pytest.mark.parametrize("sig, finished", [(signal.SIGKILL, False), (signal.SIGTERM, True)])
 def test_killed_recording_reads_back(tmp_path, sig, finished):
     """A recording process killed mid-run: SIGTERM finishes the file, SIGKILL leaves it

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import queue
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import QueueConfig, RunConfig, StagePlan
+from pipeline.config import ConfigError, QueueConfig, RunConfig, StagePlan
 from pipeline.run.report import write_report
 from pipeline.run.runner import latency_stage, run, run_inline, run_processes
 from pipeline.run.stage_calls import pace
@@ -50,6 +51,7 @@ class Counter(Source):
 class DoublerConfig:
     die_at: int = -1
     raise_at: int = -1
+    user_error_at: int = -1  # raises a ConfigError (an error that names its own fix)
 
 
 class Doubler(Stage):
@@ -64,6 +66,8 @@ class Doubler(Stage):
             os.kill(os.getpid(), signal.SIGKILL)
         if msg.seq == self.config.raise_at:
             raise ValueError(f"bad frame {msg.seq}")
+        if msg.seq == self.config.user_error_at:
+            raise ConfigError(f"frame {msg.seq}: set doubler.fix=true")
         value = float(msg.image[0, 0]) * 2
         yield Points(seq=msg.seq, t_source_ns=msg.t_source_ns,
                      points=[Point(row=value, col=0.0, score=1.0)])
@@ -194,6 +198,26 @@ def test_inline_stage_error_is_reported_and_stops_the_stages():
     assert not report["ok"]
     assert report["error"] == "stage 'doubler' failed: ValueError: bad frame 3"
     assert STOPPED == ["doubler"]
+
+
+@pytest.mark.parametrize("mode", ["inline", "processes"])
+def test_a_user_error_is_one_line_and_a_defect_keeps_its_traceback(mode, caplog):
+    runner = run_inline if mode == "inline" else run_processes
+    logged = {}
+    for kind, config in (("user", DoublerConfig(user_error_at=2)),
+                         ("defect", DoublerConfig(raise_at=2))):
+        caplog.clear()
+        plans = [plan("source", Counter, CounterConfig(n=20)),
+                 plan("doubler", Doubler, config, output=None)]
+        with caplog.at_level(logging.INFO):
+            report = runner(plans, RunConfig(mode=mode))
+        assert not report["ok"]
+        logged[kind] = "Traceback (most recent call last)" in caplog.text or any(
+            r.exc_info for r in caplog.records)
+        if kind == "user":
+            assert report["error"] == ("stage 'doubler' failed: ConfigError: frame 2: set "
+                                       "doubler.fix=true")
+    assert logged == {"user": False, "defect": True}
 
 
 def test_report_is_strict_json(tmp_path):

@@ -242,12 +242,19 @@ def _raw_messages(
     outside the topics and time range through its index, an unfinished one is read whole."""
     if summary is not None:
         reader = make_reader(stream)
-        for _, channel, message in reader.iter_messages(
+        messages = reader.iter_messages(
             topics=None if topics is None else list(topics), log_time_order=False,
             starting_at=start_ns, ending_before=end_ns,
-        ):
+        )
+        while True:
+            try:
+                _, channel, message = next(messages)
+            except StopIteration:
+                return
+            except Exception as exc:  # zstd/lz4 or record parsing: the bytes are damaged
+                raise RecordingError(f"{path}: a chunk is damaged and cannot be read "
+                                     f"({type(exc).__name__}: {exc})") from exc
             yield channel.topic, message.log_time, message.data
-        return
     channels: dict[int, str] = {}
     for record in _stream_records(stream, path):
         if isinstance(record, Channel):

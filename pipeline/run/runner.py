@@ -147,7 +147,8 @@ def run_inline(
         summaries = {p.name: s.summary() for p, s in zip(plans, stages, strict=True)}
     except StageFailed as exc:
         cause = exc.__cause__
-        logger.error("stage %r failed", exc.stage, exc_info=cause)
+        logger.error("stage %r failed", exc.stage,
+                     exc_info=cause if stage_calls.traceback_wanted(cause) else None)
         error = f"stage {exc.stage!r} failed: {type(cause).__name__}: {cause}"
     finally:
         for stage in started:
@@ -241,9 +242,9 @@ class _Watch:
         elif kind == "done":
             self.done[name] = payload
         elif kind == "error":
-            self.tracebacks[name] = payload
-            last = payload.strip().splitlines()[-1] if payload.strip() else "unknown error"
-            self.fail(f"stage {name!r} failed: {last}")
+            if payload["traceback"]:
+                self.tracebacks[name] = payload["traceback"]
+            self.fail(f"stage {name!r} failed: {payload['error']}")
 
     def _exited(self, name: str) -> None:
         proc = self.procs[name]

@@ -13,9 +13,24 @@ import dataclasses
 import time
 from collections.abc import Iterator, Mapping
 
+from models.config import ConfigError
+from models.weights import WeightsError
 from pipeline.run.report import StageStats
+from sim.dataset import DatasetError
 from stages.base import Stage, TopicSink
-from stages.messages import Message
+from stages.messages import Message, PipelineError
+
+#: Errors whose message names the problem and the fix (a bad file, config or input): the run
+#: reports them in one line; their traceback is logged only at debug level (``-v``). Any other
+#: exception is a defect, logged with its traceback.
+USER_ERRORS = (PipelineError, ConfigError, WeightsError, DatasetError)
+
+
+def traceback_wanted(exc: BaseException) -> bool:
+    """Whether the failure ``exc`` of a stage deserves its traceback in the log."""
+    import logging
+
+    return not isinstance(exc, USER_ERRORS) or logging.getLogger().isEnabledFor(logging.DEBUG)
 
 
 def pace(rate_hz: float | None) -> Iterator[float]:

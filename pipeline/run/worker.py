@@ -9,7 +9,8 @@ anywhere stops every worker within a fraction of a second.
 
 The parent talks to the worker through multiprocessing events and one pipe (worker -> parent)
 carrying tuples ``(kind, payload)``: ``("ready", None)``, ``("stats", Stats)`` heartbeats,
-``("done", {"stats": ..., "summary": ...})`` and ``("error", traceback text)``.
+``("done", {"stats": ..., "summary": ...})`` and ``("error", {"error": "Type: message",
+"traceback": text, or None for an error that names its own fix})``.
 """
 
 from __future__ import annotations
@@ -252,10 +253,13 @@ def main(spec: WorkerSpec, conn: Any, control: Control) -> None:
             if dropped:
                 logger.warning("%d message(s) dropped sending on %s", dropped, link.endpoint)
         conn.send(("done", {"stats": stats.summary(links), "summary": stage.summary()}))
-    except Exception:
+    except Exception as exc:
         control.abort.set()
+        report = {"error": f"{type(exc).__name__}: {exc}",
+                  "traceback": traceback.format_exc() if stage_calls.traceback_wanted(exc)
+                  else None}
         try:
-            conn.send(("error", traceback.format_exc()))
+            conn.send(("error", report))
         except OSError:
             pass  # the parent is gone; the exit code still tells
         sys.exit(1)
