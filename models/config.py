@@ -79,14 +79,17 @@ def _numeric(annotation: Any) -> bool:
     return annotation in (int, float)
 
 
-def _has_nan(value: Any) -> bool:
+def _nan_at(value: Any, here: str) -> str | None:
+    """Path of the first NaN in ``value`` (``here``, ``here.key``, ``here[i]``), or None."""
     if isinstance(value, float):
-        return math.isnan(value)
-    if isinstance(value, Mapping):
-        return any(_has_nan(v) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return any(_has_nan(v) for v in value)
-    return False
+        return here if math.isnan(value) else None
+    items = (value.items() if isinstance(value, Mapping)
+             else enumerate(value) if isinstance(value, (list, tuple)) else ())
+    for key, item in items:
+        found = _nan_at(item, f"{here}.{key}" if isinstance(key, str) else f"{here}[{key}]")
+        if found:
+            return found
+    return None
 
 
 def raw_problems(cls: type, values: Any, where: str = "") -> list[str]:
@@ -113,8 +116,9 @@ def raw_problems(cls: type, values: Any, where: str = "") -> list[str]:
         if inner is None:
             if isinstance(value, bool) and _numeric(fields[key]):
                 problems.append(f"{here}: expected a number, got {str(value).lower()}")
-            if _has_nan(value):
-                problems.append(f"{here}: NaN is not a valid value")
+            nan = _nan_at(value, here)
+            if nan:
+                problems.append(f"{nan}: NaN is not a valid value")
             continue
         items = enumerate(value) if many and isinstance(value, Sequence) else [(None, value)]
         for i, item in items:

@@ -242,6 +242,9 @@ def test_cli_run_smoke(tmp_path):
     ("stages.detector:DetectorConfig", {"k": float("nan")}, r"k: NaN is not a valid value"),
     ("stages.scene:SceneConfig", {"psf_sigma": float("nan")}, r"psf_sigma: NaN is not a valid"),
     ("pipeline.config:RunConfig", {"queue": {"hwm": float("nan")}}, r"queue\.hwm: NaN is not"),
+    ("pipeline.config:PipelineConfig",  # a stage's own options are named down to the key
+     {"stages": [{"name": "s", "kind": "simulator", "config": {"psf_sigma": float("nan")}}]},
+     r"stages\[0\]\.config\.psf_sigma: NaN is not a valid value"),
 ])
 def test_types_first_then_ranges_and_no_nan(cls_path, values, expected):
     import importlib
