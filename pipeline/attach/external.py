@@ -30,13 +30,12 @@ import zmq
 
 from pipeline.wire.codec import DEFAULT_LIMITS, DecodeError, decode
 from pipeline.wire.curve import CurveKeys, close_served, serve
+from pipeline.wire.ratelimit import LimitedWarnings
 from stages.base import Stage
 from stages.messages import MESSAGE_TYPES, Message
 
 logger = logging.getLogger(__name__)
 
-#: Problems of each kind logged (all are counted).
-MAX_LOGGED = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +88,8 @@ class ExternalInput(Stage):
         self._early: OrderedDict[int, Message] = OrderedDict()
         self.counts = {"received": 0, "missed": 0, "late": 0, "decode_errors": 0,
                        "wrong_schema": 0}
+        #: Problems: all counted, logged through a rate limiter (never silently dropped)
+        self.warnings = LimitedWarnings(logger)
 
     def start(self) -> None:
         cfg = self.config
@@ -111,9 +112,9 @@ class ExternalInput(Stage):
         logger.info("waiting for %s messages on %s", cfg.schema, cfg.endpoint)
 
     def _count(self, kind: str, text: str) -> None:
+        """Count a problem of ``kind`` and log it through the rate limiter."""
         self.counts[kind] += 1
-        if self.counts[kind] <= MAX_LOGGED:
-            logger.warning("external input %s: %s", self.config.endpoint, text)
+        self.warnings.warn(kind, f"external input {self.config.endpoint}: {text}")
 
     def _receive(self, timeout_ms: int) -> Message | None:
         """One decoded outside message of the right schema, or None."""
@@ -166,6 +167,7 @@ class ExternalInput(Stage):
             return []
 
     def stop(self) -> None:
+        self.warnings.flush()
         close_served(self._sock, self._auth, self._ctx)
         self._sock = self._auth = self._ctx = None
 

@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 import zmq
 
 from pipeline.wire.codec import DEFAULT_LIMITS, DecodeError, Limits, decode, encode
+from pipeline.wire.ratelimit import LimitedWarnings
 from stages.messages import EndOfStream, Message
 
 logger = logging.getLogger(__name__)
@@ -48,8 +49,6 @@ RETRY_S = 0.005
 DRAIN_LINGER_MS = 2000
 #: Most messages one ``recv`` drains from a ``drop_oldest`` socket (bounds the time spent).
 MAX_DRAIN = 256
-#: Decode errors logged per link (all are counted).
-MAX_LOGGED_ERRORS = 3
 
 
 def _never() -> bool:
@@ -269,6 +268,8 @@ class Inlet:
         self.links = tuple(links)
         self.limits = limits
         self.counters = [LinkCounters() for _ in self.links]
+        #: Decode errors: all counted, logged through a rate limiter (never silently dropped)
+        self.warnings = LimitedWarnings(logger)
         self._queues: list[deque[tuple[int, Message]]] = [deque() for _ in self.links]
         self._eos = [False] * len(self.links)
         self._arrival = itertools.count()
@@ -345,9 +346,8 @@ class Inlet:
             msg = decode(frames, self.limits)
         except DecodeError as exc:
             counters.decode_errors += 1
-            if counters.decode_errors <= MAX_LOGGED_ERRORS:
-                logger.warning("link %s: dropped a malformed message: %s",
-                               self.links[index].endpoint, exc)
+            endpoint = self.links[index].endpoint
+            self.warnings.warn(endpoint, f"link {endpoint}: dropped a malformed message: {exc}")
             return
         if isinstance(msg, EndOfStream):
             self._eos[index] = True
@@ -361,7 +361,9 @@ class Inlet:
         queue.append((next(self._arrival), msg))
 
     def close(self) -> None:
-        """Close the sockets (linger 0: a consumer never needs to flush anything)."""
+        """Say what the warning limiter has not told yet, and close the sockets (linger 0: a
+        consumer never needs to flush anything)."""
+        self.warnings.flush()
         for sock in self._sockets:
             sock.close(linger=0)
         self._sockets.clear()
