@@ -150,3 +150,25 @@ def test_error_messages_stay_short_whatever_the_value():
             assert "unknown schema" in str(exc) and len(str(exc)) < 400
         else:
             raise AssertionError("a hostile schema decoded")
+
+
+def test_a_record_whose_header_would_explode_in_memory_is_refused_first():
+    """30 MiB of point records in a record's header would unpack into ~600,000 dicts (several
+    hundred MB); the header is measured without building objects and refused."""
+    import tracemalloc
+
+    record = msgpack.unpackb(encode_record(SAMPLES[4], "points"))
+    record["fields"] = {"points": [{"row": 1.5, "col": 2.5, "score": 3.5, "window_id": 0}]
+                        * 600_000}
+    data = msgpack.packb(record)
+    tracemalloc.start()
+    try:
+        decode_record(data)
+    except DecodeError as exc:
+        assert "header bytes besides its data buffers, over the limit" in str(exc)
+    else:
+        raise AssertionError("the oversized record header decoded")
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peak < 2 * len(data)  # the bytes themselves, not an object per entry

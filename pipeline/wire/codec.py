@@ -339,6 +339,27 @@ def _unpack(where: str, data: Any) -> Any:
         raise _fail(where, f"not valid msgpack ({type(exc).__name__}: {exc})") from exc
 
 
+def _record_header_bytes(view: memoryview) -> int:
+    """Bytes of a record's entries other than ``data``, measured without building any object
+    (msgpack's ``skip``), so a record whose header would unpack into millions of objects is
+    refused before it costs memory. 0 when the top level is not a map (the full unpack then
+    names the problem)."""
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, max_buffer_size=view.nbytes)
+    try:
+        unpacker.feed(view)
+        entries = unpacker.read_map_header()
+        total = 0
+        for _ in range(entries):
+            key = unpacker.unpack()
+            start = unpacker.tell()
+            unpacker.skip()
+            if key != "data":
+                total += unpacker.tell() - start
+        return total
+    except Exception:  # not a map, truncated, garbage: left to the full unpack to name
+        return 0
+
+
 @_only_decode_errors
 def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
     """Decode multipart frames ``[topic, header, buffer...]`` into a message.
@@ -408,6 +429,10 @@ def decode_record(data: Any, limits: Limits = DEFAULT_LIMITS) -> tuple[str, Mess
     if view.nbytes > limits.max_total_bytes:
         raise DecodeError(f"record has {view.nbytes} bytes, over the limit of "
                           f"{limits.max_total_bytes}")
+    header_bytes = _record_header_bytes(view)
+    if header_bytes > limits.max_header_bytes:
+        raise DecodeError(f"record has {header_bytes} header bytes besides its data buffers, "
+                          f"over the limit of {limits.max_header_bytes}")
     record = _unpack("record", view)
     _check_keys("record", record, (*HEADER_KEYS, "data"))
     topic = record.pop("topic")
