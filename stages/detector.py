@@ -19,7 +19,6 @@ blobs from one topic. The runner subscribes this stage to the outside detector's
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -29,6 +28,7 @@ import numpy as np
 from models.config import ConfigError
 from stages.base import Stage
 from stages.messages import Blob, Blobs, Frame, Message
+from stages.ratelimit import LimitedWarnings
 
 logger = logging.getLogger(__name__)
 
@@ -173,17 +173,14 @@ def blob_records(blobs: np.ndarray) -> tuple[Blob, ...]:
     )
 
 
-def _valid_blob(blob: Blob) -> bool:
-    finite = all(math.isfinite(v) for v in (blob.row, blob.col, blob.peak, blob.snr))
-    return finite and blob.area > 0
-
-
 class Detector(Stage):
     """Frames → blobs (``kind="tophat"``), or outside blobs → blobs (``kind="external"``).
 
     Emits one :class:`Blobs` message per input message, with the input's ``seq`` and
-    ``t_source_ns``. In external mode, blobs with a non-finite field or an area ≤ 0 are
-    dropped (and counted in :attr:`rejected`); the rest pass unchanged.
+    ``t_source_ns``. In external mode, invalid blobs (:meth:`Blob.is_valid`: a non-finite
+    field, an area ≤ 0, a position beyond ±10⁶ px) are dropped and counted in
+    :attr:`rejected`, and of the rest at most ``max_blobs``, highest SNR first, pass unchanged
+    (the others counted in :attr:`truncated`); both are logged through a rate limiter.
     """
 
     Config = DetectorConfig
@@ -192,8 +189,11 @@ class Detector(Stage):
 
     def __init__(self, config: DetectorConfig | None = None) -> None:
         super().__init__(config)
-        #: External blobs dropped because a field was not finite or the area was <= 0.
+        #: External blobs dropped as invalid (:meth:`Blob.is_valid`).
         self.rejected = 0
+        #: External blobs dropped beyond ``max_blobs`` per frame.
+        self.truncated = 0
+        self.warnings = LimitedWarnings(logger)
 
     def process(self, msg: Message) -> Iterable[Message]:
         if self.config.kind == "tophat":
@@ -209,9 +209,24 @@ class Detector(Stage):
                 f"an external detector takes Blobs messages, got {type(msg).__name__}; "
                 "subscribe it to the outside detector's blobs topic"
             )
-        valid = tuple(b for b in msg.blobs if _valid_blob(b))
+        valid = [b for b in msg.blobs if b.is_valid()]
         if len(valid) < len(msg.blobs):
             self.rejected += len(msg.blobs) - len(valid)
-            logger.warning("seq %d: dropped %d invalid external blobs", msg.seq,
-                           len(msg.blobs) - len(valid))
-        return [Blobs(seq=msg.seq, t_source_ns=msg.t_source_ns, blobs=valid)]
+            self.warnings.warn("invalid", f"seq {msg.seq}: dropped {len(msg.blobs) - len(valid)} "
+                                          "invalid external blobs")
+        if len(valid) > self.config.max_blobs:
+            self.truncated += len(valid) - self.config.max_blobs
+            self.warnings.warn("truncated", f"seq {msg.seq}: kept the {self.config.max_blobs} "
+                                            f"highest-SNR of {len(valid)} external blobs "
+                                            "(max_blobs)")
+            valid = sorted(valid, key=lambda b: -b.snr)[: self.config.max_blobs]
+        return [Blobs(seq=msg.seq, t_source_ns=msg.t_source_ns, blobs=tuple(valid))]
+
+    def stop(self) -> None:
+        self.warnings.flush()
+
+    def summary(self) -> dict[str, int] | None:
+        """External mode: the blobs dropped as invalid and beyond ``max_blobs``."""
+        if self.config.kind != "external":
+            return None
+        return {"rejected": self.rejected, "truncated": self.truncated}

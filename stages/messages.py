@@ -28,6 +28,7 @@ without windows gives N = 0.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -101,6 +102,15 @@ class Blob:
     snr: float
 
     RECORDS: ClassVar[Mapping[str, type]] = {}
+    #: Largest |row| or |col| a valid blob may have (no sensor frame is larger).
+    MAX_COORD: ClassVar[float] = 1e6
+
+    def is_valid(self) -> bool:
+        """Finite fields, a positive area and a position within ±MAX_COORD (what an outside
+        detector's blob must satisfy before the chain uses or re-publishes it)."""
+        values = (self.row, self.col, self.peak, self.snr)
+        return (all(math.isfinite(v) for v in values) and self.area > 0
+                and abs(self.row) <= self.MAX_COORD and abs(self.col) <= self.MAX_COORD)
 
 
 @dataclass(frozen=True)

@@ -122,8 +122,13 @@ def test_external_input_pairs_answers_by_seq(tmp_path):
         (out2,) = stage.process(Frame(seq=2, t_source_ns=120, image=frame.image))
         assert 0.25 < time.monotonic() - t0 < 2 and isinstance(out2, Blobs) and not out2.blobs
         push.send_multipart(blobs(1, 0.0))  # after the chain passed seq 1
+        push.send_multipart(blobs(2**64 - 1, 1.0))  # absurdly far ahead: not kept
+        push.send_multipart(blobs(4, float("nan")))  # invalid: dropped before the tap sees it
         stage.process(Frame(seq=3, t_source_ns=160, image=frame.image))
-        assert stage.summary() == {"received": 2, "missed": 2, "late": 1, "decode_errors": 1,
+        (out4,) = stage.process(Frame(seq=4, t_source_ns=200, image=frame.image))
+        assert out4.seq == 4 and out4.blobs == ()
+        assert stage.summary() == {"received": 3, "missed": 2, "late": 1, "too_early": 1,
+                                   "evicted": 0, "invalid_blobs": 1, "decode_errors": 1,
                                    "wrong_schema": 0}
     finally:
         push.close(linger=0)
@@ -224,6 +229,7 @@ def test_external_detector_process_feeds_the_chain(tmp_path):
     assert det_rc == 0 and "done after 12 frames" in det_err
     data = json.loads(report.read_text())
     assert data["scores"]["external"] == {"received": 12, "missed": 0, "late": 0,
+                                          "too_early": 0, "evicted": 0, "invalid_blobs": 0,
                                           "decode_errors": 0, "wrong_schema": 0}
     assert data["stages"]["detector"]["msgs_in"] == 12  # the external-mode detector
     assert data["stages"]["cropper"]["msgs_out"] == 10

@@ -71,8 +71,21 @@ def test_external_mode_passes_valid_blobs_through():
     bad = Blob(row=float("nan"), col=4.0, peak=90.0, area=5, snr=12.0)
     (out,) = stage.process(Blobs(seq=2, t_source_ns=5, blobs=(good, bad)))
     assert out.blobs == (good,) and out.seq == 2 and stage.rejected == 1
+    far = Blob(row=1e12, col=4.0, peak=90.0, area=5, snr=12.0)  # beyond any sensor frame
+    (out,) = stage.process(Blobs(seq=3, t_source_ns=5, blobs=(far, good)))
+    assert out.blobs == (good,) and stage.rejected == 2
     with pytest.raises(ConfigError, match="Blobs"):
         stage.process(Frame(seq=3, t_source_ns=0, image=np.zeros((4, 4), np.float32)))
+
+
+def test_external_mode_keeps_at_most_max_blobs_highest_snr_first():
+    stage = Detector(DetectorConfig(kind="external", max_blobs=3))
+    flood = tuple(Blob(row=float(i), col=1.0, peak=9.0, area=2, snr=float(i % 50))
+                  for i in range(5000))
+    (out,) = stage.process(Blobs(seq=0, t_source_ns=0, blobs=flood))
+    assert [b.snr for b in out.blobs] == [49.0, 49.0, 49.0]
+    assert stage.summary() == {"rejected": 0, "truncated": 4997}
+    assert Detector().summary() is None  # a tophat detector has nothing to count
 
 
 def test_bad_config_names_the_problem():

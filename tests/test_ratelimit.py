@@ -1,9 +1,9 @@
-"""Rate-limited warnings (pipeline.wire.ratelimit): a flood is summarised, never dropped."""
+"""Rate-limited warnings (stages.ratelimit): a flood is summarised, never dropped."""
 
 import logging
 import time
 
-from pipeline.wire.ratelimit import LimitedWarnings
+from stages.ratelimit import LimitedWarnings
 
 
 def test_a_flood_is_summarised_with_its_count_and_start_and_nothing_is_lost(caplog):

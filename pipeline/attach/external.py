@@ -6,10 +6,13 @@ external detector) in the wire format of ``docs/wire-format.md``. For every mess
 receives from the chain (typically a frame), it waits up to ``timeout_s`` for the outside
 message with the same ``seq`` and emits it on its output topic, stamped with the chain's own
 ``t_source_ns`` (time always comes from the chain's headers). Outside messages for later seqs
-are kept (at most ``max_early``); ones for seqs already passed are dropped and counted
-(``late``). When nothing arrives in time, the stage emits an empty message of the schema when
-the schema has one (Blobs, Points, Tracks) and counts a ``missed`` seq, so the chain keeps one
-message per frame and never stalls.
+are kept (at most ``max_early`` of them, for seqs at most ``max_early`` ahead: further ones
+are counted ``too_early``, the oldest kept beyond the count ``evicted``); ones for seqs already
+passed are dropped and counted (``late``). Blobs that are not valid (:meth:`Blob.is_valid`)
+are dropped before anything, the tap included, sees them (``invalid_blobs``). When nothing
+arrives in time, the stage emits an empty message of the schema when the schema has one
+(Blobs, Points, Tracks) and counts a ``missed`` seq, so the chain keeps one message per frame
+and never stalls. Every count is logged through a rate limiter.
 
 Wiring (``configs/external-detector.yaml``): the outside detector reads frames from the tap
 (``run.publish``), this stage turns its blobs into the ``external_blobs`` topic, and a
@@ -30,9 +33,9 @@ import zmq
 
 from pipeline.wire.codec import DEFAULT_LIMITS, DecodeError, decode
 from pipeline.wire.curve import CurveKeys, close_served, serve
-from pipeline.wire.ratelimit import LimitedWarnings
 from stages.base import Stage
-from stages.messages import MESSAGE_TYPES, Message
+from stages.messages import MESSAGE_TYPES, Blobs, Message
+from stages.ratelimit import LimitedWarnings
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +89,8 @@ class ExternalInput(Stage):
         self._sock: zmq.Socket | None = None
         self._auth: Any = None
         self._early: OrderedDict[int, Message] = OrderedDict()
-        self.counts = {"received": 0, "missed": 0, "late": 0, "decode_errors": 0,
-                       "wrong_schema": 0}
+        self.counts = {"received": 0, "missed": 0, "late": 0, "too_early": 0, "evicted": 0,
+                       "invalid_blobs": 0, "decode_errors": 0, "wrong_schema": 0}
         #: Problems: all counted, logged through a rate limiter (never silently dropped)
         self.warnings = LimitedWarnings(logger)
 
@@ -111,9 +114,9 @@ class ExternalInput(Stage):
             raise
         logger.info("waiting for %s messages on %s", cfg.schema, cfg.endpoint)
 
-    def _count(self, kind: str, text: str) -> None:
-        """Count a problem of ``kind`` and log it through the rate limiter."""
-        self.counts[kind] += 1
+    def _count(self, kind: str, text: str, n: int = 1) -> None:
+        """Count ``n`` problems of ``kind`` and log them through the rate limiter."""
+        self.counts[kind] += n
         self.warnings.warn(kind, f"external input {self.config.endpoint}: {text}")
 
     def _receive(self, timeout_ms: int) -> Message | None:
@@ -131,6 +134,12 @@ class ExternalInput(Stage):
             self._count("wrong_schema", f"dropped a {msg.SCHEMA} message; expected "
                                         f"{self.config.schema}")
             return None
+        if isinstance(msg, Blobs):  # checked before the chain (and the tap) sees them
+            valid = tuple(b for b in msg.blobs if b.is_valid())
+            if len(valid) < len(msg.blobs):
+                bad = len(msg.blobs) - len(valid)
+                self._count("invalid_blobs", f"seq {msg.seq}: dropped {bad} invalid blobs", bad)
+                msg = dataclasses.replace(msg, blobs=valid)
         return msg
 
     def _wait_for(self, seq: int) -> Message | None:
@@ -145,10 +154,15 @@ class ExternalInput(Stage):
                 return msg
             if msg.seq < seq:
                 self._count("late", f"seq {msg.seq} arrived after the chain passed it")
+            elif msg.seq > seq + self.config.max_early:
+                self._count("too_early", f"seq {msg.seq} is more than max_early = "
+                                         f"{self.config.max_early} ahead of the chain's {seq}")
             else:
                 self._early[msg.seq] = msg
                 while len(self._early) > self.config.max_early:
-                    self._early.popitem(last=False)
+                    evicted, _ = self._early.popitem(last=False)
+                    self._count("evicted", f"seq {evicted} dropped: more than max_early = "
+                                           f"{self.config.max_early} messages waiting")
         return None
 
     def process(self, msg: Message) -> Iterable[Message]:

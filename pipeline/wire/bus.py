@@ -35,8 +35,8 @@ from collections.abc import Callable, Sequence
 import zmq
 
 from pipeline.wire.codec import DEFAULT_LIMITS, DecodeError, Limits, decode, encode
-from pipeline.wire.ratelimit import LimitedWarnings
 from stages.messages import EndOfStream, Message
+from stages.ratelimit import LimitedWarnings
 
 logger = logging.getLogger(__name__)
 
