@@ -200,6 +200,26 @@ def test_inline_stage_error_is_reported_and_stops_the_stages():
     assert STOPPED == ["doubler"]
 
 
+class BrokenAtStart(Collector):
+    """A sink whose start() fails, like an unmixer with a broken weights file."""
+
+    def start(self):
+        raise ConfigError("weights.json: not a readable JSON metadata file")
+
+
+def test_a_start_up_failure_is_blamed_on_its_stage_not_on_the_peers_that_stop(caplog):
+    for _ in range(2):  # the blame used to depend on which report the runner read first
+        caplog.clear()
+        plans = [plan("source", Counter, CounterConfig(n=50)),
+                 plan("doubler", Doubler),
+                 plan("broken", BrokenAtStart, inputs=("points",), output=None)]
+        with caplog.at_level(logging.INFO):
+            report = run_processes(plans, RunConfig(mode="processes"))
+        assert report["error"] == ("stage 'broken' failed: ConfigError: weights.json: not a "
+                                   "readable JSON metadata file")
+        assert "did not connect" not in caplog.text and "exited" not in report["error"]
+
+
 @pytest.mark.parametrize("mode", ["inline", "processes"])
 def test_a_user_error_is_one_line_and_a_defect_keeps_its_traceback(mode, caplog):
     runner = run_inline if mode == "inline" else run_processes

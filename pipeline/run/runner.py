@@ -248,7 +248,10 @@ class _Watch:
 
     def _exited(self, name: str) -> None:
         proc = self.procs[name]
-        if name in self.done or self.error is not None:
+        conn = self.conns.get(name)
+        if conn is not None and conn.poll(0):  # its last report (an error's cause) comes first
+            self._read(name)
+        if name in self.done or self.error is not None or proc.exitcode == worker.EXIT_ABORTED:
             return
         if proc.exitcode == 0:
             self.fail(f"stage {name!r} (pid {proc.pid}) exited before finishing its stream")

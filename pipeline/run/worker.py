@@ -203,6 +203,11 @@ def _run_stage(spec: WorkerSpec, stage: Any, inlet: Inlet, outlet: Outlet,
             return
 
 
+#: Exit code of a worker that stopped because the run was aborted (by a failing peer, or by
+#: the parent): it is not the cause, and the runner does not blame it.
+EXIT_ABORTED = 3
+
+
 def _exit_on_sigterm(signum: int, _frame: Any) -> None:
     """A SIGTERM sent to the worker itself (not via the parent): leave through ``finally``, so
     the stage's ``stop()`` still runs (a recorder finishes its file)."""
@@ -210,8 +215,9 @@ def _exit_on_sigterm(signum: int, _frame: Any) -> None:
 
 
 def main(spec: WorkerSpec, conn: Any, control: Control) -> None:
-    """Entry point of a worker process (see the module docstring); exits 1 on failure, 143 on
-    a SIGTERM of its own (after ``stop()``)."""
+    """Entry point of a worker process (see the module docstring); exits 1 on failure,
+    :data:`EXIT_ABORTED` when the run was aborted elsewhere, 143 on a SIGTERM of its own (after
+    ``stop()``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C for everyone
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     logging.basicConfig(level=spec.log_level, stream=sys.stderr,
@@ -224,12 +230,14 @@ def main(spec: WorkerSpec, conn: Any, control: Control) -> None:
         outlet = Outlet(ctx, spec.outputs)
         inlet = Inlet(ctx, spec.inputs, spec.limits) if spec.inputs else None
         if not outlet.wait_ready(spec.ready_timeout_s, control.aborted):
+            if control.aborted():  # a peer failed while we waited for it: it reports the cause
+                sys.exit(EXIT_ABORTED)
             raise RuntimeError(f"stage {spec.name!r}: output consumers did not connect within "
                                f"{spec.ready_timeout_s} s")
         conn.send(("ready", None))
         while not control.go.wait(POLL_MS / 1000):
             if control.aborted():
-                return
+                sys.exit(EXIT_ABORTED)
         stats = StageStats(spec.name)
         beat = _Heartbeat(spec, conn, stats, inlet)
         if inlet is None:
@@ -241,19 +249,22 @@ def main(spec: WorkerSpec, conn: Any, control: Control) -> None:
             if trace is not None and not control.aborted():
                 write_trace(spec.trace_dir, spec.name, trace)
         if control.aborted():
-            return
+            sys.exit(EXIT_ABORTED)
         _send_all(outlet, stage_calls.flush(stage, spec.name, stats), control.aborted)
         outlet.send_end(should_stop=control.aborted)
         control.ended[spec.name].set()
         while not all(control.drained[c].wait(POLL_MS / 1000) for c in spec.consumers):
             if control.aborted():
-                return
+                sys.exit(EXIT_ABORTED)
         links = [c.as_dict() for c in inlet.counters] if inlet else []
         for link, dropped in zip(spec.outputs, outlet.send_dropped, strict=True):
             if dropped:
                 logger.warning("%d message(s) dropped sending on %s", dropped, link.endpoint)
         conn.send(("done", {"stats": stats.summary(links), "summary": stage.summary()}))
     except Exception as exc:
+        if control.abort.is_set():  # failing after the run was aborted: not the cause
+            logger.debug("failed after the abort: %s: %s", type(exc).__name__, exc)
+            sys.exit(EXIT_ABORTED)
         control.abort.set()
         report = {"error": f"{type(exc).__name__}: {exc}",
                   "traceback": traceback.format_exc() if stage_calls.traceback_wanted(exc)
