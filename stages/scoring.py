@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,36 +199,56 @@ class ScoringConfig:
     max_pending : int
         Frames held while their windows, points and tracks are on their way (the points of
         frame t arrive at least 2 frames after it, later when the unmixer lags).
+    map_window : int
+        The CSO-mAP pools the detections of the last ``map_window`` scored frames (default
+        9,000: 6 minutes at 25 Hz), so an endless run keeps bounded memory; every other score
+        is a running total over all frames.
     """
 
     c: float = 2.0
     p: float = 1.0
     output: str | None = None
     max_pending: int = 64
+    map_window: int = 9000
 
     def __post_init__(self) -> None:
         if self.c <= 0 or self.p < 1:
             raise ValueError(f"GOSPA needs c > 0 and p >= 1, got c={self.c}, p={self.p}")
+        if self.map_window < 1:
+            raise ValueError(f"map_window must be >= 1 frame, got {self.map_window}")
 
 
-def _mean_terms(terms: Sequence[GospaTerms], c: float, p: float) -> dict:
-    """Mean distance and terms over frames (None when there are no frames), plus c and p."""
-    mean = {
-        key: float(np.mean([getattr(t, key) for t in terms])) if terms else None
-        for key in ("distance", "localisation", "missed", "false")
-    }
-    return {**mean, "c": c, "p": p}
+_GOSPA_KEYS = ("distance", "localisation", "missed", "false")
+
+
+class _GospaMean:
+    """Running mean of per-frame GOSPA terms (constant memory)."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.sums = dict.fromkeys(_GOSPA_KEYS, 0.0)
+
+    def add(self, terms: GospaTerms) -> None:
+        self.frames += 1
+        for key in _GOSPA_KEYS:
+            self.sums[key] += getattr(terms, key)
+
+    def summary(self, c: float, p: float) -> dict:
+        """Mean distance and terms over frames (None when there are no frames), plus c and p."""
+        mean = {k: v / self.frames if self.frames else None for k, v in self.sums.items()}
+        return {**mean, "c": c, "p": p}
 
 
 class ScoreAccumulator:
     """Collects per-frame scores; :meth:`summary` gives the averages and the CSO-mAP."""
 
-    def __init__(self, c: float = 2.0, p: float = 1.0) -> None:
+    def __init__(self, c: float = 2.0, p: float = 1.0, map_window: int = 9000) -> None:
         self.c, self.p = c, p
-        self._detections: list[np.ndarray] = []
-        self._ground_truths: list[np.ndarray] = []
-        self._gospa: list[GospaTerms] = []
-        self._track_gospa: list[GospaTerms] = []
+        # the CSO-mAP pools its frames' detections: the last map_window frames are kept
+        self._detections: deque[np.ndarray] = deque(maxlen=map_window)
+        self._ground_truths: deque[np.ndarray] = deque(maxlen=map_window)
+        self._gospa = _GospaMean()
+        self._track_gospa = _GospaMean()
         self._last_track: dict[tuple[int, int], int] = {}
         self._switches = 0
         self._tracks = 0
@@ -263,7 +284,7 @@ class ScoreAccumulator:
             self.c,
             self.p,
         )
-        self._gospa.append(terms)
+        self._gospa.add(terms)
         self._score_tracks(truth, tracks)
         self._groups += len(refs)
         self._detected += len(detected)
@@ -278,7 +299,7 @@ class ScoreAccumulator:
             self.c,
             self.p,
         )
-        self._track_gospa.append(terms)
+        self._track_gospa.add(terms)
         self._tracks += len(tracks)
         keys = target_keys(truth)
         for ti, ej in pairs:
@@ -295,14 +316,15 @@ class ScoreAccumulator:
         dict with ``frames``; ``groups`` and ``groups_detected`` (summed over frames) and
         ``group_detection_rate``; ``windows`` and ``points`` (summed); ``cso_map`` (the
         :func:`~models.metric.cso_map` dict: mAP, AP05 … AP25, fractions, plus
-        ``mode: "points"`` and ``level: "frame"``); ``gospa`` of the points (mean
+        ``mode: "points"``, ``level: "frame"`` and ``frames``, the frames it pools: the last
+        ``map_window``); ``gospa`` of the points (mean
         ``distance``, ``localisation``, ``missed``, ``false`` per frame, plus ``c`` and
         ``p``); ``tracking``: ``gospa`` of the tracks (same keys), ``id_switches`` and
         ``tracks`` (summed). Averages of nothing are None (valid JSON, unlike NaN).
         """
         c, p = self.c, self.p
         return {
-            "frames": len(self._gospa),
+            "frames": self._gospa.frames,
             "groups": self._groups,
             "groups_detected": self._detected,
             "group_detection_rate": self._detected / self._groups if self._groups else None,
@@ -311,11 +333,12 @@ class ScoreAccumulator:
             "cso_map": {
                 "mode": "points",
                 "level": "frame",
-                **cso_map(self._detections, self._ground_truths),
+                "frames": len(self._detections),
+                **cso_map(list(self._detections), list(self._ground_truths)),
             },
-            "gospa": _mean_terms(self._gospa, c, p),
+            "gospa": self._gospa.summary(c, p),
             "tracking": {
-                "gospa": _mean_terms(self._track_gospa, c, p),
+                "gospa": self._track_gospa.summary(c, p),
                 "id_switches": self._switches,
                 "tracks": self._tracks,
             },
@@ -336,7 +359,7 @@ class Scoring(Stage):
 
     def __init__(self, config: ScoringConfig | None = None) -> None:
         super().__init__(config)
-        self.scores = ScoreAccumulator(self.config.c, self.config.p)
+        self.scores = ScoreAccumulator(self.config.c, self.config.p, self.config.map_window)
         self.join = SeqJoin((Frame, Windows, Points, Tracks), self.config.max_pending)
         #: Frames that arrived without truth.
         self.skipped = 0

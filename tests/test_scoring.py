@@ -114,6 +114,29 @@ def test_stage_joins_by_seq_and_writes_its_summary(tmp_path):
     assert summary == json.loads(json.dumps(stage.summary()))
 
 
+def test_the_map_pools_a_bounded_window_and_gospa_is_a_running_mean():
+    scores = ScoreAccumulator(c=2.0, p=1.0, map_window=2)
+    windows = (WindowInfo(blob_id=4, origin_row=15, origin_col=25, frame_index=2),)
+    far = (Point(row=18.7, col=30.0, score=300.0, window_id=0),  # 1 px off: misses
+           Point(row=21.3, col=30.0, score=290.0, window_id=0))
+    near = (Point(row=19.7, col=30.0, score=200.0, window_id=0),  # on target: mAP 1 alone
+            Point(row=20.3, col=30.0, score=190.0, window_id=0))
+    distances = [scores.add(_truth(), windows, far, ()).distance]
+    for _ in range(2):  # the two frames the window keeps
+        distances.append(scores.add(_truth(), windows, near, ()).distance)
+    summary = scores.summary()
+    assert summary["frames"] == 3 and summary["cso_map"]["frames"] == 2
+    alone = ScoreAccumulator(c=2.0, p=1.0)
+    for _ in range(2):
+        alone.add(_truth(), windows, near, ())
+    assert summary["cso_map"]["mAP"] == alone.summary()["cso_map"]["mAP"] == pytest.approx(1.0)
+    everything = ScoreAccumulator(c=2.0, p=1.0, map_window=3)
+    for points in (far, near, near):
+        everything.add(_truth(), windows, points, ())
+    assert everything.summary()["cso_map"]["mAP"] < 0.5  # with the far frame in the pool
+    assert summary["gospa"]["distance"] == pytest.approx(np.mean(distances))  # all 3 frames
+
+
 def test_summary_of_no_frames_is_valid_json():
     summary = ScoreAccumulator().summary()
     assert summary["frames"] == 0 and summary["group_detection_rate"] is None
