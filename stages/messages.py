@@ -162,7 +162,11 @@ class Point:
     row, col : float
         Sub-pixel position in frame pixels.
     score : float
-        Confidence used for ranking (e.g. the HR map brightness at the peak).
+        Ranking value, not a probability. From the sub-pixel extractor (``score:
+        brightness``, the default): the target's fitted brightness in grey levels above the
+        window's background (SeqCSIST targets: 220–250; a poor fit can give any value, also
+        negative, and ranks accordingly); with ``score: mass``: the window map's total
+        positive mass, grey levels.
     window_id : int
         Index of the window the point was extracted from in its frame's ``Windows`` (and
         ``Maps``) message, so that window's ``blob_id`` is ``windows[window_id].blob_id``
