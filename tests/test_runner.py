@@ -365,3 +365,18 @@ def test_the_report_says_how_many_frames_got_through_and_where_the_rest_went():
     assert report["fps"] == pytest.approx(25.0) and report["fps_out"] == pytest.approx(8.5)
     assert through_line(report) == ("34 of 100 frames through (36 dropped at unmixer, 28 "
                                     "dropped at extractor) in 4.00 s: 25.0 frames/s in, 8.5 out")
+
+
+def test_temporary_folders_of_killed_runs_are_swept(tmp_path):
+    from pipeline.run.runner import sweep_stale_temp_dirs
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer exists (a killed runner's)
+    stale = tmp_path / f"csist-{dead.pid}-abcd"
+    mine = tmp_path / f"csist-{os.getpid()}-efgh"  # a live runner's
+    other = tmp_path / "csist-notapid"
+    for folder in (stale, mine, other):
+        folder.mkdir()
+        (folder / "sock").write_text("")
+    assert sweep_stale_temp_dirs(tmp_path) == [stale]
+    assert not stale.exists() and mine.exists() and other.exists()

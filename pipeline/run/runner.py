@@ -28,6 +28,8 @@ import logging
 import math
 import multiprocessing
 import multiprocessing.connection
+import os
+import re
 import shutil
 import signal
 import tempfile
@@ -332,6 +334,31 @@ def _supervise(watch: _Watch, run: RunConfig, control: worker.Control,
     return interrupted
 
 
+#: Temporary folders of a run are named ``csist-<runner pid>-...``.
+TEMP_PREFIX = "csist-"
+
+
+def sweep_stale_temp_dirs(root: str | Path | None = None) -> list[Path]:
+    """Remove the temporary folders that runs killed with SIGKILL left behind: those under
+    ``root`` (default: the system temp folder) whose runner pid no longer exists. Returns the
+    folders removed."""
+    removed = []
+    for path in Path(root or tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*-*"):
+        match = re.match(rf"{TEMP_PREFIX}(\d+)-", path.name)
+        if not (match and path.is_dir()):
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+        except ProcessLookupError:  # its runner is gone
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        except (PermissionError, OverflowError):  # alive (another user's), or not a pid
+            continue
+    if removed:
+        logger.info("removed %d temporary folder(s) left by killed runs", len(removed))
+    return removed
+
+
 def _reap(watch: _Watch) -> None:
     """Wait for every worker to exit; terminate, then kill, the ones that do not."""
     deadline = time.monotonic() + ABORT_GRACE_S
@@ -368,7 +395,8 @@ def run_processes(
                 ipc_dir = Path(run.ipc_dir)
                 ipc_dir.mkdir(parents=True, exist_ok=True)
             else:
-                ipc_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="csist-")))
+                ipc_dir = Path(stack.enter_context(
+                    tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-")))
         procs, conns = _spawn(plans, run, ipc_dir, mp, control, trace_dir)
         watch = _Watch([p.name for p in plans], procs, conns)
         try:
@@ -415,7 +443,8 @@ def run(
     """
     # Only a multi-process run can drop messages, so only its recording needs input traces.
     traced = run_config.mode == "processes" and run_config.record is not None
-    trace_dir = tempfile.mkdtemp(prefix="csist-trace-") if traced else None
+    sweep_stale_temp_dirs()
+    trace_dir = tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-trace-") if traced else None
     plans = compose.add_services(plans, run_config, config_yaml, trace_dir)
     requests = []
 
