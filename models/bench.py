@@ -37,14 +37,20 @@ from sim.dataset import simulate
 from sim.geometry import PATCH, WINDOW
 
 
-def _median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up (and compilation for torch.compile)
+def call_seconds(fn, repeats: int) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``fn``, after one untimed warm-up call (and
+    compilation for torch.compile)."""
+    fn()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return times
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    return statistics.median(call_seconds(fn, repeats))
 
 
 def _inputs(batch: int, seed: int = 0):
@@ -124,13 +130,7 @@ def matmul_peak_gflops(threads: int, size: int = 1024, repeats: int = 20) -> flo
     torch.set_num_threads(threads)
     g = torch.Generator().manual_seed(0)
     a, b = torch.rand(size, size, generator=g), torch.rand(size, size, generator=g)
-    torch.mm(a, b)  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - t0)
-    return 2 * size**3 / min(times) / 1e9
+    return 2 * size**3 / min(call_seconds(lambda: torch.mm(a, b), repeats)) / 1e9
 
 
 def _accuracy(model, dataset, bf16: bool) -> dict:

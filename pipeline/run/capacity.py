@@ -16,7 +16,6 @@ import logging
 import os
 import platform
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -82,13 +81,9 @@ def _synthetic_frame(n: int, seed: int = 0) -> Windows:
 
 
 def _median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+    from models.bench import call_seconds
+
+    return 1e3 * statistics.median(call_seconds(fn, repeats))
 
 
 def measure(plans: list, windows_per_frame: int, repeats: int = 5) -> dict[str, float]:

@@ -10,6 +10,7 @@ outputs carry only the stage's ``.out`` (they have no single input).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Iterator, Mapping
 
@@ -28,8 +29,6 @@ USER_ERRORS = (PipelineError, ConfigError, WeightsError, DatasetError)
 
 def traceback_wanted(exc: BaseException) -> bool:
     """Whether the failure ``exc`` of a stage deserves its traceback in the log."""
-    import logging
-
     return not isinstance(exc, USER_ERRORS) or logging.getLogger().isEnabledFor(logging.DEBUG)
 
 
