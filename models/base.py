@@ -29,6 +29,11 @@ class UnmixingModel(nn.Module):
 
     #: True for models whose parameters are learned (ISTA has none).
     trainable: bool = True
+    #: True for models split into per-frame work that does not depend on the window and
+    #: per-window work: ``frame_features(frames (N, 11, 11)) -> (features (N, F), aux)`` and
+    #: ``window_maps(features (B, 5, F), frame_index (B,)) -> (maps (B, 33, 33), aux)``.
+    #: The live unmixer then computes each frame's features once (DeRefNet).
+    shares_frame_features: bool = False
 
     def __init__(self, phi, qinit=None) -> None:
         super().__init__()

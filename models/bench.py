@@ -2,9 +2,10 @@
 
 Measures windows/s at batch 1 and batch 64 and the latency per window on this machine's
 CPU, for the plain model and for each optimisation that applies: thread count,
-channels_last, bf16 autocast, torch.compile, and whole 20-frame sequences through
+channels_last, bf16 autocast, torch.compile, whole 20-frame sequences through
 ``forward_sequences`` (models that share per-frame features, such as DeRefNet, reuse them
-across the overlapping windows of a track); bf16 autocast only where the CPU runs bf16
+across the overlapping windows of a track), and for those models the live unmixer's
+frame-by-frame steps with its feature cache; bf16 autocast only where the CPU runs bf16
 natively. Every figure is the median of ``--repeats`` timed runs after a warm-up; all
 variants run side by side in one process, next to the machine's measured fp32 matmul peak.
 At the top of the JSON (default ``benchmarks/bench_<model>.json``): ``peak_gflops``,
@@ -77,10 +78,9 @@ def time_windows(model, batch: int, repeats: int, bf16: bool = False,
 
 
 def time_sequences(model, tracks: int, repeats: int) -> dict:
-    """Live-style reuse: each new frame's features computed once and shared by 5 windows.
-
-    Measured as the steady-state cost of a 20-frame sequence per track (16 windows).
-    """
+    """Per-frame feature reuse over whole sequences: each frame's features computed once and
+    shared by its 5 windows, 20-frame sequences of ``tracks`` tracks (16 windows each) in one
+    ``forward_sequences`` call. ``macs_per_window``: the sequence's MACs over its windows."""
     g = torch.Generator().manual_seed(0)
     frames = torch.rand(tracks, 20, PATCH, PATCH, generator=g) * 250
     start = torch.zeros(tracks, dtype=torch.int64)
@@ -91,16 +91,41 @@ def time_sequences(model, tracks: int, repeats: int) -> dict:
 
     sec = _median_seconds(run, repeats)
     n = tracks * 16
-    return {"batch": n, "seconds": sec, "windows_per_s": n / sec,
-            "latency_ms_per_window": 1e3 * sec / n}
-
-
-def sequence_macs_per_window(model) -> int:
-    """MACs of ``forward_sequences`` over one 20-frame sequence, per window (16 windows)."""
-    frames = torch.rand(1, 20, PATCH, PATCH, generator=torch.Generator().manual_seed(0)) * 250
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model.forward_sequences(frames, torch.zeros(1, dtype=torch.int64))
-    return counter.get_total_flops() // 2 // 16
+        model.forward_sequences(frames[:1], start[:1])
+    return {"batch": n, "seconds": sec, "windows_per_s": n / sec,
+            "latency_ms_per_window": 1e3 * sec / n,
+            "macs_per_window": counter.get_total_flops() // 2 // 16}
+
+
+def time_live_steps(model, tracks: int, repeats: int, steps: int = 16) -> dict:
+    """What the live unmixer stage computes for models with ``shares_frame_features``: one
+    call per frame, in which each of ``tracks`` tracks brings one new frame (unfolded) and one
+    window (its other 4 frames' features come from the cache). ``macs_per_window``: one
+    frame's features plus one window's alignment and reconstruction."""
+    g = torch.Generator().manual_seed(0)
+    frames = torch.rand(tracks, steps + WINDOW - 1, PATCH, PATCH, generator=g) * 250
+    index = torch.full((tracks,), 9)
+    with torch.inference_mode():
+        past = [model.frame_features(frames[:, t])[0] for t in range(WINDOW - 1)]
+
+    def step(t, ring):
+        ring.append(model.frame_features(frames[:, t])[0])
+        model.window_maps(torch.stack(ring[-WINDOW:], dim=1), index)
+
+    def run():
+        with torch.inference_mode():
+            ring = list(past)
+            for t in range(WINDOW - 1, WINDOW - 1 + steps):
+                step(t, ring)
+
+    sec = _median_seconds(run, repeats)
+    n = tracks * steps
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        step(WINDOW - 1, list(past))
+    return {"batch": tracks, "seconds": sec, "windows_per_s": n / sec,
+            "latency_ms_per_window": 1e3 * sec / n,
+            "macs_per_window": counter.get_total_flops() // 2 // tracks}
 
 
 def time_extractor(model, repeats: int, sizes=(6, 24)) -> dict:
@@ -145,7 +170,8 @@ def _accuracy(model, dataset, bf16: bool) -> dict:
 #: Variants whose arithmetic is fp32: they keep the accuracy by construction.
 FP32_VARIANTS = ("fp32_threads1_b1", "fp32_threads1_b64", "fp32_threads2_b1",
                  "fp32_threads2_b64", "channels_last_b64", "reuse_frame_features_4tracks",
-                 "torch_compile_b64")
+                 "reuse_frame_features_channels_last_4tracks",
+                 "live_steps_channels_last_6tracks", "torch_compile_b64")
 
 
 def benchmark(model_name: str, weights: str | None, repeats: int, compile_: bool,
@@ -156,8 +182,8 @@ def benchmark(model_name: str, weights: str | None, repeats: int, compile_: bool
     CPU runs it natively and its grid and points mAP on ``dataset`` move less than 0.3
     points (without a dataset bf16 is not eligible). ``fraction_of_peak`` = best windows/s ×
     2 × the MACs that variant really spends per window / peak: one window's forward
-    (``macs_per_window``), or for per-frame feature reuse a 20-frame sequence's MACs over its
-    16 windows (each variant's ``macs_per_window`` in ``results``).
+    (``macs_per_window``), or with per-frame feature reuse the MACs of the frames and windows
+    it computes over its windows (each variant's ``macs_per_window`` in ``results``).
     """
     try:
         model, meta = load_model(model_name, weights)
@@ -167,7 +193,6 @@ def benchmark(model_name: str, weights: str | None, repeats: int, compile_: bool
     peak = matmul_peak_gflops(2)
     windows, index = _inputs(1)
     macs = count_macs(model, windows[0].numpy(), int(index[0]))
-    sequence_macs = sequence_macs_per_window(model)
     results: dict[str, dict] = {}
     for threads in (1, 2):
         torch.set_num_threads(threads)
@@ -175,6 +200,9 @@ def benchmark(model_name: str, weights: str | None, repeats: int, compile_: bool
             results[f"fp32_threads{threads}_b{batch}"] = time_windows(model, batch, repeats)
     torch.set_num_threads(2)
     results["channels_last_b64"] = time_windows(model, 64, repeats, channels_last=True)
+    results["reuse_frame_features_channels_last_4tracks"] = time_sequences(model, 4, repeats)
+    if model.shares_frame_features:
+        results["live_steps_channels_last_6tracks"] = time_live_steps(model, 6, repeats)
     model = model.to(memory_format=torch.contiguous_format)
     results["reuse_frame_features_4tracks"] = time_sequences(model, 4, repeats)
     eligible = list(FP32_VARIANTS)
@@ -196,9 +224,9 @@ def benchmark(model_name: str, weights: str | None, repeats: int, compile_: bool
         except Exception as exc:  # report, do not fail the benchmark
             results["torch_compile_b64"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
     timed = {k: r for k, r in results.items() if k in eligible and "windows_per_s" in r}
-    for key, r in results.items():
+    for r in results.values():
         if "windows_per_s" in r:
-            r["macs_per_window"] = sequence_macs if key.startswith("reuse") else macs
+            r.setdefault("macs_per_window", macs)
     best = max(timed, key=lambda k: timed[k]["windows_per_s"])
     best_wps = timed[best]["windows_per_s"]
     return {

@@ -15,10 +15,11 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from models.config import ConfigError, build_config, parse_override, set_path
-from models.extract import ExtractorConfig, extract_points
+from models.extract import ExtractorConfig, estimate_noise, extract_points
 from models.harness import (
     MODES,
     count_macs,
@@ -77,6 +78,14 @@ def format_table(rows: list[dict]) -> str:
     fmt = " | ".join(f"{{:>{w}}}" for w in widths)
     sep = "-+-".join("-" * w for w in widths)
     return "\n".join([fmt.format(*head), sep, *(fmt.format(*r) for r in lines)])
+
+
+def noise_summary(windows) -> dict:
+    """Median and 10/90 % quantiles of the extractor's per-window noise estimate (grey
+    levels, no floor), to compare with a dataset's known noise σ."""
+    est = estimate_noise(windows)
+    return {"median": float(np.median(est)), "p10": float(np.quantile(est, 0.1)),
+            "p90": float(np.quantile(est, 0.9))}
 
 
 def _positive_int(text: str) -> int:
@@ -153,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
         "split": args.split,
         "mode": args.mode,
         "extractor": asdict(ext_cfg) if args.mode == "points" else None,
+        "noise_estimate": noise_summary(pred.windows) if args.mode == "points" else None,
         "trajectories": dataset.n_trajectories,
         "device": args.device,
         "batch_size": args.batch_size,
@@ -164,6 +174,10 @@ def run(args: argparse.Namespace) -> int:
         rows.append({"name": "grid oracle", **result["grid_oracle"]})
     print(format_table(rows))
     print(f"{result['frames']} frames, {dataset.n_trajectories} trajectories, mode {args.mode}")
+    if result["noise_estimate"]:
+        est = result["noise_estimate"]
+        print(f"pixel noise estimated per window: median {est['median']:.2f} grey levels "
+              f"(10-90 %: {est['p10']:.2f}-{est['p90']:.2f})")
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     if args.plot:

@@ -5,7 +5,9 @@ End-to-end frames/s and latency of the live chain (the processing stages of
 sinks are left out) on 256×256 frames, for every combination of
 
 - **mode**: ``inline`` (one process) and ``processes`` (one process per stage over ZeroMQ);
-- **groups**: CSO groups in the scene (default 1, 6 and 24).
+- **groups**: CSO groups in the scene (default 1, 6 and 24);
+- **model** (``--models fastunmix,derefnet``): the unmixer's model, each with its shipped
+  weights (default: the config's unmixer as it is).
 
 Each combination runs twice:
 
@@ -60,15 +62,18 @@ WINDOW_DELAY_FRAMES = 2
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    """One benchmarked setting: run ``mode`` with ``groups`` groups, ``paced`` or not."""
+    """One benchmarked setting: run ``mode`` with ``groups`` groups, ``paced`` or not, with
+    the unmixer's ``model`` (None: as configured)."""
 
     mode: str
     groups: int
     paced: bool
+    model: str | None = None
 
     @property
     def name(self) -> str:
-        return f"{self.mode}/{self.groups}g/{'paced' if self.paced else 'max'}"
+        prefix = f"{self.model}/" if self.model else ""
+        return f"{prefix}{self.mode}/{self.groups}g/{'paced' if self.paced else 'max'}"
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -90,6 +95,13 @@ def _modes(text: str) -> tuple[str, ...]:
     return modes
 
 
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(m.strip() for m in text.split(",") if m.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated model names, got {text!r}")
+    return names
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``python -m pipeline bench``."""
     p.add_argument("--config", default=str(DEFAULT_CONFIG),
@@ -108,13 +120,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="inline and/or processes (default both)")
     p.add_argument("--rate", type=float, default=25.0,
                    help="source rate of the paced runs in Hz (default 25)")
+    p.add_argument("--models", type=_names, default=(None,), metavar="M1,M2",
+                   help="unmixer models to compare, each with its shipped weights "
+                        "(default: the config's unmixer)")
 
 
 def chain_config(raw: dict[str, Any], variant: Variant, frames: int, rate: float,
                  where: str) -> tuple[Any, list]:
     """The validated (config, plans) of one variant: the processing stages of ``raw`` (sinks
     left out), ``variant.groups`` groups, ``frames`` frames, lossless and unpaced unless
-    ``variant.paced`` (then ``rate`` Hz and the config's own queue policy)."""
+    ``variant.paced`` (then ``rate`` Hz and the config's own queue policy), and
+    ``variant.model`` with its shipped weights as the unmixer when set."""
     _, plans = validate(raw, where)
     kept = {p.name for p in plans if p.output is not None}
     bench = copy.deepcopy(raw)
@@ -130,6 +146,12 @@ def chain_config(raw: dict[str, Any], variant: Variant, frames: int, rate: float
         (["stages", source, "frames"], 0),
     ):
         apply_override(bench, path, value)
+    if variant.model is not None:
+        unmixer = next((p.name for p in plans if p.kind == "unmixer"), None)
+        if unmixer is None:
+            raise ConfigError(f"{where}: --models needs an unmixer stage in the chain")
+        apply_override(bench, ["stages", unmixer, "model"], variant.model)
+        apply_override(bench, ["stages", unmixer, "weights"], None)
     if not variant.paced:
         apply_override(bench, ["run", "queue", "policy"], "block")
         for entry in bench["stages"]:
@@ -195,17 +217,18 @@ def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def table_rows(results: dict[str, dict[str, Any]], rate: float) -> list[dict[str, Any]]:
-    """One row per (mode, groups): max fps, and the paced run's fps, latency and losses."""
+    """One row per (model, mode, groups): max fps, and the paced run's fps, latency and
+    losses (``model`` None: the config's unmixer)."""
     rows = []
-    keys = sorted({(v["mode"], v["groups"]) for v in results.values()},
-                  key=lambda k: (MODES.index(k[0]), k[1]))
+    keys = sorted({(v.get("model"), v["mode"], v["groups"]) for v in results.values()},
+                  key=lambda k: (k[0] or "", MODES.index(k[1]), k[2]))
     delay_ms = WINDOW_DELAY_FRAMES * 1e3 / rate
-    for mode, groups in keys:
-        top = results.get(Variant(mode, groups, False).name, {})
-        paced = results.get(Variant(mode, groups, True).name, {})
+    for model, mode, groups in keys:
+        top = results.get(Variant(mode, groups, False, model).name, {})
+        paced = results.get(Variant(mode, groups, True, model).name, {})
         p99 = paced.get("p99_ms")
         rows.append({
-            "mode": mode, "groups": groups,
+            "model": model, "mode": mode, "groups": groups,
             "max_fps": top.get("fps"),
             "paced_fps": paced.get("fps"),
             "p50_ms": paced.get("p50_ms"),
@@ -217,13 +240,15 @@ def table_rows(results: dict[str, dict[str, Any]], rate: float) -> list[dict[str
 
 
 def goal_check(rows: Sequence[dict[str, Any]], rate: float) -> dict[str, Any]:
-    """Whether each mode meets :data:`GOAL` at its group count: max frames/s ≥ goal fps, the
-    paced run keeps the rate (≥ 95 % of it, no frame lost) and its p99 ≤ goal p99."""
+    """Whether each mode (``model/mode`` with ``--models``) meets :data:`GOAL` at its group
+    count: max frames/s ≥ goal fps, the paced run keeps the rate (≥ 95 % of it, no frame
+    lost) and its p99 ≤ goal p99."""
     out: dict[str, Any] = {**GOAL, "rate_hz": rate, "met": {}}
     for row in rows:
         if row["groups"] != GOAL["groups"] or None in (row["max_fps"], row["p99_ms"]):
             continue
-        out["met"][row["mode"]] = bool(
+        key = f"{row['model']}/{row['mode']}" if row.get("model") else row["mode"]
+        out["met"][key] = bool(
             row["max_fps"] >= GOAL["fps"]
             and row["paced_fps"] >= 0.95 * min(rate, GOAL["fps"])
             and row["lost"] == 0
@@ -283,13 +308,14 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 def format_table(rows: Sequence[dict[str, Any]], rate: float) -> str:
     """The rows as a Markdown table."""
     lines = [
-        f"| mode | groups | max fps | paced fps ({rate:g} Hz) | p50 ms | p99 ms | "
+        f"| model | mode | groups | max fps | paced fps ({rate:g} Hz) | p50 ms | p99 ms | "
         f"p99 from middle frame ms | lost |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['mode']} | {r['groups']} | {_fmt(r['max_fps'])} | {_fmt(r['paced_fps'])} | "
+            f"| {r.get('model') or 'as configured'} | {r['mode']} | {r['groups']} | "
+            f"{_fmt(r['max_fps'])} | {_fmt(r['paced_fps'])} | "
             f"{_fmt(r['p50_ms'])} | {_fmt(r['p99_ms'])} | {_fmt(r['p99_from_middle_ms'])} | "
             f"{'-' if r['lost'] is None else r['lost']} |"
         )
@@ -301,6 +327,8 @@ def command_line(args: argparse.Namespace) -> str:
     parts = ["python -m pipeline bench", f"--frames {args.frames}", f"--repeats {args.repeats}",
              f"--groups {','.join(map(str, args.groups))}", f"--modes {','.join(args.modes)}",
              f"--rate {args.rate:g}"]
+    if args.models != (None,):
+        parts.append(f"--models {','.join(args.models)}")
     if Path(args.config).resolve() != DEFAULT_CONFIG:
         parts.append(f"--config {args.config}")
     parts += [f"--set {o}" for o in args.overrides]
@@ -310,8 +338,8 @@ def command_line(args: argparse.Namespace) -> str:
 def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Run every variant ``args.repeats`` times (interleaved); returns the results document."""
     raw = load_raw(args.config, args.overrides)
-    variants = [Variant(m, g, paced) for m in args.modes for g in args.groups
-                for paced in (False, True)]
+    variants = [Variant(m, g, paced, model) for model in args.models for m in args.modes
+                for g in args.groups for paced in (False, True)]
     for v in variants:  # fail on a bad config before the first run, not after minutes
         chain_config(raw, v, args.frames, args.rate, args.config)
     machine = machine_info()
@@ -327,13 +355,18 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 raise RuntimeError(f"bench variant {v.name} failed: {result['error']}")
     machine["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     results = {
-        v.name: {"mode": v.mode, "groups": v.groups, "paced": v.paced,
+        v.name: {"model": v.model, "mode": v.mode, "groups": v.groups, "paced": v.paced,
                  **summarise(runs[v.name]), "runs": runs[v.name]}
         for v in variants
     }
     rows = table_rows(results, args.rate)
-    _, plans = chain_config(raw, variants[0], args.frames, args.rate, args.config)
-    unmixer = next((p.config for p in plans if p.kind == "unmixer"), None)
+    unmixers = {}  # model (or "as configured") -> the unmixer's config
+    for model in args.models:
+        _, plans = chain_config(raw, Variant(args.modes[0], args.groups[0], False, model),
+                                args.frames, args.rate, args.config)
+        unmixer = next((p.config for p in plans if p.kind == "unmixer"), None)
+        unmixers[model or "as configured"] = (dataclasses.asdict(unmixer)
+                                              if unmixer is not None else None)
     return {
         "command": command_line(args),
         "machine": machine,
@@ -342,7 +375,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "frames": args.frames, "repeats": args.repeats, "rate_hz": args.rate,
             "frame_size": [plans[0].config.height, plans[0].config.width],
             "chain": [p.name for p in plans],
-            "unmixer": dataclasses.asdict(unmixer) if unmixer is not None else None,
+            "unmixers": unmixers,
         },
         "goal": goal_check(rows, args.rate),
         "table": rows,

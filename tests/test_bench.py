@@ -30,6 +30,16 @@ def test_a_variant_keeps_the_processing_stages_and_sets_groups_rate_and_policy()
     assert json.dumps(raw, sort_keys=True) == before  # the loaded config is left untouched
 
 
+def test_a_model_variant_swaps_the_unmixer_model_and_its_weights():
+    raw = load_raw(LIVE)
+    raw["stages"][3].setdefault("config", {})["weights"] = "some/file.pt"
+    _, plans = chain_config(raw, Variant("inline", 6, False, model="derefnet"), 50, 25.0,
+                            "live")
+    (unmixer,) = [p for p in plans if p.kind == "unmixer"]
+    assert (unmixer.config.model, unmixer.config.weights) == ("derefnet", None)
+    assert Variant("inline", 6, False, "derefnet").name == "derefnet/inline/6g/max"
+
+
 def _run(fps, p50, p99, lost=0):
     return {"fps": fps, "p50_ms": p50, "p99_ms": p99, "lost": lost, "dropped": lost,
             "seq_gaps": 0, "stage_p50_ms": {"unmixer": p50 / 2},
@@ -56,7 +66,8 @@ def test_summaries_are_medians_over_repeats():
 
 def test_goal_needs_speed_the_rate_no_losses_and_a_low_p99():
     rows = table_rows(_results(40.0, 25.0, 120.0), rate=25.0)
-    assert rows == [{"mode": "processes", "groups": 6, "max_fps": 40.0, "paced_fps": 25.0,
+    assert rows == [{"model": None, "mode": "processes", "groups": 6, "max_fps": 40.0,
+                     "paced_fps": 25.0,
                      "p50_ms": 30.0, "p99_ms": 120.0, "p99_from_middle_ms": 200.0, "lost": 0}]
     assert goal_check(rows, 25.0)["met"] == {"processes": True}
     for bad in (_results(20.0, 25.0, 120.0), _results(40.0, 20.0, 120.0),

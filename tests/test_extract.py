@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from models.extract import ExtractorConfig, estimate_counts, extract_points
+from models.extract import ExtractorConfig, estimate_counts, estimate_noise, extract_points
 from sim.render import render_uint8, splat_map
 
 
@@ -76,3 +76,37 @@ def test_physics_fit_improves_on_a_blurred_map():
 def test_physics_needs_frames():
     with pytest.raises(ValueError, match="windows"):
         extract_points(np.zeros((1, 33, 33)) + 1, cfg=ExtractorConfig(refine="physics"))
+
+
+@pytest.mark.parametrize("sigma", [0.0, 2.0, 4.0])
+def test_noise_is_estimated_from_the_ring_pixels(sigma):
+    """uint8 windows with a 4-target group at the centre and a background of 20: the
+    estimate is the noise std (within 10 %), and the floor on clean data."""
+    rng = np.random.default_rng(int(sigma))
+    wins = np.stack([render_uint8(np.repeat(group(rng, 4)[None], 5, axis=0), sigma,
+                                  background=20.0, rng=rng) for _ in range(40)])
+    est = estimate_noise(wins.astype(np.float32), floor=1.0)
+    if sigma == 0:
+        assert np.all(est == 1.0)
+    else:
+        assert abs(np.median(est) / sigma - 1) < 0.1, np.median(est)
+        assert np.quantile(np.abs(est / sigma - 1), 0.9) < 0.25  # per window: ±10 % typical
+
+
+def test_an_estimated_noise_level_weighs_the_physics_fit_like_the_true_one():
+    """σ = 3 and a blurred map: the fit with the estimated σ is as accurate as with the true
+    σ told."""
+    rng = np.random.default_rng(5)
+    truths = [group(rng, 2) for _ in range(60)]
+    wins = np.stack([render_uint8(np.repeat(t[None], 5, axis=0), 3.0, rng=rng)
+                     for t in truths]).astype(np.float32)
+    maps = np.stack([splat_map(t[None])[0] for t in truths])
+    maps = 0.5 * maps + 0.125 * sum(np.roll(maps, s, axis=a) for s in (1, -1) for a in (1, 2))
+    err = {}
+    for name, noise in (("auto", None), ("told", 3.0)):
+        pts = extract_points(maps, wins, ExtractorConfig(noise_grey=noise))
+        err[name] = np.median(np.concatenate(
+            [nearest_errors(p, t) for p, t in zip(pts, truths, strict=True)]))
+    assert abs(err["auto"] - err["told"]) <= 0.1 * err["told"], err
+    with pytest.raises(ValueError, match="noise_grey"):
+        extract_points(maps, wins, ExtractorConfig(noise_grey=0.0))

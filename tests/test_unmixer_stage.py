@@ -72,6 +72,53 @@ def test_a_registered_model_loads_and_runs(restore_threads):
     assert out.maps.shape == (2, 33, 33) and np.all(np.isfinite(out.maps))
 
 
+def _track_messages(n_frames: int, tracks: int = 2):
+    """One Windows message per middle frame for ``tracks`` tracks sliding over n_frames
+    frames: consecutive windows share 4 frames, as the cropper emits them."""
+    rng = np.random.default_rng(3)
+    frames = rng.uniform(0, 60, (tracks, n_frames, 11, 11)).astype(np.float32)
+    for t in range(2, n_frames - 2):
+        infos = tuple(WindowInfo(blob_id=k, origin_row=0, origin_col=0, frame_index=t)
+                      for k in range(tracks))
+        yield Windows(seq=t, t_source_ns=t, windows=infos, patches=frames[:, t - 2:t + 3])
+
+
+def test_frame_feature_cache_gives_the_maps_of_a_full_forward(restore_threads):
+    """DeRefNet with the cache (and channels-last): each frame unfolded once, maps as a
+    plain forward's."""
+    import copy
+
+    from models.registry import get_model
+
+    torch.manual_seed(0)
+    model = get_model("derefnet", layers=2, res_blocks=1).eval()
+    plain = Unmixer(UnmixerConfig(threads=1, feature_cache=0, channels_last=False),
+                    model=copy.deepcopy(model))
+    cached = Unmixer(UnmixerConfig(threads=1), model=model)
+    cached.start()
+    plain.start()
+    n_frames, tracks = 12, 2
+    for msg in _track_messages(n_frames, tracks):
+        (a,) = cached.process(msg)
+        (b,) = plain.process(msg)
+        np.testing.assert_allclose(a.maps, b.maps, rtol=1e-4, atol=1e-3)
+    windows = tracks * (n_frames - 4)
+    assert cached.summary() == {"feature_cache": {"misses": tracks * n_frames,
+                                                  "hits": 5 * windows - tracks * n_frames}}
+    assert plain.summary() is None
+
+
+def test_frame_feature_cache_is_bounded(restore_threads):
+    from models.registry import get_model
+
+    model = get_model("derefnet", layers=1, res_blocks=1).eval()
+    stage = Unmixer(UnmixerConfig(threads=1, feature_cache=7), model=model)
+    for msg in _track_messages(10, tracks=3):
+        stage.process(msg)
+        assert len(stage._features) <= 7
+    assert stage.summary()["feature_cache"]["misses"] > 3 * 10  # evicted frames came back
+
+
 def test_unmixer_rejects_other_messages():
     with pytest.raises(ConfigError, match="Windows"):
         Unmixer(model=CountingModel()).process(Points(seq=0, t_source_ns=0))

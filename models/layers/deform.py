@@ -1,19 +1,96 @@
-"""Deformable convolution v1 (no modulation mask) in pure torch, via ``grid_sample``.
+"""Deformable convolution v1 (no modulation mask): a differentiable torch version via
+``grid_sample`` and a compiled inference kernel.
 
 Offsets follow the torchvision/mmcv layout: ``offset`` has shape (B, G·2·kh·kw, H_out, W_out)
 for G deform groups, with channel g·2·kh·kw + 2k = Δrow and g·2·kh·kw + 2k + 1 = Δcol for kernel
 tap k (row-major over the kernel) of group g; group g moves the input channels
 g·C/G … (g + 1)·C/G − 1. Tap k = (i, j) of output pixel (h, w) samples the input bilinearly at
 (h·s − p + i·d + Δrow, w·s − p + j·d + Δcol); corners outside the image contribute zero.
+
+Two implementations with the same output (tests/test_models.py):
+
+- **Training** (any tensor that needs a gradient, or not on the CPU): one ``grid_sample`` over
+  all taps, then one matmul. Its sampled tensor is (B, C·taps, H·W), and the matmul's
+  broadcasting copies it once more, so at DeRefNet's sizes it runs near 12 GFLOP/s.
+- **Inference on the CPU**: a numba kernel writes the bilinear samples straight into
+  channels-last im2col rows (B·H·W, taps·C), a few samples at a time so the rows stay in
+  cache, and one ``mm`` per chunk does the MACs (``benchmarks/bench_derefnet.json``).
 """
 
 from __future__ import annotations
 
 import math
 
+import numba
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+CHUNK_FLOATS = 1 << 20  # im2col floats per chunk of the inference kernel (4 MiB in fp32)
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _sample_columns(x, off, kw, pad, stride, dilation, cols):  # pragma: no cover - compiled
+    """Bilinear samples of every tap into channels-last im2col rows.
+
+    x (B, H, W, C) channels-last input; off (B, H_out, W_out, G, taps, 2) channels-last offsets;
+    cols (B, H_out, W_out, taps, C) output, overwritten. A corner outside the image gets
+    weight 0 and reads a clamped pixel, so the channel loop has no branch and vectorises.
+    """
+    b_n, h, w, c = x.shape
+    h_out, w_out, groups, taps = off.shape[1:5]
+    cg = c // groups
+    for bh in numba.prange(b_n * h_out):
+        b, i = bh // h_out, bh % h_out
+        for j in range(w_out):
+            for g in range(groups):
+                for k in range(taps):
+                    r = i * stride - pad + (k // kw) * dilation + off[b, i, j, g, k, 0]
+                    q = j * stride - pad + (k % kw) * dilation + off[b, i, j, g, k, 1]
+                    r0, q0 = np.floor(r), np.floor(q)
+                    fr, fq = r - r0, q - q0
+                    r0i, q0i = int(r0), int(q0)
+                    r1i, q1i = r0i + 1, q0i + 1
+                    wr0 = (1 - fr) if 0 <= r0i < h else 0.0
+                    wr1 = fr if 0 <= r1i < h else 0.0
+                    wq0 = (1 - fq) if 0 <= q0i < w else 0.0
+                    wq1 = fq if 0 <= q1i < w else 0.0
+                    r0i, r1i = min(max(r0i, 0), h - 1), min(max(r1i, 0), h - 1)
+                    q0i, q1i = min(max(q0i, 0), w - 1), min(max(q1i, 0), w - 1)
+                    w00, w01, w10, w11 = wr0 * wq0, wr0 * wq1, wr1 * wq0, wr1 * wq1
+                    lo = g * cg
+                    dst = cols[b, i, j, k, lo:lo + cg]
+                    s00 = x[b, r0i, q0i, lo:lo + cg]
+                    s01 = x[b, r0i, q1i, lo:lo + cg]
+                    s10 = x[b, r1i, q0i, lo:lo + cg]
+                    s11 = x[b, r1i, q1i, lo:lo + cg]
+                    for ch in range(cg):
+                        dst[ch] = w00 * s00[ch] + w01 * s01[ch] + w10 * s10[ch] + w11 * s11[ch]
+
+
+def _deform_conv2d_inference(x, offset, weight, padding, stride, dilation, deform_groups):
+    """:func:`deform_conv2d` without autograd on CPU tensors; same arguments and result
+    (returned in channels-last memory format)."""
+    b, c, h, w = x.shape
+    c_out, _, kh, kw = weight.shape
+    h_out, w_out = offset.shape[-2:]
+    taps = kh * kw
+    # both are views, not copies, when the tensors are channels-last already
+    x_cl = x.detach().permute(0, 2, 3, 1).contiguous().numpy()
+    off = offset.detach().permute(0, 2, 3, 1).contiguous().view(
+        b, h_out, w_out, deform_groups, taps, 2).numpy()
+    w_mat = weight.detach().permute(0, 2, 3, 1).reshape(c_out, taps * c).T  # rows in (tap, c) order
+    out = torch.empty(b, h_out, w_out, c_out, dtype=x.dtype)
+    step = max(1, CHUNK_FLOATS // (h_out * w_out * taps * c))
+    cols = torch.empty(min(step, b), h_out, w_out, taps, c, dtype=x.dtype)
+    numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    for s in range(0, b, step):
+        n = min(step, b - s)
+        _sample_columns(x_cl[s:s + n], off[s:s + n], kw, padding, stride, dilation,
+                        cols[:n].numpy())
+        torch.mm(cols[:n].view(-1, taps * c), w_mat, out=out[s:s + n].view(-1, c_out))
+    return out.permute(0, 3, 1, 2)
 
 
 def deform_conv2d(
@@ -41,6 +118,12 @@ def deform_conv2d(
     -------
     tensor of shape (B, C_out, H_out, W_out)
     """
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, offset, weight, bias))
+    if not needs_grad and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        out = _deform_conv2d_inference(x, offset, weight, padding, stride, dilation,
+                                       deform_groups)
+        return out if bias is None else out + bias.view(1, -1, 1, 1)
     b, c, h, w = x.shape
     c_out, _, kh, kw = weight.shape
     h_out, w_out = offset.shape[-2:]

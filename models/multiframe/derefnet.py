@@ -36,7 +36,11 @@ from sim.phi import phi_matrix
 
 
 class SelectiveAttention(nn.Module):
-    """SK(32): 1×1 reductions of centre and neighbour, spatial gates from mean/max maps."""
+    """SK(32): 1×1 reductions of centre and neighbour, spatial gates from mean/max maps.
+
+    f_centre (B, C, H, W); f_neighbour (R·B, C, H, W), neighbour-major (row r·B + i is
+    neighbour r of window i). The centre's reduction is computed once and repeated R times.
+    """
 
     def __init__(self, channels: int = 32) -> None:
         super().__init__()
@@ -46,7 +50,8 @@ class SelectiveAttention(nn.Module):
         self.gate = nn.Conv2d(2, 2, 3, padding=1)
 
     def forward(self, f_centre, f_neighbour):
-        a, b = self.reduce_centre(f_centre), self.reduce_neighbour(f_neighbour)
+        b = self.reduce_neighbour(f_neighbour)
+        a = self.reduce_centre(f_centre).repeat(b.shape[0] // f_centre.shape[0], 1, 1, 1)
         u = torch.cat([a, b], dim=1)
         stats = torch.cat([u.mean(dim=1, keepdim=True), u.amax(dim=1, keepdim=True)], dim=1)
         w = torch.sigmoid(self.gate(stats))
@@ -55,6 +60,8 @@ class SelectiveAttention(nn.Module):
 
 class DeRefNet(UnmixingModel):
     """DeRefNet unmixer; see the module docstring. Input/output per :mod:`models.base`."""
+
+    shares_frame_features = True
 
     def __init__(
         self,
@@ -93,18 +100,28 @@ class DeRefNet(UnmixingModel):
         }
 
     # -- per-frame features -------------------------------------------------------------
-    def frame_features(self, frames: torch.Tensor, tau: torch.Tensor):
-        """Unfolding + time encoding of single frames.
+    def frame_features(self, frames: torch.Tensor):
+        """Unfolding of single frames: its output depends on the frame alone, so the windows
+        that share a frame share it (:meth:`forward_sequences`, the live unmixer's cache).
 
-        frames: (N, 11, 11) grey levels; tau: (N,) frame index within the trajectory.
-        Returns x9 (N, 1089), h_time (N, 1089) and the summed symmetry loss (scalar or None).
+        frames: (N, 11, 11) grey levels. Returns x9 (N, 1089) and the summed symmetry loss
+        (scalar, or None outside training).
         """
         y = frames.reshape(frames.shape[0], -1)
         phity = y @ self.phi  # (N, 1089) = (Φᵀ y)ᵀ
-        x, l_cons = unfold(self.unfolding, y @ self.qinit.T, self.phitphi, phity, self.training)
-        enc = (tau.to(x.dtype) / self.trajectory_length)[:, None].expand(-1, HR * HR)
-        h_time = x * torch.sigmoid(self.time(enc))
-        return x, h_time, l_cons
+        return unfold(self.unfolding, y @ self.qinit.T, self.phitphi, phity, self.training)
+
+    def window_maps(self, features: torch.Tensor, frame_index: torch.Tensor):
+        """Time encoding, alignment and reconstruction of windows from per-frame features.
+
+        features: (B, 5, 1089) x9 of frames t − 2 … t + 2; frame_index: (B,) index t of each
+        middle frame. Returns maps (B, 33, 33) and the alignment loss (scalar).
+        """
+        offsets = torch.arange(-(WINDOW // 2), WINDOW // 2 + 1, device=features.device)
+        tau = (frame_index[:, None] + offsets[None]).to(features.dtype)  # (B, 5)
+        enc = (tau / self.trajectory_length)[..., None].expand(-1, -1, HR * HR)
+        h_time = features * torch.sigmoid(self.time(enc))
+        return self.fuse(h_time, features[:, WINDOW // 2])
 
     # -- fusion of a window -------------------------------------------------------------
     def fuse(self, h_time: torch.Tensor, x_centre: torch.Tensor):
@@ -118,7 +135,7 @@ class DeRefNet(UnmixingModel):
         maps = h_time.view(b, WINDOW, 1, HR, HR)
         centre = maps[:, WINDOW // 2]
         neighbours = torch.cat([maps[:, i] for i in range(WINDOW) if i != WINDOW // 2], dim=0)
-        f_c = F.relu(self.fe(centre)).repeat(WINDOW - 1, 1, 1, 1)
+        f_c = F.relu(self.fe(centre))
         f_m = F.relu(self.fe(neighbours))
         agg = self.attention(f_c, f_m)
         a1 = self.dcn1(f_m, agg)
@@ -134,15 +151,9 @@ class DeRefNet(UnmixingModel):
     def forward(self, windows: torch.Tensor, frame_index: torch.Tensor):
         self.check_input(windows, frame_index)
         b = windows.shape[0]
-        offsets = torch.arange(-(WINDOW // 2), WINDOW // 2 + 1, device=windows.device)
-        tau = (frame_index[:, None] + offsets[None]).reshape(-1)
-        frames = windows.reshape(b * WINDOW, *windows.shape[2:])
-        x, h_time, l_cons = self.frame_features(frames, tau)
-        x = x.view(b, WINDOW, -1)
-        maps, l_align = self.fuse(h_time.view(b, WINDOW, -1), x[:, WINDOW // 2])
-        aux = {}
-        if self.training:
-            aux = {"cons": l_cons, "align": l_align}
+        x, l_cons = self.frame_features(windows.reshape(b * WINDOW, *windows.shape[2:]))
+        maps, l_align = self.window_maps(x.view(b, WINDOW, -1), frame_index)
+        aux = {"cons": l_cons, "align": l_align} if self.training else {}
         return maps, aux
 
     def forward_sequences(self, frames: torch.Tensor, start_index: torch.Tensor):
@@ -153,14 +164,12 @@ class DeRefNet(UnmixingModel):
         auxiliary losses (as :meth:`forward`, summed over windows).
         """
         n, length = frames.shape[:2]
-        tau = (start_index[:, None] + torch.arange(length, device=frames.device)[None]).reshape(-1)
-        x, h_time, l_cons = self.frame_features(frames.reshape(n * length, *frames.shape[2:]), tau)
-        x, h_time = x.view(n, length, -1), h_time.view(n, length, -1)
+        x, l_cons = self.frame_features(frames.reshape(n * length, *frames.shape[2:]))
         n_win = length - WINDOW + 1
         dev = frames.device
         idx = torch.arange(n_win, device=dev)[:, None] + torch.arange(WINDOW, device=dev)[None]
-        win = h_time[:, idx].reshape(n * n_win, WINDOW, -1)
-        centre = x[:, WINDOW // 2 : WINDOW // 2 + n_win].reshape(n * n_win, -1)
-        maps, l_align = self.fuse(win, centre)
+        windows = x.view(n, length, -1)[:, idx].reshape(n * n_win, WINDOW, -1)
+        middle = (start_index[:, None] + torch.arange(n_win, device=dev)[None] + WINDOW // 2)
+        maps, l_align = self.window_maps(windows, middle.reshape(-1))
         aux = {"cons": l_cons, "align": l_align} if self.training else {}
         return maps.view(n, n_win, HR, HR), aux

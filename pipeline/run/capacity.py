@@ -68,16 +68,22 @@ def frame_load(plans: list, run_config: Any) -> dict[str, Any]:
             "windows_per_s": None if groups is None or rate is None else groups * rate}
 
 
-def _synthetic_frame(n: int, seed: int = 0) -> Windows:
-    """A Windows message of ``n`` windows of simulated 2–4-target patches."""
+def _synthetic_frames(n: int, count: int, seed: int = 0) -> list[Windows]:
+    """``count`` ≤ 16 consecutive Windows messages of ``n`` tracks of simulated 2–4-target
+    patches: message t holds window t of each track, so like the cropper's output each
+    message brings one new frame per track (what a per-frame feature cache sees)."""
     from models.protocol import eval_windows
     from sim.dataset import simulate
 
-    patches, frame_index, _ = eval_windows(simulate(max(1, -(-n // 16)), seed=seed))
-    info = tuple(WindowInfo(blob_id=i, origin_row=0, origin_col=0,
-                            frame_index=int(frame_index[i])) for i in range(n))
-    return Windows(seq=0, t_source_ns=0, windows=info,
-                   patches=np.ascontiguousarray(patches[:n], dtype=np.float32))
+    patches, frame_index, _ = eval_windows(simulate(n, seed=seed))  # 16 windows per track
+    frames = []
+    for t in range(count):
+        rows = [track * 16 + t for track in range(n)]
+        info = tuple(WindowInfo(blob_id=i, origin_row=0, origin_col=0,
+                                frame_index=int(frame_index[r])) for i, r in enumerate(rows))
+        frames.append(Windows(seq=t, t_source_ns=0, windows=info,
+                              patches=np.ascontiguousarray(patches[rows], dtype=np.float32)))
+    return frames
 
 
 def _median_ms(fn, repeats: int) -> float:
@@ -87,15 +93,18 @@ def _median_ms(fn, repeats: int) -> float:
 
 
 def measure(plans: list, windows_per_frame: int, repeats: int = 5) -> dict[str, float]:
-    """Median ms per frame of ``windows_per_frame`` windows of each measured stage."""
+    """Median ms per frame of ``windows_per_frame`` windows of each measured stage, on
+    consecutive frames of the same tracks."""
     stages = {p.kind: p for p in plans if p.kind in MEASURED}
-    frame = _synthetic_frame(windows_per_frame)
+    frames = _synthetic_frames(windows_per_frame, repeats + 2)
+    frame = frames[-1]
     costs: dict[str, float] = {}
     maps = None
     if "unmixer" in stages:
         unmixer = stages["unmixer"].build()
         unmixer.start()
-        costs["unmixer"] = _median_ms(lambda: unmixer.process(frame), repeats)
+        stream = iter(frames[:-1])
+        costs["unmixer"] = _median_ms(lambda: unmixer.process(next(stream)), repeats)
         (maps,) = unmixer.process(frame)
     if "extractor" in stages:
         if maps is None:  # no unmixer in the chain: the extractor's cost on flat maps
