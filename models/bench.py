@@ -10,7 +10,8 @@ natively. Every figure is the median of ``--repeats`` timed runs after a warm-up
 variants run side by side in one process, next to the machine's measured fp32 matmul peak.
 At the top of the JSON (default ``benchmarks/bench_<model>.json``): ``peak_gflops``,
 ``macs_per_window``, ``best`` (the fastest variant that keeps the accuracy) and
-``fraction_of_peak`` (see :func:`benchmark`). ``extractor``: the sub-pixel extractor's
+``fraction_of_peak`` (see :func:`benchmark`); ``peak_gflops_threads1``, the one-thread peak,
+goes with the ``_threads1`` variant (the live stage's default thread count). ``extractor``: the sub-pixel extractor's
 median time per frame of 6 and of 24 windows on this model's maps.
 """
 
@@ -171,7 +172,8 @@ def _accuracy(model, dataset, bf16: bool) -> dict:
 FP32_VARIANTS = ("fp32_threads1_b1", "fp32_threads1_b64", "fp32_threads2_b1",
                  "fp32_threads2_b64", "channels_last_b64", "reuse_frame_features_4tracks",
                  "reuse_frame_features_channels_last_4tracks",
-                 "live_steps_channels_last_6tracks", "torch_compile_b64")
+                 "live_steps_channels_last_6tracks",
+                 "live_steps_channels_last_6tracks_threads1", "torch_compile_b64")
 
 
 def benchmark(model_name: str, weights: str | None, repeats: int, compile_: bool,
@@ -191,6 +193,7 @@ def benchmark(model_name: str, weights: str | None, repeats: int, compile_: bool
     except WeightsError:
         model, weights_note = get_model(model_name).eval(), "untrained (speed only)"
     peak = matmul_peak_gflops(2)
+    peak_one_thread = matmul_peak_gflops(1)
     windows, index = _inputs(1)
     macs = count_macs(model, windows[0].numpy(), int(index[0]))
     results: dict[str, dict] = {}
@@ -203,6 +206,10 @@ def benchmark(model_name: str, weights: str | None, repeats: int, compile_: bool
     results["reuse_frame_features_channels_last_4tracks"] = time_sequences(model, 4, repeats)
     if model.shares_frame_features:
         results["live_steps_channels_last_6tracks"] = time_live_steps(model, 6, repeats)
+        torch.set_num_threads(1)  # what the live unmixer stage runs with by default
+        results["live_steps_channels_last_6tracks_threads1"] = time_live_steps(model, 6,
+                                                                              repeats)
+        torch.set_num_threads(2)
     model = model.to(memory_format=torch.contiguous_format)
     results["reuse_frame_features_4tracks"] = time_sequences(model, 4, repeats)
     eligible = list(FP32_VARIANTS)
@@ -233,6 +240,7 @@ def benchmark(model_name: str, weights: str | None, repeats: int, compile_: bool
         "model": model_name, "weights": weights_note, "repeats": repeats,
         "statistic": "median",
         "peak_gflops": peak,
+        "peak_gflops_threads1": peak_one_thread,
         "macs_per_window": macs,
         "best": {"variant": best, "windows_per_s": best_wps},
         "fraction_of_peak": best_wps * 2 * timed[best]["macs_per_window"] / (peak * 1e9),

@@ -5,7 +5,8 @@ pixels (integer = centre of a patch pixel); a window's origin is the frame pixel
 pixel (0, 0), so ``frame = origin + patch`` exactly. Each point carries the index of its window
 in the frame's message (``window_id``).
 The stage's options are those of :class:`models.extract.ExtractorConfig` (the fits are
-numpy: no torch threads to set).
+single-threaded compiled loops: no torch threads to set; the noise level is estimated per
+window unless ``noise_grey`` is set).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 
 from models.config import ConfigError
 from models.extract import ExtractorConfig, extract_points
+from sim.geometry import HR, PATCH, WINDOW
 from stages.base import Stage
 from stages.messages import Maps, Message, Point, Points, WindowInfo
 
@@ -76,6 +78,12 @@ class Extractor(Stage):
     ) -> None:
         super().__init__(config)
         self.extract = extract
+
+    def start(self) -> None:
+        """Run the fits once on a blank window, so that their compilation (or the loading of
+        the compiled code from the disk cache) happens before the first frame."""
+        self.extract(np.zeros((1, HR, HR)), np.zeros((1, WINDOW, PATCH, PATCH)), self.config,
+                     np.full(1, 255.0))
 
     def process(self, msg: Message) -> Iterable[Message]:
         if not isinstance(msg, Maps):

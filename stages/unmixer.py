@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from models.config import ConfigError
-from sim.geometry import HR
+from sim.geometry import HR, PATCH, WINDOW
 from stages.base import Stage
 from stages.messages import Maps, Message, Windows
 from stages.threads import use_torch_threads
@@ -110,10 +110,13 @@ class Unmixer(Stage):
             self.model, self.meta = load_model(self.config.model, self.config.weights)
             logger.info("unmixer: loaded %s (%s)", self.config.model, self.meta.get("sha256", ""))
         self.model.to(self.config.device).eval()
-        if self.config.channels_last and self.config.device == "cpu":
-            import torch
+        import torch
 
+        if self.config.channels_last and self.config.device == "cpu":
             self.model.to(memory_format=torch.channels_last)
+        with torch.inference_mode():  # first call: kernel set-up, before the first frame
+            self.model(torch.zeros(1, WINDOW, PATCH, PATCH, device=self.config.device),
+                       torch.full((1,), WINDOW // 2, device=self.config.device))
 
     @property
     def caches_features(self) -> bool:

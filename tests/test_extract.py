@@ -79,7 +79,7 @@ def test_physics_needs_frames():
 
 
 @pytest.mark.parametrize("sigma", [0.0, 2.0, 4.0])
-def test_noise_is_estimated_from_the_ring_pixels(sigma):
+def test_noise_is_estimated_from_the_pixels_away_from_the_group(sigma):
     """uint8 windows with a 4-target group at the centre and a background of 20: the
     estimate is the noise std (within 10 %), and the floor on clean data."""
     rng = np.random.default_rng(int(sigma))

@@ -49,6 +49,8 @@ def test_all_windows_of_a_frame_go_through_one_forward(restore_threads):
     stage = Unmixer(UnmixerConfig(threads=1), model=model)
     stage.start()
     assert torch.get_num_threads() == 1
+    assert model.calls == [(1, [2])]  # the warm-up call, before the first frame
+    model.calls.clear()
     msg = _windows(4)
     (out,) = stage.process(msg)
     assert model.calls == [(4, [2, 3, 4, 5])]

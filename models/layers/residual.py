@@ -26,7 +26,7 @@ class ResidualBlock(nn.Module):
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=bias)
 
     def forward(self, x):
-        return x + self.conv2(F.leaky_relu(self.conv1(x), self.negative_slope))
+        return x + self.conv2(F.leaky_relu(self.conv1(x), self.negative_slope, inplace=True))
 
 
 class ResidualBlockNoBN(ResidualBlock):

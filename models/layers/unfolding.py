@@ -15,9 +15,15 @@ from models.layers.shrinkage import soft_threshold
 from sim.geometry import HR
 
 
-def gradient_step(x, phitphi, phity, step):
-    """r = x − step·ΦᵀΦx + step·Φᵀy for row vectors x, phity (N, 1089); ``step`` broadcasts."""
-    return x - step * (x @ phitphi) + step * phity
+def gradient_step(x, gram, phity, step):
+    """r = x − step·ΦᵀΦx + step·Φᵀy for row vectors x, phity (N, 1089); ``step`` broadcasts.
+
+    ``gram`` is ΦᵀΦ (1089, 1089), or Φ (121, 1089) itself: x·ΦᵀΦ is then computed as (x·Φᵀ)·Φ,
+    the same product with 4.5× fewer MACs and a 0.5 MB operand instead of 4.7 MB (what a
+    few-frame batch, DeRefNet's live unmixer, is bound by).
+    """
+    xg = x @ gram if gram.shape[0] == gram.shape[1] else (x @ gram.T) @ gram
+    return x - step * xg + step * phity
 
 
 class UnfoldingLayer(nn.Module):
@@ -41,12 +47,12 @@ class UnfoldingLayer(nn.Module):
         symmetry residual s = G̃(G(r)) − r is taken on the gradient-step estimate r."""
         r = gradient_step(x, phitphi, phity, self.rho).view(-1, 1, HR, HR)
         w1, w2, w3, w4 = self.kernels
-        g = F.conv2d(F.relu(F.conv2d(r, w1, padding=1)), w2, padding=1)
+        g = F.conv2d(F.relu(F.conv2d(r, w1, padding=1), inplace=True), w2, padding=1)
         z = soft_threshold(g, self.theta)
-        x_new = F.conv2d(F.relu(F.conv2d(z, w3, padding=1)), w4, padding=1)
+        x_new = F.conv2d(F.relu(F.conv2d(z, w3, padding=1), inplace=True), w4, padding=1)
         sym = None
         if with_symmetry:
-            s = F.conv2d(F.relu(F.conv2d(g, w3, padding=1)), w4, padding=1) - r
+            s = F.conv2d(F.relu(F.conv2d(g, w3, padding=1), inplace=True), w4, padding=1) - r
             sym = s.pow(2).mean()
         return x_new.flatten(1), sym
 

@@ -19,6 +19,11 @@ Losses: L_cons = Σ_k mean(s_k²); L_align = |H''_m − x₉_j| over the 4 neigh
 as the reference, or mean); L_reg (MSE to the target map) is added by the training loop.
 Known reference quirks we keep: the dense 1089² time-encoder Linear (1.19 M params), two
 DCNs, the symmetry residual on r_k. We drop the ×2 of MMEngine's ``parse_losses``.
+
+Computed more cheaply, same values: ΦᵀΦx as Φᵀ(Φx), and the time encoder's Linear on its
+constant input τ/20·1 as τ/20 · (row sums of W) + b (its parameters and gradients are the
+reference's). With the compiled deformable-conv kernel (:mod:`models.layers.deform`) these
+make the live CPU path (``benchmarks/bench_derefnet.json``).
 """
 
 from __future__ import annotations
@@ -77,8 +82,6 @@ class DeRefNet(UnmixingModel):
             raise ValueError(f"align_reduction must be 'sum' or 'mean', got {align_reduction!r}")
         self.align_reduction = align_reduction
         self.trajectory_length = trajectory_length
-        # derived from Φ, so not stored in weight files
-        self.register_buffer("phitphi", self.phi.T @ self.phi, persistent=False)  # (1089, 1089)
         self.unfolding = nn.ModuleList(UnfoldingLayer(channels) for _ in range(layers))
         self.time = nn.Linear(HR * HR, HR * HR)
         self.fe = nn.Conv2d(1, channels, 3, padding=1)
@@ -109,7 +112,7 @@ class DeRefNet(UnmixingModel):
         """
         y = frames.reshape(frames.shape[0], -1)
         phity = y @ self.phi  # (N, 1089) = (Φᵀ y)ᵀ
-        return unfold(self.unfolding, y @ self.qinit.T, self.phitphi, phity, self.training)
+        return unfold(self.unfolding, y @ self.qinit.T, self.phi, phity, self.training)
 
     def window_maps(self, features: torch.Tensor, frame_index: torch.Tensor):
         """Time encoding, alignment and reconstruction of windows from per-frame features.
@@ -119,8 +122,11 @@ class DeRefNet(UnmixingModel):
         """
         offsets = torch.arange(-(WINDOW // 2), WINDOW // 2 + 1, device=features.device)
         tau = (frame_index[:, None] + offsets[None]).to(features.dtype)  # (B, 5)
-        enc = (tau / self.trajectory_length)[..., None].expand(-1, -1, HR * HR)
-        h_time = features * torch.sigmoid(self.time(enc))
+        # the encoder's input is the constant vector τ/L·1, so Linear(τ/L·1) = τ/L·W1 + b:
+        # the same values as the dense product, 1,089× fewer MACs
+        rows = self.time.weight.sum(dim=1)  # (1089,)
+        h_time = features * torch.sigmoid(
+            (tau / self.trajectory_length)[..., None] * rows + self.time.bias)
         return self.fuse(h_time, features[:, WINDOW // 2])
 
     # -- fusion of a window -------------------------------------------------------------
@@ -135,8 +141,8 @@ class DeRefNet(UnmixingModel):
         maps = h_time.view(b, WINDOW, 1, HR, HR)
         centre = maps[:, WINDOW // 2]
         neighbours = torch.cat([maps[:, i] for i in range(WINDOW) if i != WINDOW // 2], dim=0)
-        f_c = F.relu(self.fe(centre))
-        f_m = F.relu(self.fe(neighbours))
+        f_c = F.relu(self.fe(centre), inplace=True)
+        f_m = F.relu(self.fe(neighbours), inplace=True)
         agg = self.attention(f_c, f_m)
         a1 = self.dcn1(f_m, agg)
         a2 = self.dcn2(a1, a1)
@@ -145,7 +151,7 @@ class DeRefNet(UnmixingModel):
         l_align = diff.sum() if self.align_reduction == "sum" else diff.mean()
         half = WINDOW // 2
         stack = torch.cat([aligned[:, :half], centre, aligned[:, half:]], dim=1)  # (B,5,33,33)
-        out = self.tail(self.blocks(F.relu(self.head(stack))))
+        out = self.tail(self.blocks(F.relu(self.head(stack), inplace=True)))
         return out.view(b, HR, HR), l_align
 
     def forward(self, windows: torch.Tensor, frame_index: torch.Tensor):

@@ -4,7 +4,8 @@ against the load the config asks for.
 Each of the two stages is built from its plan and timed on synthetic frames of the chain's
 group count (median of a few calls after a warm-up, in this process); the cost is cached per
 machine, stage config and weights file in ``$XDG_CACHE_HOME/csist-pipeline/capacity.json``
-(default ``~/.cache``), so a second run starts at once. The load is the source's ``groups``
+(default ``~/.cache``), so a second run starts at once (a changed model or stage source file
+measures again). The load is the source's ``groups``
 windows per frame at ``run.rate_hz`` frames/s (unknown for a source that does not say how
 many groups it holds, and unpaced chains have no load to compare with).
 """
@@ -46,6 +47,14 @@ def machine_key() -> str:
 
     return (f"{platform.processor() or platform.machine()}|{os.cpu_count()} cpus|"
             f"{torch.backends.cpu.get_cpu_capability()}|torch {torch.__version__}")
+
+
+def code_stamp() -> str:
+    """Latest modification (ns) of the models' and stages' code: a changed model invalidates
+    its cost as a new weights file does."""
+    root = Path(__file__).resolve().parents[2]
+    return str(max(p.stat().st_mtime_ns for d in ("models", "stages")
+                   for p in (root / d).rglob("*.py")))
 
 
 def _weights_stamp(config: Any) -> str:
@@ -118,8 +127,9 @@ def measure(plans: list, windows_per_frame: int, repeats: int = 5) -> dict[str, 
 def stage_costs(plans: list, windows_per_frame: int) -> dict[str, float]:
     """:func:`measure`, through the per-machine cache."""
     machine = machine_key()
+    code = code_stamp()
     keys = {p.kind: json.dumps([machine, p.kind, repr(p.config), _weights_stamp(p.config),
-                                windows_per_frame, WINDOW])
+                                code, windows_per_frame, WINDOW])
             for p in plans if p.kind in MEASURED}
     path = cache_path()
     try:
