@@ -11,8 +11,8 @@ variants run side by side in one process, next to the machine's measured fp32 ma
 At the top of the JSON (default ``benchmarks/bench_<model>.json``): ``peak_gflops``,
 ``macs_per_window``, ``best`` (the fastest variant that keeps the accuracy) and
 ``fraction_of_peak`` (see :func:`benchmark`); ``peak_gflops_threads1``, the one-thread peak,
-goes with the ``_threads1`` variant (the live stage's default thread count). ``extractor``: the sub-pixel extractor's
-median time per frame of 6 and of 24 windows on this model's maps.
+goes with the ``_threads1`` variant (the live stage's default thread count). ``extractor``:
+the sub-pixel extractor's median time per frame of 6 and of 24 windows on this model's maps.
 """
 
 from __future__ import annotations
