@@ -355,12 +355,9 @@ def _physics_fit(frames, pos, bright, n, saturation, crop, iterations, prior_px,
     clip = saturation - 0.5
     gr, dgr = np.empty((n, size)), np.empty((n, size))
     gc, dgc = np.empty((n, size)), np.empty((n, size))
-    jtj = np.zeros((n_par, n_par))
-    jtr = np.zeros(n_par)
-    grad = np.zeros(n_par)
+    jac = np.zeros((t_len * size * size, n_par))  # one row per pixel (censored: zeros)
+    res = np.zeros(t_len * size * size)
     for _ in range(iterations):
-        jtj[:] = 0.0
-        jtr[:] = 0.0
         for t in range(t_len):
             dt = t - t_len // 2
             for k in range(n):
@@ -368,9 +365,11 @@ def _physics_fit(frames, pos, bright, n, saturation, crop, iterations, prior_px,
                 _pixel_response(pos[k, 1] + dt * vel[1], o_c, size, sigma, gc[k], dgc[k])
             for i in range(size):
                 for j in range(size):
+                    row = (t * size + i) * size + j
                     y = frames[t, o_r + i, o_c + j]
                     if not y < clip:
-                        continue  # saturated: censored
+                        continue  # saturated: censored (its row stays zero)
+                    grad = jac[row]
                     model, vr, vc = 0.0, 0.0, 0.0
                     for k in range(n):
                         model += bright[k] * gr[k, i] * gc[k, j]
@@ -381,15 +380,9 @@ def _physics_fit(frames, pos, bright, n, saturation, crop, iterations, prior_px,
                         vc += grad[3 * k + 1]
                     grad[3 * n] = vr * dt
                     grad[3 * n + 1] = vc * dt
-                    r = (y - model) * inv_noise
-                    for p in range(n_par):
-                        gp = grad[p]
-                        jtr[p] += gp * r
-                        for q in range(p, n_par):
-                            jtj[p, q] += gp * grad[q]
-        for p in range(n_par):
-            for q in range(p):
-                jtj[p, q] = jtj[q, p]
+                    res[row] = (y - model) * inv_noise
+        jtj = jac.T @ jac
+        jtr = jac.T @ res
         for k in range(n):
             for a in range(2):
                 jtj[3 * k + a, 3 * k + a] += w_prior * w_prior

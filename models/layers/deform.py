@@ -9,7 +9,8 @@ g·C/G … (g + 1)·C/G − 1. Tap k = (i, j) of output pixel (h, w) samples the
 
 Two implementations with the same output (tests/test_models.py):
 
-- **Training** (any tensor that needs a gradient, or not on the CPU): one ``grid_sample`` over
+- **Training** (any tensor that needs a gradient, not on the CPU, or under
+  ``torch.compile``, which cannot trace the compiled kernel): one ``grid_sample`` over
   all taps, then one matmul. Its sampled tensor is (B, C·taps, H·W), and the matmul's
   broadcasting copies it once more, so at DeRefNet's sizes it runs near 12 GFLOP/s.
 - **Inference on the CPU**: a numba kernel writes the bilinear samples straight into
@@ -120,7 +121,8 @@ def deform_conv2d(
     """
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, offset, weight, bias))
-    if not needs_grad and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+    if (not needs_grad and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+            and not torch.compiler.is_compiling()):
         out = _deform_conv2d_inference(x, offset, weight, padding, stride, dilation,
                                        deform_groups)
         return out if bias is None else out + bias.view(1, -1, 1, 1)

@@ -21,6 +21,7 @@ def soft_threshold(v: torch.Tensor, theta) -> torch.Tensor:
     """
     theta_t = torch.as_tensor(theta)
     if (theta_t.numel() == 1 and v.device.type == "cpu" and v.dtype == torch.float32
+            and not torch.compiler.is_compiling()
             and not (torch.is_grad_enabled() and (v.requires_grad or theta_t.requires_grad))
             and (v.is_contiguous() or v.is_contiguous(memory_format=torch.channels_last))):
         out = torch.empty_like(v)  # same strides, so both flat views walk memory alike
