@@ -80,6 +80,16 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join([fmt.format(*head), sep, *(fmt.format(*r) for r in lines)])
 
 
+def count_accuracy(points, truths) -> dict:
+    """Per true target count K (key ``str(K)``): the windows with K targets and the fraction
+    of them for which the extractor found exactly K points."""
+    true_k = np.array([len(t) for t in truths])
+    found = np.array([len(p) for p in points])
+    return {str(k): {"windows": int((true_k == k).sum()),
+                     "right": float((found[true_k == k] == k).mean())}
+            for k in np.unique(true_k)}
+
+
 def noise_summary(windows) -> dict:
     """Median and 10/90 % quantiles of the extractor's per-window noise estimate (grey
     levels, no floor), to compare with a dataset's known noise σ."""
@@ -147,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
     ext_cfg = extractor_config(args.extract)
     dets = detections_from_maps(pred.maps, pred.windows, args.mode,
                                 lambda m, w: extract_points(m, w, ext_cfg))
-    matching = match_detections(dets, ground_truths(dataset, pred.frames))
+    truths = ground_truths(dataset, pred.frames)
+    matching = match_detections(dets, truths)
     macs = count_macs(model, pred.windows[0], int(eval_frames(dataset)[1][0]))
     result = {
         "model": args.model,
@@ -163,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
         "mode": args.mode,
         "extractor": asdict(ext_cfg) if args.mode == "points" else None,
         "noise_estimate": noise_summary(pred.windows) if args.mode == "points" else None,
+        "count_accuracy": count_accuracy(dets, truths) if args.mode == "points" else None,
         "trajectories": dataset.n_trajectories,
         "device": args.device,
         "batch_size": args.batch_size,
@@ -174,6 +186,10 @@ def run(args: argparse.Namespace) -> int:
         rows.append({"name": "grid oracle", **result["grid_oracle"]})
     print(format_table(rows))
     print(f"{result['frames']} frames, {dataset.n_trajectories} trajectories, mode {args.mode}")
+    if result["count_accuracy"]:
+        print("target count right: " + ", ".join(
+            f"K={k} {100 * c['right']:.1f} % of {c['windows']}"
+            for k, c in result["count_accuracy"].items()))
     if result["noise_estimate"]:
         est = result["noise_estimate"]
         print(f"pixel noise estimated per window: median {est['median']:.2f} grey levels "

@@ -4,8 +4,11 @@ One implementation shared by ``python -m models evaluate --mode points`` and the
 extractor stage. Three steps per window:
 
 1. **Count.** The networks are trained on brightness-preserving maps, so the map's mass
-   over the patch divided by the mean target brightness estimates the target count K
-   (the SeqCSIST brightness range 220–250 makes K ∈ {2, 3, 4} separable by mass).
+   divided by the mean target brightness estimates the target count K (the SeqCSIST
+   brightness range 220–250 makes K ∈ {2, 3, 4} separable by mass). The mass is taken in the
+   ``splat_crop``² cells around the map's centre of mass: over the whole map the networks'
+   faint positive output elsewhere adds ~0.4 of a target (fastunmix: K = 2 counted right in
+   76 % of the test windows from the whole map, 100 % from the crop).
 2. **Splat fit.** Greedy initialisation on the residual map, then Gauss–Newton on the map
    model Σ_k b_k · tent(u − u_k) (the bilinear splat the networks learn), giving K
    continuous HR positions u_k and brightnesses b_k.
@@ -45,7 +48,7 @@ class ExtractorConfig:
     """Knobs of :func:`extract_points` (units: grey levels, LR pixels)."""
 
     brightness_mean: float = 235.0  # mean target brightness of the data (SeqCSIST U[220,250])
-    max_targets: int = 4
+    max_targets: int = 8  # counts above are clipped (see the README on 2–8 targets)
     min_mass: float = 0.5  # windows with mass < min_mass·brightness_mean yield no targets
     splat_iterations: int = 15
     splat_starts: int = 4  # multi-start Gauss–Newton (see _splat_fit)
@@ -53,7 +56,7 @@ class ExtractorConfig:
     physics_iterations: int = 10
     prior_px: float = 0.05  # std of the prior keeping physics positions near the splat fit
     brightness_std: float = 20.0  # std of the brightness prior around brightness_mean
-    splat_crop: int = 10  # HR cells per side of the region the splat fit looks at
+    splat_crop: int = 10  # HR cells per side of the region the count and splat fit look at
     physics_crop: int = 6  # LR pixels per side of the region the physics fit looks at
     noise_grey: float | None = None  # pixel noise std; None: estimated per window
     noise_floor: float = 1.0  # least noise std an estimate may give (clean uint8 data)
@@ -77,20 +80,24 @@ def estimate_noise(windows: np.ndarray, floor: float = 0.0,
 
 
 def estimate_counts(maps: np.ndarray, cfg: ExtractorConfig) -> np.ndarray:
-    """Target count per map (B, H, W) from its positive mass: shape (B,), int64 in
-    0..max_targets."""
+    """Target count per map (B, H, W) from its positive mass near its centre of mass: shape
+    (B,), int64 in 0..max_targets."""
     maps = np.ascontiguousarray(maps, dtype=np.float64)
-    return np.array([_count(m, cfg.brightness_mean, cfg.min_mass, cfg.max_targets)
+    return np.array([_count(m, cfg.splat_crop, cfg.brightness_mean, cfg.min_mass,
+                            cfg.max_targets)
                      for m in maps], dtype=np.int64)
 
 
 # -- compiled per-window steps -------------------------------------------------------------
 
 @numba.njit(cache=True)
-def _count(m, brightness_mean, min_mass, max_targets):  # pragma: no cover - compiled
-    """Target count of one map (H, W) from its positive mass."""
+def _count(m, crop, brightness_mean, min_mass, max_targets):  # pragma: no cover - compiled
+    """Target count of one map (H, W) from its positive mass in the crop² region around its
+    centre of mass."""
+    size = min(crop, m.shape[0])
+    o_r, o_c = _crop_origin(m, size)
     mass = 0.0
-    for v in m.ravel():
+    for v in m[o_r:o_r + size, o_c:o_c + size].ravel():
         if v > 0:
             mass += v
     if mass < min_mass * brightness_mean:
@@ -406,7 +413,7 @@ def _extract_batch(maps, windows, saturation, refine, score_mass, max_targets, m
     noise std of each window."""
     for b in range(maps.shape[0]):
         m = maps[b]
-        n = _count(m, brightness_mean, min_mass, max_targets)
+        n = _count(m, splat_crop, brightness_mean, min_mass, max_targets)
         counts[b] = n
         if n == 0:
             continue

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from models.base import UnmixingModel
-from models.evaluate import add_arguments, run
+from models.evaluate import add_arguments, count_accuracy, run
 from models.harness import count_macs, count_params, evaluate_model, predict_maps
 from models.protocol import eval_frames, eval_windows, grid_oracle
 from sim.dataset import save_npz, simulate
@@ -183,3 +183,11 @@ def test_a_model_without_weights_is_named_with_its_training_command(tmp_path, ca
     err = capsys.readouterr().err
     assert "python -m models train --config configs/models/lista.yaml" in err
     assert "Traceback" not in err
+
+
+def test_count_accuracy_is_per_true_target_count():
+    truths = [np.zeros((2, 3)), np.zeros((2, 3)), np.zeros((3, 3)), np.zeros((5, 3))]
+    found = [np.zeros((2, 3)), np.zeros((3, 3)), np.zeros((3, 3)), np.zeros((4, 3))]
+    assert count_accuracy(found, truths) == {
+        "2": {"windows": 2, "right": 0.5}, "3": {"windows": 1, "right": 1.0},
+        "5": {"windows": 1, "right": 0.0}}
