@@ -175,13 +175,21 @@ def _greedy(local, k_max, brightness_mean, pos, bright):  # pragma: no cover - c
         pos[k, 0] = r0 + (q2 + q3) / mass
         pos[k, 1] = c0 + (q1 + q3) / mass
         bright[k] = min(mass, brightness_mean)
-        for i in range(side):
-            wr = max(1.0 - abs(i - pos[k, 0]), 0.0)
-            if wr == 0.0:
-                continue
-            for j in range(side):
-                wc = max(1.0 - abs(j - pos[k, 1]), 0.0)
-                res[i, j] = max(res[i, j] - bright[k] * wr * wc, 0.0)
+        _subtract_splat(res, pos[k, 0], pos[k, 1], bright[k], 0.0)
+
+
+@numba.njit(cache=True)
+def _subtract_splat(res, row, col, brightness, floor):  # pragma: no cover - compiled
+    """res (S, S) minus a bilinear splat of ``brightness`` at (row, col) cells, in place,
+    kept at ≥ floor (−inf: no floor)."""
+    side = res.shape[0]
+    for i in range(side):
+        wr = max(1.0 - abs(i - row), 0.0)
+        if wr == 0.0:
+            continue
+        for j in range(side):
+            wc = max(1.0 - abs(j - col), 0.0)
+            res[i, j] = max(res[i, j] - brightness * wr * wc, floor)
 
 
 @numba.njit(cache=True)
@@ -220,15 +228,8 @@ def _solve_damped(a, b, n, rel_damping):  # pragma: no cover - compiled
 def _splat_cost(local, pos, bright, n, brightness_mean, w_b):  # pragma: no cover - compiled
     """Residual map (S, S) of the splat model and the total cost (with brightness priors)."""
     res = local.copy()
-    side = local.shape[0]
     for k in range(n):
-        for i in range(side):
-            wr = max(1.0 - abs(i - pos[k, 0]), 0.0)
-            if wr == 0.0:
-                continue
-            for j in range(side):
-                wc = max(1.0 - abs(j - pos[k, 1]), 0.0)
-                res[i, j] -= bright[k] * wr * wc
+        _subtract_splat(res, pos[k, 0], pos[k, 1], bright[k], -np.inf)
     cost = 0.0
     for v in res.ravel():
         cost += v * v
