@@ -101,8 +101,12 @@ class Unmixer(Stage):
         self.cache_misses = 0
 
     def start(self) -> None:
-        """Set the torch thread count and load the model (torch is imported here, not at
-        module import, so stages that do not unmix never pay for it)."""
+        """Set the torch thread count, load the model, put it in channels-last format (CPU)
+        and run it once, so that kernel set-up and compilation happen before the first frame
+        (torch is imported here, not at module import, so stages that do not unmix never pay
+        for it)."""
+        import torch
+
         use_torch_threads(self.config.threads)
         if self.model is None:
             from models.weights import load_model
@@ -110,8 +114,6 @@ class Unmixer(Stage):
             self.model, self.meta = load_model(self.config.model, self.config.weights)
             logger.info("unmixer: loaded %s (%s)", self.config.model, self.meta.get("sha256", ""))
         self.model.to(self.config.device).eval()
-        import torch
-
         if self.config.channels_last and self.config.device == "cpu":
             self.model.to(memory_format=torch.channels_last)
         with torch.inference_mode():  # first call: kernel set-up, before the first frame
@@ -120,6 +122,7 @@ class Unmixer(Stage):
 
     @property
     def caches_features(self) -> bool:
+        """Whether windows go through the per-frame feature cache."""
         return self.config.feature_cache > 0 and getattr(self.model, "shares_frame_features",
                                                          False)
 
