@@ -100,6 +100,13 @@ class Stage:
         ``flush``. The default has nothing to report."""
         return None
 
+    def input_counters(self) -> dict[str, int]:
+        """Counters of input the stage receives itself rather than over the chain's links
+        (an outside program's socket), with the names of the link counters
+        (``decode_errors``, ``dropped``, ...): the runner adds them to the stage's row of the
+        report, so one number says what was lost at that input. The default: none."""
+        return {}
+
 
 class Source(Stage):
     """Base class of a stage with no inputs: iterating it yields its messages in ``seq`` order."""

@@ -130,6 +130,7 @@ def test_external_input_pairs_answers_by_seq(tmp_path):
         assert stage.summary() == {"received": 3, "missed": 2, "late": 1, "too_early": 1,
                                    "evicted": 0, "invalid_blobs": 1, "decode_errors": 1,
                                    "wrong_schema": 0}
+        assert stage.input_counters() == {"decode_errors": 1}  # the stage row's number too
     finally:
         push.close(linger=0)
         ctx.term()

@@ -187,3 +187,8 @@ class ExternalInput(Stage):
 
     def summary(self) -> dict[str, Any]:
         return dict(self.counts)
+
+    def input_counters(self) -> dict[str, int]:
+        """The outside messages that could not be decoded: the stage row's ``decode_errors``
+        (the same number as ``decode_errors`` in this stage's summary)."""
+        return {"decode_errors": self.counts["decode_errors"]}

@@ -158,9 +158,12 @@ def run_inline(
                 stage.stop()
             except Exception:
                 logger.exception("stop() of %s failed", type(stage).__name__)
+    # the stages that were built (all of them unless one failed to build)
+    own = {p.name: s.input_counters() for p, s in zip(plans, stages, strict=False)}
     return build_report(
         mode="inline", source=plans[0].name,
-        stages={s.name: s.summary() for s in stats}, latency_at=latency_stage(plans),
+        stages={st.name: st.summary([own.get(st.name, {})]) for st in stats},
+        latency_at=latency_stage(plans),
         summaries={k: v for k, v in summaries.items() if v is not None},
         error=error, interrupted=interrupted,
     )

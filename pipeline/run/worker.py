@@ -129,11 +129,20 @@ class Control:
         return True
 
 
+def input_counters(inlet: Inlet | None, stage: Any) -> list[dict[str, int]]:
+    """The receiver counters of the stage's input links, and those of the input it receives
+    itself (:meth:`stages.base.Stage.input_counters`)."""
+    links = [c.as_dict() for c in inlet.counters] if inlet else []
+    return [*links, stage.input_counters()]
+
+
 class _Heartbeat:
     """Sends a ``stats`` heartbeat at most every ``interval_s``."""
 
-    def __init__(self, spec: WorkerSpec, conn: Any, stats: StageStats, inlet: Inlet | None):
+    def __init__(self, spec: WorkerSpec, conn: Any, stats: StageStats, inlet: Inlet | None,
+                 stage: Any):
         self.spec, self.conn, self.stats, self.inlet = spec, conn, stats, inlet
+        self.stage = stage
         self.count = 0
         self.next_t = time.monotonic() + spec.heartbeat_s
 
@@ -141,14 +150,14 @@ class _Heartbeat:
         if time.monotonic() < self.next_t:
             return
         self.next_t = time.monotonic() + self.spec.heartbeat_s
-        links = [c.as_dict() for c in self.inlet.counters] if self.inlet else []
+        links = input_counters(self.inlet, self.stage)
         p50, p99 = percentiles_ms(self.stats.durations)
         self.conn.send(("stats", Stats(
             seq=self.count, t_source_ns=time.time_ns(), stage=self.spec.name,
             msgs_in=self.stats.msgs_in, msgs_out=self.stats.msgs_out,
-            dropped=sum(c["dropped"] for c in links),
-            decode_errors=sum(c["decode_errors"] for c in links),
-            seq_gaps=sum(c["seq_gaps"] for c in links), p50_ms=p50, p99_ms=p99,
+            dropped=sum(c.get("dropped", 0) for c in links),
+            decode_errors=sum(c.get("decode_errors", 0) for c in links),
+            seq_gaps=sum(c.get("seq_gaps", 0) for c in links), p50_ms=p50, p99_ms=p99,
         )))
         self.count += 1
 
@@ -239,7 +248,7 @@ def main(spec: WorkerSpec, conn: Any, control: Control) -> None:
             if control.aborted():
                 sys.exit(EXIT_ABORTED)
         stats = StageStats(spec.name)
-        beat = _Heartbeat(spec, conn, stats, inlet)
+        beat = _Heartbeat(spec, conn, stats, inlet, stage)
         if inlet is None:
             _run_source(spec, stage, outlet, control, stats, beat)
         else:
@@ -256,7 +265,7 @@ def main(spec: WorkerSpec, conn: Any, control: Control) -> None:
         while not all(control.drained[c].wait(POLL_MS / 1000) for c in spec.consumers):
             if control.aborted():
                 sys.exit(EXIT_ABORTED)
-        links = [c.as_dict() for c in inlet.counters] if inlet else []
+        links = input_counters(inlet, stage)
         for link, dropped in zip(spec.outputs, outlet.send_dropped, strict=True):
             if dropped:
                 logger.warning("%d message(s) dropped sending on %s", dropped, link.endpoint)
