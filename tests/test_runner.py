@@ -76,6 +76,13 @@ class Doubler(Stage):
         STOPPED.append("doubler")
 
 
+class OutsideFed(Doubler):
+    """A Doubler that also reads an outside input, whose 3 broken messages it counts."""
+
+    def input_counters(self):
+        return {"decode_errors": 3}
+
+
 class Holder(Stage):
     """Holds every message until flush (a stage with buffered state)."""
 
@@ -270,6 +277,16 @@ def test_processes_chain_end_to_end():
         s = report["stages"][name]
         assert (s["msgs_in"], s["dropped"], s["seq_gaps"], s["decode_errors"]) == (30, 0, 0, 0)
     assert not math.isnan(report["end_to_end"]["p99_ms"])
+
+
+@pytest.mark.parametrize("runner", [run_inline, run_processes])
+def test_a_stage_s_own_input_counters_join_its_row_of_the_report(runner):
+    plans = chain_plans(n=5)
+    plans[1] = plan("doubler", OutsideFed, DoublerConfig())
+    report = runner(plans, RunConfig())
+    assert report["ok"]
+    assert report["stages"]["doubler"]["decode_errors"] == 3
+    assert report["stages"]["sink"]["decode_errors"] == 0
 
 
 def test_processes_dead_stage_fails_fast():
