@@ -230,8 +230,7 @@ def benchmark(model_name: str, weights: str | None, repeats: int, compile_: bool
             results["torch_compile_b64"] = time_windows(compiled, 64, repeats)
         except Exception as exc:  # report, do not fail the benchmark
             results["torch_compile_b64"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
-    peak = max(peak_start, matmul_peak_gflops(2))
-    torch.set_num_threads(2)
+    peak = max(peak_start, matmul_peak_gflops(2))  # leaves torch on 2 threads
     timed = {k: r for k, r in results.items() if k in eligible and "windows_per_s" in r}
     for r in results.values():
         if "windows_per_s" in r:

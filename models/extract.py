@@ -83,7 +83,7 @@ def estimate_counts(maps: np.ndarray, cfg: ExtractorConfig) -> np.ndarray:
     """Target count per map (B, H, W) from its positive mass near its centre of mass: shape
     (B,), int64 in 0..max_targets."""
     maps = np.ascontiguousarray(maps, dtype=np.float64)
-    return np.array([_count(m, cfg.splat_crop, cfg.brightness_mean, cfg.min_mass,
+    return np.array([_count(_crop(m, cfg.splat_crop)[2], cfg.brightness_mean, cfg.min_mass,
                             cfg.max_targets)
                      for m in maps], dtype=np.int64)
 
@@ -91,18 +91,25 @@ def estimate_counts(maps: np.ndarray, cfg: ExtractorConfig) -> np.ndarray:
 # -- compiled per-window steps -------------------------------------------------------------
 
 @numba.njit(cache=True)
-def _count(m, crop, brightness_mean, min_mass, max_targets):  # pragma: no cover - compiled
-    """Target count of one map (H, W) from its positive mass in the crop² region around its
-    centre of mass."""
-    size = min(crop, m.shape[0])
-    o_r, o_c = _crop_origin(m, size)
+def _count(local, brightness_mean, min_mass, max_targets):  # pragma: no cover - compiled
+    """Target count from the positive mass of ``local``, the crop of a map around its centre
+    of mass (:func:`_crop`)."""
     mass = 0.0
-    for v in m[o_r:o_r + size, o_c:o_c + size].ravel():
+    for v in local.ravel():
         if v > 0:
             mass += v
     if mass < min_mass * brightness_mean:
         return 0
     return min(max(int(np.rint(mass / brightness_mean)), 0), max_targets)
+
+
+@numba.njit(cache=True)
+def _crop(m, crop):  # pragma: no cover - compiled
+    """The crop² region of the map m (H, W) centred on its positive mass: its top-left
+    corner (row, col) and a copy of it."""
+    size = min(crop, m.shape[0])
+    o_r, o_c = _crop_origin(m, size)
+    return o_r, o_c, m[o_r:o_r + size, o_c:o_c + size].copy()
 
 
 @numba.njit(cache=True)
@@ -290,20 +297,19 @@ def _splat_gn(local, pos, bright, n, iterations, brightness_mean,
 
 
 @numba.njit(cache=True)
-def _splat_fit(m, n, k_max, crop, starts, iterations, brightness_mean, brightness_std,
-               pos_out, bright_out):  # pragma: no cover - compiled
-    """Fit n bilinear splats to the map m (33, 33); HR positions into pos_out (K, 2) and
+def _splat_fit(local, o_r, o_c, n, k_max, starts, iterations, brightness_mean,
+               brightness_std, pos_out, bright_out):  # pragma: no cover - compiled
+    """Fit n bilinear splats to ``local``, the crop of a map whose top-left corner is cell
+    (o_r, o_c) of the map (:func:`_crop`); HR positions of the map into pos_out (K, 2) and
     brightness into bright_out (K,).
 
-    The fit looks at a crop² region around the map's centre of mass, with a Gaussian prior
+    The fit looks at the crop around the map's centre of mass, with a Gaussian prior
     N(brightness_mean, brightness_std²) on each brightness. It starts from the greedy peaks
     and from ``starts − 1`` deterministic perturbations of them (the overlapping footprints
     of targets 0.9 cells apart make the cost multimodal) and keeps the start with the lowest
     final cost (the first on ties).
     """
-    size = min(crop, m.shape[0])
-    o_r, o_c = _crop_origin(m, size)
-    local = m[o_r:o_r + size, o_c:o_c + size].copy()
+    size = local.shape[0]
     pos0 = np.zeros((k_max, 2))
     bright0 = np.zeros(k_max)
     _greedy(local, k_max, brightness_mean, pos0, bright0)
@@ -414,7 +420,8 @@ def _extract_batch(maps, windows, saturation, refine, score_mass, max_targets, m
     noise std of each window."""
     for b in range(maps.shape[0]):
         m = maps[b]
-        n = _count(m, splat_crop, brightness_mean, min_mass, max_targets)
+        o_r, o_c, local = _crop(m, splat_crop)
+        n = _count(local, brightness_mean, min_mass, max_targets)
         counts[b] = n
         if n == 0:
             continue
@@ -423,7 +430,7 @@ def _extract_batch(maps, windows, saturation, refine, score_mass, max_targets, m
         if refine == 0:
             _greedy(m, max_targets, brightness_mean, pos, bright)
         else:
-            _splat_fit(m, n, max_targets, splat_crop, splat_starts, splat_iterations,
+            _splat_fit(local, o_r, o_c, n, max_targets, splat_starts, splat_iterations,
                        brightness_mean, brightness_std, pos, bright)
         for k in range(n):
             for a in range(2):

@@ -110,3 +110,14 @@ def test_an_estimated_noise_level_weighs_the_physics_fit_like_the_true_one():
     assert abs(err["auto"] - err["told"]) <= 0.1 * err["told"], err
     with pytest.raises(ValueError, match="noise_grey"):
         extract_points(maps, wins, ExtractorConfig(noise_grey=0.0))
+
+
+def test_non_finite_input_neither_raises_nor_yields_non_finite_points():
+    maps = np.zeros((3, 33, 33))
+    maps[0] = np.nan
+    maps[1, 16, 16] = np.inf
+    maps[2, 16, 16] = 500.0
+    wins = np.zeros((3, 5, 11, 11))
+    wins[2] = np.nan  # a good map with broken frames
+    for pts in extract_points(maps, wins):
+        assert np.all(np.isfinite(pts))

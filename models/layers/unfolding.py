@@ -1,8 +1,9 @@
 """The ISTA-Net layer (Zhang & Ghanem 2018), shared by ISTA-Net and DeRefNet's first stage.
 
 HR maps are row vectors x of shape (N, 1089) (grey levels); Φ is (121, 1089), so the data-term
-gradient step on ½‖y − Φx‖² reads r = x − ρ·x ΦᵀΦ + ρ·Φᵀy with ``phitphi`` = ΦᵀΦ (1089, 1089)
-and ``phity`` = y Φ (N, 1089), i.e. (Φᵀy)ᵀ. See docs/reference.md §4.2 and §5.7.
+gradient step on ½‖y − Φx‖² reads r = x − ρ·x ΦᵀΦ + ρ·Φᵀy with ``gram`` = ΦᵀΦ (1089, 1089) or
+Φ itself (:func:`gradient_step`) and ``phity`` = y Φ (N, 1089), i.e. (Φᵀy)ᵀ. See
+docs/reference.md §4.2 and §5.7.
 """
 
 from __future__ import annotations
@@ -42,10 +43,10 @@ class UnfoldingLayer(nn.Module):
             nn.Parameter(nn.init.xavier_normal_(torch.empty(o, i, 3, 3))) for o, i in shapes
         )
 
-    def forward(self, x, phitphi, phity, with_symmetry: bool):
+    def forward(self, x, gram, phity, with_symmetry: bool):
         """x, phity: (N, 1089); returns x_new (N, 1089) and mean(s²) (or None), where the
         symmetry residual s = G̃(G(r)) − r is taken on the gradient-step estimate r."""
-        r = gradient_step(x, phitphi, phity, self.rho).view(-1, 1, HR, HR)
+        r = gradient_step(x, gram, phity, self.rho).view(-1, 1, HR, HR)
         w1, w2, w3, w4 = self.kernels
         g = F.conv2d(F.relu(F.conv2d(r, w1, padding=1), inplace=True), w2, padding=1)
         z = soft_threshold(g, self.theta)
@@ -57,16 +58,17 @@ class UnfoldingLayer(nn.Module):
         return x_new.flatten(1), sym
 
 
-def unfold(layers, x, phitphi, phity, with_symmetry: bool):
+def unfold(layers, x, gram, phity, with_symmetry: bool):
     """Run ``layers`` from x (N, 1089); each is called like :class:`UnfoldingLayer`,
-    ``layer(x, phitphi, phity, with_symmetry) -> (x_new, mean(s²) or None)``.
+    ``layer(x, gram, phity, with_symmetry) -> (x_new, mean(s²) or None)``; ``gram`` as in
+    :func:`gradient_step`.
 
     Returns the last iterate (N, 1089) and Σ_k mean(s_k²) over the layers (None unless
     ``with_symmetry``).
     """
     l_cons = None
     for layer in layers:
-        x, sym = layer(x, phitphi, phity, with_symmetry)
+        x, sym = layer(x, gram, phity, with_symmetry)
         if sym is not None:
             l_cons = sym if l_cons is None else l_cons + sym
     return x, l_cons

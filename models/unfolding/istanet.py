@@ -25,7 +25,7 @@ class IstaNet(UnmixingModel):
     """ISTA-Net on the middle frame; ``layers`` unfolding layers of ``channels`` features.
 
     ``Layer`` is the class of one layer (``Layer(channels)``, called as
-    ``layer(x, phitphi, phity, with_symmetry) -> (x, mean(s²) or None)``); ISTA-Net+ swaps it.
+    ``layer(x, gram, phity, with_symmetry) -> (x, mean(s²) or None)``); ISTA-Net+ swaps it.
     """
 
     Layer: type[nn.Module] = UnfoldingLayer

@@ -38,9 +38,9 @@ class PlusLayer(nn.Module):
         self.theta = nn.Parameter(torch.tensor(0.01))
         self.block = PlusBlock(channels)
 
-    def forward(self, x, phitphi, phity, with_symmetry: bool):
+    def forward(self, x, gram, phity, with_symmetry: bool):
         """x, phity (N, 1089) → x_new (N, 1089) and mean(s²) (or None)."""
-        r = gradient_step(x, phitphi, phity, self.rho).view(-1, 1, HR, HR)
+        r = gradient_step(x, gram, phity, self.rho).view(-1, 1, HR, HR)
         # .forward, not __call__: module pre-hooks (FlopCounterMode's module tracker) fail on a
         # Parameter argument under inference_mode
         out, _, sym = self.block.forward(r, self.theta, with_symmetry)
