@@ -199,7 +199,11 @@ def _print_summary(report: dict[str, Any]) -> None:
     print(f"{through_line(report)}; end-to-end p50 {_ms(e2e['p50_ms'])}, "
           f"p99 {_ms(e2e['p99_ms'])}")
     if report.get("cso_map") is not None:
-        print(f"CSO-mAP (points, live) {100 * report['cso_map']:.2f}")
+        line = f"CSO-mAP (points, live) {100 * report['cso_map']:.2f}"
+        if report.get("cso_map_end_to_end") is not None:
+            line += (f"; end to end {100 * report['cso_map_end_to_end']:.2f} (every target of "
+                     "every frame, lost frames included)")
+        print(line)
     for name, s in report["stages"].items():
         print(f"  {name:12s} in {s['msgs_in']:6d} out {s['msgs_out']:6d}  p50 {_ms(s['p50_ms'])}"
               f"  p99 {_ms(s['p99_ms'])}  dropped {s['dropped']} gaps {s['seq_gaps']} "

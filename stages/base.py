@@ -32,7 +32,7 @@ needs to know the topic of each message is a :class:`TopicSink`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
 from models.config import ConfigError, build_config
@@ -154,14 +154,29 @@ class SeqJoin:
     max_pending : int
         At most this many incomplete seqs are held (oldest dropped first), so a silent topic
         cannot grow the buffer without bound.
+    on_drop : callable, optional
+        Called with ``{type: message}`` of each seq dropped incomplete (the parts that came).
     """
 
-    def __init__(self, kinds: tuple[type[Message], ...], max_pending: int = 16) -> None:
+    def __init__(self, kinds: tuple[type[Message], ...], max_pending: int = 16,
+                 on_drop: Callable[[dict[type[Message], Message]], None] | None = None) -> None:
         self.kinds = tuple(kinds)
         self.max_pending = max_pending
+        self.on_drop = on_drop
         self._pending: dict[int, dict[type[Message], Message]] = {}
         #: Seqs dropped incomplete so far.
         self.dropped = 0
+
+    def _drop(self, seq: int) -> None:
+        parts = self._pending.pop(seq)
+        self.dropped += 1
+        if self.on_drop is not None:
+            self.on_drop(parts)
+
+    def drain(self) -> None:
+        """End of stream: drop every incomplete seq (oldest first)."""
+        for seq in sorted(self._pending):
+            self._drop(seq)
 
     def add(self, msg: Message) -> dict[type[Message], Message] | None:
         """Store ``msg``; return ``{type: message}`` when its seq becomes complete, else None."""
@@ -172,11 +187,9 @@ class SeqJoin:
         parts = self._pending.setdefault(msg.seq, {})
         parts[kind] = msg
         if len(parts) == len(self.kinds):
-            for seq in [s for s in self._pending if s < msg.seq]:
-                del self._pending[seq]
-                self.dropped += 1
+            for seq in sorted(s for s in self._pending if s < msg.seq):
+                self._drop(seq)
             return self._pending.pop(msg.seq)
         while len(self._pending) > self.max_pending:
-            del self._pending[min(self._pending)]
-            self.dropped += 1
+            self._drop(min(self._pending))
         return None

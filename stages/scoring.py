@@ -10,6 +10,12 @@ reference point). Per frame, the detections are the points of the windows that d
 group and the ground truth is the sub-targets of those groups. How many truth groups were
 detected is reported beside the mAP, since the mAP says nothing about missed groups.
 
+**End-to-end CSO-mAP** (``cso_map_end_to_end``) pools *all* points of a frame against *all*
+its true sub-targets, and counts every frame whose truth reached the scorer but whose points
+never did (dropped inside the chain, ``frames_lost``) as a frame with no detections: a group
+missed by the detector and a frame lost to overload both cost what they cost the user. This
+is the figure that compares ways of shedding load (dropping frames against skipping work).
+
 **GOSPA** (α = 2, cut-off ``c`` px, order ``p``) compares *all* true sub-targets of a frame
 with *all* unmixed points of that frame:
 
@@ -239,6 +245,11 @@ class _GospaMean:
         return {**mean, "c": c, "p": p}
 
 
+def _truth_array(truth: Sequence[TruthPoint]) -> np.ndarray:
+    """(m, 3) = (row, col, brightness) of every true sub-target."""
+    return np.array([[q.row, q.col, q.brightness] for q in truth]).reshape(-1, 3)
+
+
 class ScoreAccumulator:
     """Collects per-frame scores; :meth:`summary` gives the averages and the CSO-mAP."""
 
@@ -247,6 +258,9 @@ class ScoreAccumulator:
         # the CSO-mAP pools its frames' detections: the last map_window frames are kept
         self._detections: deque[np.ndarray] = deque(maxlen=map_window)
         self._ground_truths: deque[np.ndarray] = deque(maxlen=map_window)
+        self._all_detections: deque[np.ndarray] = deque(maxlen=map_window)
+        self._all_truths: deque[np.ndarray] = deque(maxlen=map_window)
+        self._lost = 0
         self._gospa = _GospaMean()
         self._track_gospa = _GospaMean()
         self._last_track: dict[tuple[int, int], int] = {}
@@ -278,6 +292,9 @@ class ScoreAccumulator:
                 -1, 3
             )
         )
+        self._all_detections.append(np.array([[q.row, q.col, q.score] for q in points]
+                                             ).reshape(-1, 3))
+        self._all_truths.append(_truth_array(truth))
         terms = gospa(
             np.array([[q.row, q.col] for q in truth]),
             np.array([[q.row, q.col] for q in points]),
@@ -291,6 +308,12 @@ class ScoreAccumulator:
         self._windows += len(windows)
         self._points += len(points)
         return terms
+
+    def add_lost(self, truth: Sequence[TruthPoint]) -> None:
+        """Count a frame whose points never came: all its targets missed (end-to-end mAP)."""
+        self._lost += 1
+        self._all_detections.append(np.zeros((0, 3)))
+        self._all_truths.append(_truth_array(truth))
 
     def _score_tracks(self, truth: Sequence[TruthPoint], tracks: Sequence[Track]) -> None:
         terms, pairs = gospa_pairs(
@@ -317,7 +340,9 @@ class ScoreAccumulator:
         ``group_detection_rate``; ``windows`` and ``points`` (summed); ``cso_map`` (the
         :func:`~models.metric.cso_map` dict: mAP, AP05 … AP25, fractions, plus
         ``mode: "points"``, ``level: "frame"`` and ``frames``, the frames it pools: the last
-        ``map_window``); ``gospa`` of the points (mean
+        ``map_window``); ``frames_lost`` (frames whose points never came) and
+        ``cso_map_end_to_end`` (same keys; all points against all targets, lost frames
+        included, see the module docstring); ``gospa`` of the points (mean
         ``distance``, ``localisation``, ``missed``, ``false`` per frame, plus ``c`` and
         ``p``); ``tracking``: ``gospa`` of the tracks (same keys), ``id_switches`` and
         ``tracks`` (summed). Averages of nothing are None (valid JSON, unlike NaN).
@@ -336,6 +361,13 @@ class ScoreAccumulator:
                 "frames": len(self._detections),
                 **cso_map(list(self._detections), list(self._ground_truths)),
             },
+            "frames_lost": self._lost,
+            "cso_map_end_to_end": {
+                "mode": "points",
+                "level": "frame",
+                "frames": len(self._all_detections),
+                **cso_map(list(self._all_detections), list(self._all_truths)),
+            },
             "gospa": self._gospa.summary(c, p),
             "tracking": {
                 "gospa": self._track_gospa.summary(c, p),
@@ -349,8 +381,9 @@ class Scoring(Stage):
     """Sink: frames (truth) + windows + points + tracks of the same seq → running scores.
 
     Frames without truth (``truth is None``) cannot be scored and are counted in
-    :attr:`skipped`. At the end of the stream the summary is logged and, if ``output`` is
-    set, written as JSON.
+    :attr:`skipped`; frames whose windows, points or tracks never came are scored as lost
+    (``frames_lost``, and in ``cso_map_end_to_end``). At the end of the stream the summary is
+    logged and, if ``output`` is set, written as JSON.
     """
 
     Config = ScoringConfig
@@ -360,7 +393,8 @@ class Scoring(Stage):
     def __init__(self, config: ScoringConfig | None = None) -> None:
         super().__init__(config)
         self.scores = ScoreAccumulator(self.config.c, self.config.p, self.config.map_window)
-        self.join = SeqJoin((Frame, Windows, Points, Tracks), self.config.max_pending)
+        self.join = SeqJoin((Frame, Windows, Points, Tracks), self.config.max_pending,
+                            on_drop=self._lost)
         #: Frames that arrived without truth.
         self.skipped = 0
 
@@ -377,7 +411,13 @@ class Scoring(Stage):
         )
         return ()
 
+    def _lost(self, parts: dict) -> None:
+        frame = parts.get(Frame)
+        if frame is not None and frame.truth is not None:
+            self.scores.add_lost(frame.truth)
+
     def flush(self) -> Iterable[Message]:
+        self.join.drain()
         summary = self.summary()
         logger.info("scores: %s", json.dumps(summary))
         if self.config.output:

@@ -18,6 +18,8 @@ costs time, never correctness.
 **Channels-last.** On the CPU the model's convolutions run in channels-last memory format
 (``channels_last``, default on): oneDNN's faster layout for these 32-channel 33×33 maps.
 
+**Shedding load** (``frame_budget_ms``): see :mod:`stages.shedding`.
+
 The torch thread count (``threads``, default 1) is applied before every forward pass
 (:func:`stages.threads.use_torch_threads`), so it holds in a single-process chain too.
 """
@@ -25,6 +27,7 @@ The torch thread count (``threads``, default 1) is applied before every forward 
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -36,6 +39,7 @@ from models.config import ConfigError
 from sim.geometry import HR, PATCH, WINDOW
 from stages.base import Stage
 from stages.messages import Maps, Message, Windows
+from stages.shedding import WindowShedder, centres_of_light
 from stages.threads import use_torch_threads
 
 logger = logging.getLogger(__name__)
@@ -60,6 +64,11 @@ class UnmixerConfig:
         cache off. 2048 frames of DeRefNet features take 9 MB.
     channels_last : bool
         Run the model in channels-last memory format on the CPU.
+    frame_budget_ms : float or None
+        Shed load per window (:mod:`stages.shedding`): when a frame's windows would take
+        longer than this (wall ms), unmix only as many as fit and give the others their
+        track's last map, moved with the group. None (default): unmix every window, and let
+        the queue in front drop whole frames when the unmixer falls behind.
     """
 
     model: str = "derefnet"
@@ -68,8 +77,11 @@ class UnmixerConfig:
     device: str = "cpu"
     feature_cache: int = 2048
     channels_last: bool = True
+    frame_budget_ms: float | None = None
 
     def __post_init__(self) -> None:
+        if self.frame_budget_ms is not None and not self.frame_budget_ms > 0:
+            raise ValueError(f"frame_budget_ms must be > 0 or null, got {self.frame_budget_ms}")
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.feature_cache < 0:
@@ -99,6 +111,8 @@ class Unmixer(Stage):
         self._features: OrderedDict[bytes, Any] = OrderedDict()  # frame bytes -> (F,) tensor
         self.cache_hits = 0
         self.cache_misses = 0
+        budget = self.config.frame_budget_ms
+        self.shedder = WindowShedder(budget) if budget is not None else None
 
     def start(self) -> None:
         """Set the torch thread count, load the model, put it in channels-last format (CPU)
@@ -181,10 +195,25 @@ class Unmixer(Stage):
         return features.view(*windows.shape[:2], -1)
 
     def summary(self) -> dict[str, Any] | None:
-        """Frame-feature cache hits and misses (frames), for models that share features."""
-        if not self.caches_features:
-            return None
-        return {"feature_cache": {"hits": self.cache_hits, "misses": self.cache_misses}}
+        """Frame-feature cache hits and misses (frames), for models that share features, and
+        the shedding counters (:meth:`WindowShedder.summary`) when it sheds load."""
+        out = {}
+        if self.caches_features:
+            out["feature_cache"] = {"hits": self.cache_hits, "misses": self.cache_misses}
+        if self.shedder is not None:
+            out["shedding"] = self.shedder.summary()
+        return out or None
+
+    def _unmix_within_budget(self, msg: Windows, index: np.ndarray) -> np.ndarray:
+        """Maps of a frame's windows, some reused (:class:`~stages.shedding.WindowShedder`)."""
+        ids = [w.blob_id for w in msg.windows]
+        mask = self.shedder.choose(ids)
+        tic = time.perf_counter()
+        fresh = self.unmix(msg.patches[mask], index[mask])
+        self.shedder.record_cost(1e3 * (time.perf_counter() - tic), int(mask.sum()))
+        maps = np.zeros((len(ids), HR, HR), dtype=np.float32)
+        maps[mask] = fresh
+        return self.shedder.complete(ids, mask, maps, centres_of_light(msg.patches))
 
     def process(self, msg: Message) -> Iterable[Message]:
         if not isinstance(msg, Windows):
@@ -193,7 +222,10 @@ class Unmixer(Stage):
                 "subscribe it to the windows topic"
             )
         index = np.array([w.frame_index for w in msg.windows], dtype=np.int64)
-        maps = self.unmix(msg.patches, index)
+        if self.shedder is None:
+            maps = self.unmix(msg.patches, index)
+        else:
+            maps = self._unmix_within_budget(msg, index)
         return [
             Maps(
                 seq=msg.seq,

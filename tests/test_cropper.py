@@ -99,20 +99,51 @@ def test_crop_outside_the_image_is_all_fill():
     assert np.all(crop(np.ones((4, 4)), (10, 10), 3, fill=7.0) == 7.0)
 
 
-def test_track_is_born_after_five_frames_and_starts_at_time_index_two():
-    core = WindowCropper()
+def test_stream_edges_repeat_the_first_and_last_frames():
+    core = WindowCropper(CropperConfig(subtract_background=False))
     frames = _frames(6)
     out = [core.update(seq, frames[seq], np.array([[30.0, 40.0]])) for seq in range(6)]
-    assert [len(w) for w in out] == [0, 0, 0, 0, 1, 1]
-    assert out[4][0].seq == 2 and out[4][0].frame_index == 2
-    assert out[5][0].seq == 3 and out[5][0].frame_index == 3
+    assert [[w.seq for w in ws] for ws in out] == [[], [], [0], [1], [2], [3]]
+    (first,) = out[2]
+    r0, c0 = first.origin
+    for k, source in enumerate([0, 0, 0, 1, 2]):
+        np.testing.assert_array_equal(first.patches[k], frames[source][r0:r0 + 11, c0:c0 + 11])
+    ends = core.finish()
+    assert [(seq, [w.seq for w in ws]) for seq, ws in ends] == [(4, [4]), (5, [5])]
+    last = ends[1][1][0]
+    for k, source in enumerate([3, 4, 5, 5, 5]):
+        np.testing.assert_array_equal(last.patches[k], frames[source][r0:r0 + 11, c0:c0 + 11])
+    assert core.finish() == []
+
+
+def test_finish_skips_frames_lost_before_the_end():
+    core = WindowCropper()
+    image = np.zeros(SHAPE, np.float32)
+    for seq in (0, 1, 2, 3, 5):  # frame 4 lost
+        core.update(seq, image, [[30.0, 40.0]])
+    assert core.finish() == [(5, [])]  # no 5 consecutive frames around 5, and 4 is gone
+
+
+def test_a_track_born_mid_stream_gets_a_window_from_its_first_frame():
+    core = WindowCropper(CropperConfig(subtract_background=False))
+    frames = _frames(12)
+    windows = {}
+    for seq in range(12):
+        blobs = np.array([[30.0, 40.0]] if seq >= 6 else np.zeros((0, 2)))
+        for w in core.update(seq, frames[seq], blobs):
+            windows[w.seq] = w
+    assert sorted(windows) == [6, 7, 8, 9]
+    assert [windows[t].frame_index for t in (6, 7, 8, 9)] == [2, 2, 2, 3]
+    r0, c0 = windows[6].origin
+    for k in range(5):  # frames 4 and 5 precede the track's birth but are real frames
+        np.testing.assert_array_equal(windows[6].patches[k], frames[4 + k][r0:r0 + 11, c0:c0 + 11])
 
 
 def test_time_index_is_clamped_at_seventeen():
     core = WindowCropper(CropperConfig(max_frame_index=17))
     image = np.zeros(SHAPE, np.float32)
     indices = [w.frame_index for seq in range(30) for w in core.update(seq, image, [[30, 40]])]
-    assert indices[:16] == list(range(2, 18)) and set(indices[16:]) == {17}
+    assert indices[:18] == [2, 2, *range(2, 18)] and set(indices[18:]) == {17}
 
 
 def test_track_is_deleted_after_max_misses_and_a_new_blob_gets_a_new_id():
@@ -171,9 +202,10 @@ def test_stage_joins_frames_and_blobs_in_any_order_and_attaches_truth():
         first, second = (frame, blobs) if seq % 2 else (blobs, frame)
         assert list(stage.process(first)) == []
         outs += list(stage.process(second))
-    assert [o.seq for o in outs] == [0, 1, 2, 3]
+    outs += list(stage.flush())
+    assert [o.seq for o in outs] == [0, 1, 2, 3, 4, 5]  # 4 and 5 at the end of the stream
     assert all(isinstance(o, Windows) for o in outs)
-    assert [len(o.windows) for o in outs] == [0, 0, 1, 1]
+    assert [len(o.windows) for o in outs] == [1] * 6 and list(stage.flush()) == []
     info = outs[2].windows[0]
     assert (info.origin_row, info.origin_col, info.frame_index) == (25, 35, 2)
     assert info.truth == truth[:1] and outs[2].t_source_ns == 20
@@ -212,7 +244,7 @@ def test_every_window_is_five_crops_at_one_origin(start, step, missed):
             assert w.origin == tuple(int(np.rint(v)) - 5 for v in w.centre)
             assert 2 <= w.frame_index <= 17 and w.patches.shape == (5, 11, 11)
             for k in range(5):
-                raw = frames[w.seq - 2 + k]
+                raw = frames[max(w.seq - 2 + k, 0)]
                 fill = np.float32(np.median(raw[::2, ::2]))
                 expected = crop(raw, w.origin, 11, fill) - np.float32(w.background)
                 np.testing.assert_array_equal(w.patches[k], expected)

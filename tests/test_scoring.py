@@ -93,6 +93,22 @@ def test_accumulator_scores_only_detected_groups_in_cso_map_but_all_targets_in_g
     assert (summary["frames"], summary["windows"], summary["points"]) == (1, 1, 3)
 
 
+def test_end_to_end_map_counts_undetected_groups_and_lost_frames_as_missed():
+    scores = ScoreAccumulator(c=2.0, p=1.0)
+    windows = (WindowInfo(blob_id=4, origin_row=15, origin_col=25, frame_index=2),)
+    exact = tuple(Point(row=q.row, col=q.col, score=q.brightness, window_id=0)
+                  for q in _truth() if q.group == 0)
+    scores.add(_truth(), windows, exact, ())  # group 1 not detected
+    half = scores.summary()
+    assert half["cso_map"]["mAP"] == pytest.approx(1.0)
+    assert half["cso_map_end_to_end"]["mAP"] == pytest.approx(0.5)  # 2 of 4 targets found
+    scores.add_lost(_truth())
+    lost = scores.summary()
+    assert lost["frames_lost"] == 1 and lost["cso_map_end_to_end"]["frames"] == 2
+    assert lost["cso_map_end_to_end"]["mAP"] == pytest.approx(0.25)  # 2 of 8 targets found
+    assert lost["cso_map"] == half["cso_map"]  # the detected-groups figure ignores lost frames
+
+
 def test_stage_joins_by_seq_and_writes_its_summary(tmp_path):
     out = tmp_path / "scores.json"
     stage = Scoring(ScoringConfig(output=str(out)))
@@ -109,6 +125,7 @@ def test_stage_joins_by_seq_and_writes_its_summary(tmp_path):
     stage.flush()
     summary = json.loads(out.read_text())
     assert summary["frames"] == 2 and summary["groups_detected"] == 2
+    assert summary["frames_lost"] == 1  # frame 0: its truth came, its points never did
     assert 0 < summary["cso_map"]["mAP"] < 1
     assert summary["tracking"]["tracks"] == 2 and summary["tracking"]["id_switches"] == 0
     assert summary == json.loads(json.dumps(stage.summary()))

@@ -195,7 +195,8 @@ def _line(result: dict[str, Any], plans: list) -> str:
         return f"capacity here: {held}; the source is unpaced (no load to compare)"
     need = (f"at {load['frames_per_s']:g} frames/s they need {result['cores_needed']:.2f} of "
             f"{result['cores']} cores")
-    remedy = "fewer groups, a lower run.rate_hz, a faster model, or stages.unmixer.device=cuda"
+    remedy = ("fewer groups, a lower run.rate_hz, a faster model, stages.unmixer.device=cuda, "
+              "or stages.unmixer.frame_budget_ms=30 to reuse maps instead of dropping frames")
     verdict = {"fits": "it fits",
                "tight": f"tight: expect some dropped frames ({remedy})",
                "no": f"this chain cannot keep up and will drop frames ({remedy})"}

@@ -126,8 +126,6 @@ def throughput(stages: Mapping[str, Mapping[str, Any]], source: str,
         ``frames_in`` (messages the source produced), ``frames_out`` (messages out of stage
         ``at``, the end of the chain; None without one), ``drop_rate`` (1 − out/in) and
         ``dropped_at`` (stage -> messages its input links dropped, stages that dropped any).
-        With 5-frame windows the last two frames of a finite run never leave the cropper, so
-        ``frames_out`` ≤ ``frames_in`` − 2 even without drops.
     """
     frames_in = stages[source]["msgs_out"]
     frames_out = stages[at]["msgs_out"] if at is not None else None
@@ -136,10 +134,10 @@ def throughput(stages: Mapping[str, Mapping[str, Any]], source: str,
             "dropped_at": {name: s["dropped"] for name, s in stages.items() if s["dropped"]}}
 
 
-def points_cso_map(summaries: Mapping[str, Any]) -> float | None:
-    """The points-mode CSO-mAP (a fraction) a scoring sink reported, or None."""
+def points_cso_map(summaries: Mapping[str, Any], key: str = "cso_map") -> float | None:
+    """The points-mode CSO-mAP (a fraction) a scoring sink reported under ``key``, or None."""
     for summary in summaries.values():
-        score = summary.get("cso_map") if isinstance(summary, Mapping) else None
+        score = summary.get(key) if isinstance(summary, Mapping) else None
         if isinstance(score, Mapping) and score.get("mode") == "points":
             return score.get("mAP")
     return None
@@ -181,7 +179,8 @@ def build_report(
         ``frames`` (= ``frames_in``), ``wall_s``, ``fps`` (frames in per second),
         ``fps_out`` (frames out per second), the :func:`throughput` keys, ``stages``,
         ``end_to_end``, ``scores``, ``cso_map`` (points-mode CSO-mAP of a scoring sink, a
-        fraction, or None), ``mode``, ``ok``, ``error``, ``interrupted``.
+        fraction, or None), ``cso_map_end_to_end`` (its end-to-end figure, lost frames
+        counted as missed; see :mod:`stages.scoring`), ``mode``, ``ok``, ``error``, ``interrupted``.
     """
     frames = stages[source]["msgs_out"]
     firsts = [s["first_ns"] for s in stages.values() if s["first_ns"] is not None]
@@ -206,6 +205,7 @@ def build_report(
         "end_to_end": end_to_end(stages, latency_at),
         "scores": dict(summaries),
         "cso_map": points_cso_map(summaries),
+        "cso_map_end_to_end": points_cso_map(summaries, "cso_map_end_to_end"),
     }
 
 
