@@ -48,6 +48,13 @@ def main():
         if frames[0] != b"tracks":
             continue
         header, _ = decode(frames)
+        if header["schema"] == "csist.EndOfStream":  # the run is over
+            print(f"end of stream: {header['seq']} tracks messages published", file=sys.stderr)
+            break
+        if header["schema"] == "csist.Skipped":  # seqs dropped inside the chain, not by us
+            print(f"seq {header['seq']}-{header['fields']['last']} skipped by the chain",
+                  file=sys.stderr)
+            continue
         tracks = header["fields"]["tracks"]
         print(f"seq {header['seq']} t {header['t_source_ns'] / 1e9:.3f} s  {len(tracks)} tracks"
               + "".join(f"  #{t['track_id']} ({t['row']:.3f}, {t['col']:.3f})" for t in tracks),

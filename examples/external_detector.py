@@ -79,6 +79,11 @@ def main():
         frames = frames_in.recv_multipart()
         if frames[0] != b"frames":
             continue
+        schema = msgpack.unpackb(frames[1], raw=False).get("schema")
+        if schema == "csist.EndOfStream":  # the run is over
+            break
+        if schema == "csist.Skipped":  # frames the chain will not send: nothing to answer
+            continue
         frame, image = frame_image(frames)
         header = {"schema": "csist.Blobs", "version": 2, "topic": "blobs", "seq": frame["seq"],
                   "t_source_ns": frame["t_source_ns"], "stamps": {},

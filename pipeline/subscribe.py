@@ -11,6 +11,12 @@ dtype, record lists as counts), or with ``--json`` one JSON object per line::
 Arrays are described, not dumped (a frame is hundreds of kB). Malformed messages are counted
 and reported on stderr, never fatal. Attaching is best-effort: messages sent before the
 subscription reached the pipeline are not seen (see :mod:`pipeline.attach.tap`).
+
+The tap's notices are printed like messages: ``csist.Skipped`` (seqs dropped inside the
+chain) and ``csist.EndOfStream`` (the run ended; ``seq`` = messages published on the topic).
+The subscriber stops once every topic it asked for (without ``--topic``: every topic it has
+seen) has ended, and says on stderr how many messages of each it received and how many the
+tap published, announced gaps, and gaps it lost itself.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import zmq
 from pipeline.run.report import json_safe
 from pipeline.wire.codec import DEFAULT_LIMITS, DecodeError, decode
 from pipeline.wire.curve import connect_client
-from stages.messages import Message
+from stages.messages import EndOfStream, Message, Skipped
 
 POLL_MS = 100
 
@@ -69,6 +75,45 @@ def json_record(topic: str, msg: Message) -> dict[str, Any]:
     return json_safe({"topic": topic, "schema": msg.SCHEMA, "version": msg.VERSION,
                        "seq": msg.seq, "t_source_ns": msg.t_source_ns,
                        "stamps": dict(msg.stamps), "fields": fields, "arrays": arrays})
+
+
+class _Tally:
+    """Per topic: messages received, seqs the tap announced as skipped, seqs lost here, and
+    the tap's count at the end of the stream."""
+
+    def __init__(self) -> None:
+        self.received: dict[str, int] = {}
+        self.skipped: dict[str, int] = {}
+        self.lost: dict[str, int] = {}
+        self.published: dict[str, int] = {}
+        self._next: dict[str, int] = {}
+
+    def add(self, topic: str, msg: Message) -> None:
+        if isinstance(msg, EndOfStream):
+            self.published[topic] = msg.seq
+            return
+        expected = self._next.get(topic)
+        if isinstance(msg, Skipped):
+            self.skipped[topic] = self.skipped.get(topic, 0) + msg.last - msg.seq + 1
+            last = msg.last
+        else:
+            self.received[topic] = self.received.get(topic, 0) + 1
+            last = msg.seq
+        if expected is not None and msg.seq > expected:
+            self.lost[topic] = self.lost.get(topic, 0) + msg.seq - expected
+        self._next[topic] = last + 1
+
+    def all_ended(self, wanted: set[str]) -> bool:
+        """Whether every wanted topic (none: every topic seen) has had its EndOfStream."""
+        topics = wanted or set(self.received) | set(self.published)
+        return bool(topics) and topics <= set(self.published)
+
+    def report(self) -> list[str]:
+        """One line per topic that ended: received, published, announced and own losses."""
+        return [f"end of {topic}: received {self.received.get(topic, 0)} of {n} published; "
+                f"{self.skipped.get(topic, 0)} skipped inside the chain, "
+                f"{self.lost.get(topic, 0)} lost by this subscriber"
+                for topic, n in sorted(self.published.items())]
 
 
 def subscribe(
@@ -116,8 +161,9 @@ def subscribe(
             sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
         sock.connect(endpoint)
         wanted = set(topics)
+        tally = _Tally()
         last = time.monotonic()
-        while count is None or printed < count:
+        while (count is None or printed < count) and not tally.all_ended(wanted):
             if not sock.poll(POLL_MS, zmq.POLLIN):
                 if timeout_s is not None and time.monotonic() - last > timeout_s:
                     break
@@ -133,6 +179,7 @@ def subscribe(
             topic = bytes(frames[0]).decode()
             if wanted and topic not in wanted:  # a prefix match of another topic
                 continue
+            tally.add(topic, msg)
             text = json.dumps(json_record(topic, msg)) if as_json else summary_line(topic, msg)
             print(text, file=out, flush=True)
             printed += 1
@@ -141,6 +188,8 @@ def subscribe(
     finally:
         sock.close(linger=0)
         ctx.term()
+    for line in tally.report():
+        print(line, file=sys.stderr)
     if errors:
         print(f"{errors} malformed message(s) dropped", file=sys.stderr)
     return 0 if (printed >= count if count is not None else printed > 0) else 1

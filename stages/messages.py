@@ -449,13 +449,44 @@ class EndOfStream(Message):
 
     Sent by the runner on every output link at the end of a run; never given to a stage.
     ``seq`` is the number of messages sent on the link before it and ``t_source_ns`` is 0.
+    The tap publishes one on each of its topics at the end of a run (``seq``: the messages
+    it published on that topic, :class:`Skipped` notices not counted).
     """
 
     SCHEMA: ClassVar[str] = "csist.EndOfStream"
 
 
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Skipped(Message):
+    """Tap notice: frames ``seq`` … ``last`` will not come on this topic.
+
+    Published by the tap on a topic just before the message that follows a gap in that
+    topic's ``seq`` (and at the end of a run, before the topic's EndOfStream, for its missing
+    last seqs up to the newest seq of the run): those messages were dropped inside the chain
+    (a stage that fell behind) or never produced (an outside detector that skipped frames). A
+    subscriber that sees a gap *not* announced this way lost the messages itself (slow
+    joiner, or ``hwm`` overflow). ``t_source_ns`` is that of the message that follows (0 at
+    the end of a run).
+
+    Attributes
+    ----------
+    last : int
+        Last skipped seq (>= ``seq``).
+    """
+
+    last: int
+
+    SCHEMA: ClassVar[str] = "csist.Skipped"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.last, int) or self.last < self.seq:
+            raise MessageError(f"Skipped.last must be an int >= seq {self.seq}, got "
+                               f"{self.last!r}")
+
+
 #: Every message type by wire schema name.
 MESSAGE_TYPES: Mapping[str, type[Message]] = {
     cls.SCHEMA: cls
-    for cls in (Frame, Blobs, Windows, Maps, Points, Tracks, Stats, EndOfStream)
+    for cls in (Frame, Blobs, Windows, Maps, Points, Tracks, Stats, EndOfStream, Skipped)
 }

@@ -22,9 +22,20 @@ from pipeline.__main__ import main
 from pipeline.attach.external import ExternalInput, ExternalInputConfig
 from pipeline.attach.record import read_recording
 from pipeline.attach.tap import Publisher, PublisherConfig
-from pipeline.subscribe import json_record, summary_line
+from pipeline.subscribe import _Tally, json_record, summary_line
+from pipeline.wire.codec import decode
 from pipeline.wire.curve import CurveKeys, connect_client, create_keys
-from stages.messages import Blob, Blobs, Frame, Point, Points, Track, Tracks
+from stages.messages import (
+    Blob,
+    Blobs,
+    EndOfStream,
+    Frame,
+    Point,
+    Points,
+    Skipped,
+    Track,
+    Tracks,
+)
 
 REPO = Path(__file__).parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -84,6 +95,46 @@ def test_curve_tap_serves_only_listed_clients(tmp_path):
         Publisher(PublisherConfig(endpoint="tcp://127.0.0.1:*",
                                   curve=CurveKeys(str(tmp_path / "k2" / "server.key"),
                                                   str(tmp_path / "k2" / "allowed")))).start()
+
+
+def test_tap_announces_gaps_and_ends_every_topic(tmp_path):
+    tap = Publisher(PublisherConfig(endpoint=f"ipc://{tmp_path}/tap", topics=("points", "tracks")))
+    tap.start()
+    ctx = zmq.Context()
+    try:
+        sock = sub_socket(ctx, tap.endpoint)
+        got, seq, deadline = [], 0, time.monotonic() + 10
+        while not got and time.monotonic() < deadline:  # until the subscription is through
+            tap.process_topic("points", Points(seq=seq, t_source_ns=0))
+            seq += 1
+            got = drain(sock, 20)
+        tap.process_topic("points", Points(seq=seq + 2, t_source_ns=7))  # seq, seq+1 dropped
+        tap.process_topic("tracks", Tracks(seq=seq, t_source_ns=0))  # its last seqs never come
+        tap.flush()
+        msgs = [(bytes(f[0]).decode(), decode(f)) for f in drain(sock, 1000)]
+        drained = [(t, type(m).__name__, m.seq) for t, m in msgs]
+        assert drained[-6:] == [("points", "Skipped", seq), ("points", "Points", seq + 2),
+                                ("tracks", "Tracks", seq), ("tracks", "Skipped", seq + 1),
+                                ("points", "EndOfStream", seq + 1), ("tracks", "EndOfStream", 1)]
+        assert msgs[-6][1].last == seq + 1 and msgs[-6][1].t_source_ns == 7
+        assert msgs[-3][1].last == seq + 2
+        assert tap.summary()["skipped"] == 4
+        sock.close(linger=0)
+    finally:
+        tap.stop()
+        ctx.term()
+
+
+def test_subscriber_tally_tells_chain_drops_from_its_own_losses():
+    tally = _Tally()
+    for msg in (Points(seq=0, t_source_ns=0), Skipped(seq=1, t_source_ns=0, last=2),
+                Points(seq=3, t_source_ns=0), Points(seq=6, t_source_ns=0)):  # 4, 5 lost here
+        tally.add("points", msg)
+    assert not tally.all_ended(set())
+    tally.add("points", EndOfStream(seq=5, t_source_ns=0))
+    assert tally.all_ended(set()) and not tally.all_ended({"points", "tracks"})
+    assert tally.report() == ["end of points: received 3 of 5 published; 2 skipped inside the "
+                              "chain, 2 lost by this subscriber"]
 
 
 def test_keys_cli_writes_the_layout(tmp_path, capsys):
@@ -178,16 +229,25 @@ def test_subscribe_cli_and_example_client_read_a_live_pipeline(tmp_path):
     rec = tmp_path / "live.mcap"
     pipeline = config = chain_config(tmp_path, save_fast_ista(tmp_path), frames=24)
     pipeline = popen("-m", "pipeline", "run", config, "--publish", endpoint,
-                     "--set", "run.publish.wait_subscribers=2", "--record", rec,
+                     "--set", "run.publish.wait_subscribers=3", "--record", rec,
                      "--record-topics", "points,tracks")
     client = popen("examples/client.py", endpoint, "--count", 14, "--timeout", TIMEOUT_S)
     subscriber = popen("-m", "pipeline", "subscribe", endpoint, "--topic", "points", "--json",
                        "--count", 10, "--timeout", TIMEOUT_S)
-    (run_rc, _, run_err), (client_rc, client_out, client_err), (sub_rc, sub_out, sub_err) = (
-        finish(pipeline, client, subscriber))
+    to_the_end = popen("-m", "pipeline", "subscribe", endpoint, "--topic", "tracks")
+    (run_rc, _, run_err), (client_rc, client_out, client_err), (sub_rc, sub_out, sub_err), (
+        end_rc, end_out, end_err) = finish(pipeline, client, subscriber, to_the_end)
     assert run_rc == 0, run_err
     assert client_rc == 0, client_err
     assert sub_rc == 0, sub_err
+    # Without --count or --timeout the subscriber stops at the tap's end of stream.
+    assert end_rc == 0, end_err
+    received, published, skipped = map(int, re.search(
+        r"end of tracks: received (\d+) of (\d+) published; (\d+) skipped inside the chain, "
+        r"0 lost by this subscriber", end_err).groups())
+    assert received == published and received + skipped == 24  # every frame accounted for
+    marker = end_out.strip().splitlines()[-1]
+    assert marker.startswith(f"tracks     seq {published:>7}  t"), marker  # the EndOfStream
     recorded = {t: {m.seq: m for tt, m in read_recording(rec) if tt == t}
                 for t in ("points", "tracks")}
     # The example client (no project code) decodes the tracks exactly.

@@ -32,6 +32,7 @@ from stages.messages import (
     Maps,
     Point,
     Points,
+    Skipped,
     Stats,
     Track,
     Tracks,
@@ -90,6 +91,9 @@ MESSAGES = {
     Stats: st.builds(Stats, **header(Stats), stage=st.text(max_size=10), msgs_in=ints,
                      p50_ms=st.floats(allow_nan=True)),
     EndOfStream: st.builds(EndOfStream, **header(EndOfStream)),
+    Skipped: st.builds(lambda seq, gap, t, stamps: Skipped(seq=seq, last=seq + gap,
+                                                           t_source_ns=t, stamps=stamps),
+                       seqs, st.integers(0, 100), ints, stamps),
 }
 
 

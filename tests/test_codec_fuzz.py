@@ -24,6 +24,7 @@ from stages.messages import (
     Maps,
     Point,
     Points,
+    Skipped,
     Stats,
     Track,
     Tracks,
@@ -48,6 +49,7 @@ SAMPLES = [
     Stats(seq=1, t_source_ns=2, stage="x", msgs_in=1, msgs_out=1, dropped=0, decode_errors=0,
           seq_gaps=0, p50_ms=1.0, p99_ms=2.0),
     EndOfStream(seq=1, t_source_ns=2),
+    Skipped(seq=1, t_source_ns=2, last=3),
 ]
 HEADER_KEYS = ("schema", "version", "topic", "seq", "t_source_ns", "stamps", "fields", "buffers")
 

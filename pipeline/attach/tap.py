@@ -11,6 +11,14 @@ loses the newest ones, which it sees as ``seq`` gaps (the tap never slows the pi
 ZeroMQ drops for that subscriber only, silently). ``wait_subscribers: N`` makes the run wait,
 before the source starts, until N subscriptions arrived (one per topic a client subscribes to;
 an empty prefix counts once), for clients that must see every message.
+
+So that a subscriber can tell its own losses from the chain's, the tap (whose inputs are
+lossless) announces every ``seq`` gap of a topic with a :class:`~stages.messages.Skipped`
+notice on that topic, just before the message after the gap (and, at the end of the run,
+for a topic whose last messages never came, up to the run's last seq); a gap without a
+notice is the subscriber's own loss. At the end of a run it publishes an
+:class:`~stages.messages.EndOfStream` on each of its topics, whose ``seq`` is the number of
+messages it published there, so a subscriber can stop at once and count what it missed.
 """
 
 from __future__ import annotations
@@ -26,9 +34,12 @@ import zmq
 from pipeline.wire.codec import encode
 from pipeline.wire.curve import CurveKeys, close_served, serve
 from stages.base import TopicSink
-from stages.messages import Message
+from stages.messages import EndOfStream, Message, Skipped
 
 logger = logging.getLogger(__name__)
+
+#: How long closing the tap waits for queued messages (the end markers) to leave (ms).
+END_LINGER_MS = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +58,9 @@ class PublisherConfig:
         Longest wait for them; the run then goes on with a warning.
     curve : CurveKeys or None
         CURVE encryption and client allow-list (:mod:`pipeline.wire.curve`); None: plain.
+    topics : tuple of str
+        The topics the tap carries: each gets an EndOfStream at the end of the run, even if
+        nothing was published on it (topics that only appear on the way get one too).
     """
 
     endpoint: str
@@ -54,6 +68,7 @@ class PublisherConfig:
     wait_subscribers: int = 0
     wait_s: float = 60.0
     curve: CurveKeys | None = None
+    topics: tuple[str, ...] = ()
 
 
 class Publisher(TopicSink):
@@ -70,6 +85,11 @@ class Publisher(TopicSink):
         self.endpoint = config.endpoint
         self.sent = 0
         self.subscriptions = 0
+        #: Messages published per topic, and the last seq of each.
+        self.published: dict[str, int] = dict.fromkeys(config.topics, 0)
+        self._last_seq: dict[str, int] = {}
+        #: Seqs announced as skipped (:class:`Skipped` notices), all topics.
+        self.skipped = 0
 
     def start(self) -> None:
         cfg = self.config
@@ -123,8 +143,32 @@ class Publisher(TopicSink):
         if self._sock is None:
             raise RuntimeError("Publisher.start() was not called")
         self._read_subscriptions(0)  # keep the subscription queue short
+        last = self._last_seq.get(topic)
+        if last is not None and msg.seq > last + 1:
+            notice = Skipped(seq=last + 1, t_source_ns=msg.t_source_ns, last=msg.seq - 1)
+            self._sock.send_multipart(encode(notice, topic), copy=False)
+            self.skipped += msg.seq - last - 1
         self._sock.send_multipart(encode(msg, topic), copy=False)  # XPUB never blocks
+        self._last_seq[topic] = msg.seq
+        self.published[topic] = self.published.get(topic, 0) + 1
         self.sent += 1
+        return ()
+
+    def flush(self) -> Iterable[Message]:
+        """End of the run: a Skipped notice on each topic whose last seq is behind the last
+        seq of the run (the newest on any topic), then one EndOfStream per topic (``seq`` =
+        messages published on it)."""
+        if self._sock is not None:
+            end = max(self._last_seq.values(), default=None)
+            for topic, last in self._last_seq.items():
+                if last < end:
+                    notice = Skipped(seq=last + 1, t_source_ns=0, last=end)
+                    self._sock.send_multipart(encode(notice, topic), copy=False)
+                    self.skipped += end - last
+            for topic, count in self.published.items():
+                self._sock.send_multipart(encode(EndOfStream(seq=count, t_source_ns=0), topic),
+                                          copy=False)
+            self._sock.setsockopt(zmq.LINGER, END_LINGER_MS)  # let the end markers leave
         return ()
 
     def stop(self) -> None:
@@ -133,4 +177,4 @@ class Publisher(TopicSink):
 
     def summary(self) -> dict[str, Any]:
         return {"endpoint": self.endpoint, "sent": self.sent,
-                "subscriptions": self.subscriptions}
+                "subscriptions": self.subscriptions, "skipped": self.skipped}
