@@ -137,6 +137,33 @@ def test_subscriber_tally_tells_chain_drops_from_its_own_losses():
                               "chain, 2 lost by this subscriber"]
 
 
+def test_external_input_counts_the_connection_an_oversize_message_cost(tmp_path, caplog):
+    endpoint = f"ipc://{tmp_path}/ext"
+    stage = ExternalInput(ExternalInputConfig(endpoint=endpoint, timeout_s=5.0))
+    stage.start()
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    push.connect(endpoint)
+    try:
+        head = {"schema": "csist.Blobs", "version": 2, "topic": "blobs", "seq": 0,
+                "t_source_ns": 0, "stamps": {}, "fields": {"blobs": []}, "buffers": []}
+        push.send_multipart([b"blobs", b"x" * (65 << 20)])  # over the 64 MiB limit
+        time.sleep(0.5)  # ZeroMQ drops the connection; the PUSH socket reconnects
+        push.send_multipart([b"blobs", msgpack.packb(head)])
+        with caplog.at_level("INFO", logger="pipeline.attach.external"):
+            image = np.zeros((2, 2), np.float32)
+            (out,) = stage.process(Frame(seq=0, t_source_ns=1, image=image))
+            stage.stop()
+        assert out.seq == 0 and stage.summary()["received"] == 1  # the next message came
+        assert stage.summary()["disconnects"] >= 1
+        assert "over the 64 MiB limit" in caplog.text
+    finally:
+        stage.stop()
+        push.close(linger=0)
+        ctx.term()
+
+
 def test_keys_cli_writes_the_layout(tmp_path, capsys):
     assert main(["keys", str(tmp_path), "--client", "a", "--client", "b"]) == 0
     assert "run.curve.secret_key" in capsys.readouterr().out
@@ -180,7 +207,7 @@ def test_external_input_pairs_answers_by_seq(tmp_path):
         assert out4.seq == 4 and out4.blobs == ()
         assert stage.summary() == {"received": 3, "missed": 2, "late": 1, "too_early": 1,
                                    "evicted": 0, "invalid_blobs": 1, "decode_errors": 1,
-                                   "wrong_schema": 0}
+                                   "wrong_schema": 0, "disconnects": 0}
         assert stage.input_counters() == {"decode_errors": 1}  # the stage row's number too
     finally:
         push.close(linger=0)
@@ -289,6 +316,7 @@ def test_external_detector_process_feeds_the_chain(tmp_path):
     assert run_rc == 0, run_err
     assert det_rc == 0 and "done after 12 frames" in det_err
     data = json.loads(report.read_text())
+    assert data["scores"]["external"].pop("disconnects") <= 1  # the detector may exit first
     assert data["scores"]["external"] == {"received": 12, "missed": 0, "late": 0,
                                           "too_early": 0, "evicted": 0, "invalid_blobs": 0,
                                           "decode_errors": 0, "wrong_schema": 0}

@@ -30,6 +30,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from pipeline.wire.codec import DEFAULT_LIMITS, DecodeError, decode
 from pipeline.wire.curve import CurveKeys, close_served, serve
@@ -89,8 +90,10 @@ class ExternalInput(Stage):
         self._sock: zmq.Socket | None = None
         self._auth: Any = None
         self._early: OrderedDict[int, Message] = OrderedDict()
+        self._monitor: zmq.Socket | None = None
         self.counts = {"received": 0, "missed": 0, "late": 0, "too_early": 0, "evicted": 0,
-                       "invalid_blobs": 0, "decode_errors": 0, "wrong_schema": 0}
+                       "invalid_blobs": 0, "decode_errors": 0, "wrong_schema": 0,
+                       "disconnects": 0}
         #: Problems: all counted, logged through a rate limiter (never silently dropped)
         self.warnings = LimitedWarnings(logger)
 
@@ -102,6 +105,9 @@ class ExternalInput(Stage):
             self._sock.setsockopt(zmq.LINGER, 0)
             self._sock.setsockopt(zmq.RCVHWM, cfg.hwm)
             self._sock.setsockopt(zmq.MAXMSGSIZE, DEFAULT_LIMITS.max_total_bytes)
+            # ZeroMQ drops, without a word, the connection of a peer that sends more than
+            # MAXMSGSIZE: its disconnects are the only trace, so they are watched
+            self._monitor = self._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
             if cfg.curve is not None:
                 self._auth = serve(self._ctx, self._sock, cfg.curve)
             try:
@@ -119,10 +125,23 @@ class ExternalInput(Stage):
         self.counts[kind] += n
         self.warnings.warn(kind, f"external input {self.config.endpoint}: {text}")
 
+    def _watch_disconnects(self) -> None:
+        """Count the peer connections ZeroMQ dropped since the last call."""
+        while self._monitor is not None and self._monitor.poll(0, zmq.POLLIN):
+            event = recv_monitor_message(self._monitor)
+            self.counts["disconnects"] += 1
+            # not a warning: a peer that closes (a detector that exits) disconnects too
+            logger.info("external input %s: a peer disconnected from %s (it closed, or it sent "
+                        "a message over the %d MiB limit, which is lost; a PUSH peer then "
+                        "reconnects)", self.config.endpoint, event["endpoint"].decode(),
+                        DEFAULT_LIMITS.max_total_bytes >> 20)
+
     def _receive(self, timeout_ms: int) -> Message | None:
         """One decoded outside message of the right schema, or None."""
         assert self._sock is not None
-        if not self._sock.poll(timeout_ms, zmq.POLLIN):
+        ready = self._sock.poll(timeout_ms, zmq.POLLIN)
+        self._watch_disconnects()
+        if not ready:
             return None
         frames = self._sock.recv_multipart(copy=True)
         try:
@@ -181,6 +200,11 @@ class ExternalInput(Stage):
             return []
 
     def stop(self) -> None:
+        if self._monitor is not None:
+            self._watch_disconnects()
+            self._sock.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
         self.warnings.flush()
         close_served(self._sock, self._auth, self._ctx)
         self._sock = self._auth = self._ctx = None
