@@ -296,6 +296,9 @@ def test_processes_dead_stage_fails_fast():
     assert time.monotonic() - t0 < 15
     assert not report["ok"]
     assert "stage 'doubler'" in report["error"] and "killed by signal 9" in report["error"]
+    # the stages that were stopped sent their exact statistics: real times, not 0 s
+    assert report["wall_s"] > 0 and report["fps"] > 0
+    assert report["stages"]["source"]["msgs_out"] >= 6  # seqs 0..5 reached the doubler
 
 
 def test_processes_stage_exception_is_reported():

@@ -207,6 +207,7 @@ class _Watch:
         self.procs, self.conns = procs, conns
         self.ready: set[str] = set()
         self.done: dict[str, dict] = {}
+        self.final: dict[str, dict] = {}  # the stats of stages that stopped unfinished
         self.beats: dict[str, Stats] = {}
         self.tracebacks: dict[str, str] = {}
         self.error: str | None = None
@@ -226,14 +227,14 @@ class _Watch:
         for obj in multiprocessing.connection.wait(list(by_obj), timeout_s):
             name = by_obj[obj]
             if obj in self.conns.values():
-                self._read(name)
+                self.read(name)
             else:
                 self.procs[name].join(1.0)  # the sentinel can fire just before the exit
                 while name in self.conns and self.conns[name].poll():
-                    self._read(name)
+                    self.read(name)
                 self._exited(name)
 
-    def _read(self, name: str) -> None:
+    def read(self, name: str) -> None:
         try:
             kind, payload = self.conns[name].recv()
         except (EOFError, OSError):
@@ -246,6 +247,8 @@ class _Watch:
             logger.debug("%s: %s", name, payload)
         elif kind == "done":
             self.done[name] = payload
+        elif kind == "final":
+            self.final[name] = payload
         elif kind == "error":
             if payload["traceback"]:
                 self.tracebacks[name] = payload["traceback"]
@@ -255,7 +258,7 @@ class _Watch:
         proc = self.procs[name]
         conn = self.conns.get(name)
         if conn is not None and conn.poll(0):  # its last report (an error's cause) comes first
-            self._read(name)
+            self.read(name)
         if name in self.done or self.error is not None or proc.exitcode == worker.EXIT_ABORTED:
             return
         if proc.exitcode == 0:
@@ -267,9 +270,12 @@ class _Watch:
             self.fail(f"stage {name!r} (pid {proc.pid}) {how}")
 
     def stage_summary(self, name: str) -> dict[str, Any]:
-        """The final statistics of a stage, or what its last heartbeat said."""
+        """The final statistics of a stage (also of one that stopped unfinished), or, for a
+        stage that was killed, what its last heartbeat said."""
         if name in self.done:
             return self.done[name]["stats"]
+        if name in self.final:
+            return self.final[name]
         summary = StageStats(name).summary()
         beat = self.beats.get(name)
         if beat is not None:
@@ -374,6 +380,9 @@ def _reap(watch: _Watch) -> None:
         if watch.procs[name].exitcode is None:
             watch.procs[name].kill()
             watch.procs[name].join(1.0)
+    for name in list(watch.conns):  # the final statistics of the stages stopped now
+        while name in watch.conns and watch.conns[name].poll():
+            watch.read(name)
     for conn in watch.conns.values():
         conn.close()
 

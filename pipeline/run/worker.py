@@ -223,6 +223,15 @@ def _exit_on_sigterm(signum: int, _frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
+def _send_final(conn: Any, stats: StageStats, inlet: Inlet | None, stage: Any) -> None:
+    """The statistics of a stage that stops without finishing its stream, so that the
+    report of a failed run holds its exact counts and times, not its last heartbeat's."""
+    try:
+        conn.send(("final", stats.summary(input_counters(inlet, stage))))
+    except (OSError, ValueError):
+        pass  # the parent is gone (or the pipe closed): nothing to report to
+
+
 def main(spec: WorkerSpec, conn: Any, control: Control) -> None:
     """Entry point of a worker process (see the module docstring); exits 1 on failure,
     :data:`EXIT_ABORTED` when the run was aborted elsewhere, 143 on a SIGTERM of its own (after
@@ -232,7 +241,8 @@ def main(spec: WorkerSpec, conn: Any, control: Control) -> None:
     logging.basicConfig(level=spec.log_level, stream=sys.stderr,
                         format=f"%(levelname)s [{spec.name}] %(name)s: %(message)s")
     ctx = zmq.Context()
-    stage, inlet, outlet = None, None, None
+    stage, inlet, outlet, stats = None, None, None, None
+    done = False
     try:
         stage = spec.cls(spec.config)
         stage.start()
@@ -270,6 +280,7 @@ def main(spec: WorkerSpec, conn: Any, control: Control) -> None:
             if dropped:
                 logger.warning("%d message(s) dropped sending on %s", dropped, link.endpoint)
         conn.send(("done", {"stats": stats.summary(links), "summary": stage.summary()}))
+        done = True
     except Exception as exc:
         if control.abort.is_set():  # failing after the run was aborted: not the cause
             logger.debug("failed after the abort: %s: %s", type(exc).__name__, exc)
@@ -284,6 +295,8 @@ def main(spec: WorkerSpec, conn: Any, control: Control) -> None:
             pass  # the parent is gone; the exit code still tells
         sys.exit(1)
     finally:
+        if stats is not None and not done:  # aborted, failed or terminated: exact figures
+            _send_final(conn, stats, inlet, stage)
         if stage is not None:
             stage.stop()
         if inlet is not None:
