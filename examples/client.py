@@ -55,6 +55,8 @@ def main():
             print(f"seq {header['seq']}-{header['fields']['last']} skipped by the chain",
                   file=sys.stderr)
             continue
+        if header["schema"] != "csist.Tracks":  # the tap's heartbeat (csist.Stats)
+            continue
         tracks = header["fields"]["tracks"]
         print(f"seq {header['seq']} t {header['t_source_ns'] / 1e9:.3f} s  {len(tracks)} tracks"
               + "".join(f"  #{t['track_id']} ({t['row']:.3f}, {t['col']:.3f})" for t in tracks),

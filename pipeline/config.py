@@ -111,11 +111,15 @@ class PublishConfig:
         Messages queued per subscriber before drops.
     wait_subscribers : int
         Subscriptions to wait for before the source starts (0: none).
+    heartbeat_s : float or None
+        Seconds without a message after which a heartbeat goes out on every topic
+        (processes mode; null: none).
     """
 
     endpoint: Annotated[str, Field(pattern=r"^(tcp|ipc|inproc)://.+")]
     hwm: Annotated[int, Field(ge=1)] = 64
     wait_subscribers: Annotated[int, Field(ge=0)] = 0
+    heartbeat_s: Annotated[float | None, Field(gt=0)] = 1.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,8 @@ and reported on stderr, never fatal. Attaching is best-effort: messages sent bef
 subscription reached the pipeline are not seen (see :mod:`pipeline.attach.tap`).
 
 The tap's notices are printed like messages: ``csist.Skipped`` (seqs dropped inside the
-chain) and ``csist.EndOfStream`` (the run ended; ``seq`` = messages published on the topic).
+chain), ``csist.Stats`` (its heartbeat while the chain is idle) and ``csist.EndOfStream``
+(the run ended; ``seq`` = messages published on the topic).
 The subscriber stops once every topic it asked for (without ``--topic``: every topic it has
 seen) has ended, and says on stderr how many messages of each it received and how many the
 tap published, announced gaps, and gaps it lost itself.
@@ -35,7 +36,7 @@ import zmq
 from pipeline.run.report import json_safe
 from pipeline.wire.codec import DEFAULT_LIMITS, DecodeError, decode
 from pipeline.wire.curve import connect_client
-from stages.messages import EndOfStream, Message, Skipped
+from stages.messages import EndOfStream, Message, Skipped, Stats
 
 POLL_MS = 100
 
@@ -89,6 +90,8 @@ class _Tally:
         self._next: dict[str, int] = {}
 
     def add(self, topic: str, msg: Message) -> None:
+        if isinstance(msg, Stats):  # the tap's heartbeat: its seq is its own count
+            return
         if isinstance(msg, EndOfStream):
             self.published[topic] = msg.seq
             return

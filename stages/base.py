@@ -92,6 +92,11 @@ class Stage:
         """Return buffered messages at the end of the stream; called once after the last input."""
         return ()
 
+    def idle(self) -> Iterable[Message]:
+        """Called (one process per stage) about every 0.1 s while no input arrives; return
+        messages to publish. The tap uses it for its heartbeat. The default: nothing."""
+        return ()
+
     def stop(self) -> None:
         """Release resources; called once at the end, also after an error."""
 

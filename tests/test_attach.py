@@ -33,6 +33,7 @@ from stages.messages import (
     Point,
     Points,
     Skipped,
+    Stats,
     Track,
     Tracks,
 )
@@ -125,12 +126,39 @@ def test_tap_announces_gaps_and_ends_every_topic(tmp_path):
         ctx.term()
 
 
+def test_tap_heartbeat_goes_out_on_every_topic_only_while_idle(tmp_path):
+    tap = Publisher(PublisherConfig(endpoint=f"ipc://{tmp_path}/tap", topics=("points", "tracks"),
+                                    heartbeat_s=0.2))
+    tap.start()
+    ctx = zmq.Context()
+    try:
+        sock = sub_socket(ctx, tap.endpoint)
+        got, seq, deadline = [], 0, time.monotonic() + 10
+        while not got and time.monotonic() < deadline:  # until the subscription is through
+            tap.process_topic("points", Points(seq=seq, t_source_ns=0))
+            seq += 1
+            got = drain(sock, 20)
+        tap.idle()
+        assert drain(sock, 100) == []  # a message went out just now: no heartbeat
+        time.sleep(0.3)
+        tap.idle()
+        beats = [(bytes(f[0]).decode(), decode(f)) for f in drain(sock, 1000)]
+        assert [t for t, _ in beats] == ["points", "tracks"]
+        assert all(isinstance(m, Stats) and m.stage == "tap" and m.msgs_out == seq
+                   for _, m in beats)
+        sock.close(linger=0)
+    finally:
+        tap.stop()
+        ctx.term()
+
+
 def test_subscriber_tally_tells_chain_drops_from_its_own_losses():
     tally = _Tally()
     for msg in (Points(seq=0, t_source_ns=0), Skipped(seq=1, t_source_ns=0, last=2),
                 Points(seq=3, t_source_ns=0), Points(seq=6, t_source_ns=0)):  # 4, 5 lost here
         tally.add("points", msg)
     assert not tally.all_ended(set())
+    tally.add("points", Stats(seq=40, t_source_ns=0, stage="tap"))  # a heartbeat: not data
     tally.add("points", EndOfStream(seq=5, t_source_ns=0))
     assert tally.all_ended(set()) and not tally.all_ended({"points", "tracks"})
     assert tally.report() == ["end of points: received 3 of 5 published; 2 skipped inside the "

@@ -19,6 +19,9 @@ for a topic whose last messages never came, up to the run's last seq); a gap wit
 notice is the subscriber's own loss. At the end of a run it publishes an
 :class:`~stages.messages.EndOfStream` on each of its topics, whose ``seq`` is the number of
 messages it published there, so a subscriber can stop at once and count what it missed.
+While the chain is idle (nothing to publish for ``heartbeat_s``) it publishes a
+:class:`~stages.messages.Stats` heartbeat on every topic, so a subscriber can tell a quiet
+chain from a dead one.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import zmq
 from pipeline.wire.codec import encode
 from pipeline.wire.curve import CurveKeys, close_served, serve
 from stages.base import TopicSink
-from stages.messages import EndOfStream, Message, Skipped
+from stages.messages import EndOfStream, Message, Skipped, Stats
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +64,10 @@ class PublisherConfig:
     topics : tuple of str
         The topics the tap carries: each gets an EndOfStream at the end of the run, even if
         nothing was published on it (topics that only appear on the way get one too).
+    heartbeat_s : float or None
+        After this long without a message, a ``csist.Stats`` heartbeat goes out on every
+        topic, and again every ``heartbeat_s`` while the chain stays idle (one process per
+        stage only); None: no heartbeat.
     """
 
     endpoint: str
@@ -69,6 +76,7 @@ class PublisherConfig:
     wait_s: float = 60.0
     curve: CurveKeys | None = None
     topics: tuple[str, ...] = ()
+    heartbeat_s: float | None = 1.0
 
 
 class Publisher(TopicSink):
@@ -90,6 +98,8 @@ class Publisher(TopicSink):
         self._last_seq: dict[str, int] = {}
         #: Seqs announced as skipped (:class:`Skipped` notices), all topics.
         self.skipped = 0
+        self.heartbeats = 0
+        self._last_sent = time.monotonic()
 
     def start(self) -> None:
         cfg = self.config
@@ -149,9 +159,25 @@ class Publisher(TopicSink):
             self._sock.send_multipart(encode(notice, topic), copy=False)
             self.skipped += msg.seq - last - 1
         self._sock.send_multipart(encode(msg, topic), copy=False)  # XPUB never blocks
+        self._last_sent = time.monotonic()
         self._last_seq[topic] = msg.seq
         self.published[topic] = self.published.get(topic, 0) + 1
         self.sent += 1
+        return ()
+
+    def idle(self) -> Iterable[Message]:
+        """A heartbeat on every topic after ``heartbeat_s`` without a message: ``Stats`` with
+        ``seq`` = heartbeats so far, ``t_source_ns`` = Unix time, ``stage`` = "tap",
+        ``msgs_out`` = messages published so far."""
+        wait = self.config.heartbeat_s
+        if self._sock is None or wait is None or time.monotonic() - self._last_sent < wait:
+            return ()
+        beat = Stats(seq=self.heartbeats, t_source_ns=time.time_ns(), stage="tap",
+                     msgs_in=self.sent, msgs_out=self.sent)
+        for topic in self.published:
+            self._sock.send_multipart(encode(beat, topic), copy=False)
+        self.heartbeats += 1
+        self._last_sent = time.monotonic()
         return ()
 
     def flush(self) -> Iterable[Message]:

@@ -67,7 +67,7 @@ def add_services(
         config = PublisherConfig(
             endpoint=run.publish.endpoint, hwm=run.publish.hwm,
             wait_subscribers=run.publish.wait_subscribers, wait_s=run.ready_timeout_s,
-            curve=run.curve, topics=tuple(topics),
+            curve=run.curve, topics=tuple(topics), heartbeat_s=run.publish.heartbeat_s,
         )
         out.insert(1, StagePlan(TAP, "tap", Publisher, config, tuple(topics), None, lossless))
     if run.record is not None:

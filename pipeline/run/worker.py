@@ -192,6 +192,8 @@ def _run_stage(spec: WorkerSpec, stage: Any, inlet: Inlet, outlet: Outlet,
         got = inlet.recv(POLL_MS)
         beat.maybe_send()
         if got is None:
+            if not _send_all(outlet, list(stage.idle()), control.aborted):
+                return
             # An EndOfStream lost on a drop_oldest link: the producer has ended and nothing
             # arrived for two polls, so its stream is over.
             for i, producer in enumerate(spec.producers):
