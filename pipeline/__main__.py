@@ -153,6 +153,11 @@ def _parser() -> argparse.ArgumentParser:
     keys_p.add_argument("dir", help="folder to write the keys to")
     keys_p.add_argument("--client", action="append", default=[], metavar="NAME",
                         help="client to create (repeatable; default: one named 'client')")
+    from pipeline.wire import fuzz
+
+    fuzz.add_arguments(sub.add_parser(
+        "fuzz", help="a seeded fuzz campaign against the message decoders (exit 1 if anything "
+                     "but DecodeError escapes)"))
     from pipeline import bench
 
     bench.add_arguments(sub.add_parser(
@@ -297,6 +302,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pipeline.bench import main as bench_main
 
         return bench_main(args)
+    if args.command == "fuzz":
+        from pipeline.wire.fuzz import main as fuzz_main
+
+        return fuzz_main(args)
     try:
         if args.command == "subscribe":
             from pipeline.subscribe import subscribe
