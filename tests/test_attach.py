@@ -98,17 +98,25 @@ def test_curve_tap_serves_only_listed_clients(tmp_path):
                                                   str(tmp_path / "k2" / "allowed")))).start()
 
 
+def publish_until_subscribed(tap, sock) -> int:
+    """Publish points seqs 0, 1, ... until ``sock`` gets one (its subscription is through, the
+    slow-joiner race over); returns the next seq."""
+    seq, deadline = 0, time.monotonic() + 10
+    while time.monotonic() < deadline:
+        tap.process_topic("points", Points(seq=seq, t_source_ns=0))
+        seq += 1
+        if drain(sock, 20):
+            return seq
+    raise AssertionError("the subscription never reached the tap")
+
+
 def test_tap_announces_gaps_and_ends_every_topic(tmp_path):
     tap = Publisher(PublisherConfig(endpoint=f"ipc://{tmp_path}/tap", topics=("points", "tracks")))
     tap.start()
     ctx = zmq.Context()
     try:
         sock = sub_socket(ctx, tap.endpoint)
-        got, seq, deadline = [], 0, time.monotonic() + 10
-        while not got and time.monotonic() < deadline:  # until the subscription is through
-            tap.process_topic("points", Points(seq=seq, t_source_ns=0))
-            seq += 1
-            got = drain(sock, 20)
+        seq = publish_until_subscribed(tap, sock)
         tap.process_topic("points", Points(seq=seq + 2, t_source_ns=7))  # seq, seq+1 dropped
         tap.process_topic("tracks", Tracks(seq=seq, t_source_ns=0))  # its last seqs never come
         tap.flush()
@@ -133,11 +141,7 @@ def test_tap_heartbeat_goes_out_on_every_topic_only_while_idle(tmp_path):
     ctx = zmq.Context()
     try:
         sock = sub_socket(ctx, tap.endpoint)
-        got, seq, deadline = [], 0, time.monotonic() + 10
-        while not got and time.monotonic() < deadline:  # until the subscription is through
-            tap.process_topic("points", Points(seq=seq, t_source_ns=0))
-            seq += 1
-            got = drain(sock, 20)
+        seq = publish_until_subscribed(tap, sock)
         tap.idle()
         assert drain(sock, 100) == []  # a message went out just now: no heartbeat
         time.sleep(0.3)
@@ -165,20 +169,33 @@ def test_subscriber_tally_tells_chain_drops_from_its_own_losses():
                               "chain, 2 lost by this subscriber"]
 
 
-def test_external_input_counts_the_connection_an_oversize_message_cost(tmp_path, caplog):
+def blobs_frames(seq: int, rows=()) -> list[bytes]:
+    """A Blobs message as an outside detector sends it: one blob per row."""
+    head = {"schema": "csist.Blobs", "version": 2, "topic": "blobs", "seq": seq,
+            "t_source_ns": 123, "stamps": {}, "buffers": [],
+            "fields": {"blobs": [{"row": r, "col": 2.0, "peak": 9.0, "area": 3, "snr": 5.0}
+                                 for r in rows]}}
+    return [b"blobs", msgpack.packb(head)]
+
+
+def external_input_and_pusher(tmp_path, timeout_s: float):
+    """A started ExternalInput on an ipc endpoint, and a context + PUSH socket to feed it."""
     endpoint = f"ipc://{tmp_path}/ext"
-    stage = ExternalInput(ExternalInputConfig(endpoint=endpoint, timeout_s=5.0))
+    stage = ExternalInput(ExternalInputConfig(endpoint=endpoint, timeout_s=timeout_s))
     stage.start()
     ctx = zmq.Context()
     push = ctx.socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 0)
     push.connect(endpoint)
+    return stage, ctx, push
+
+
+def test_external_input_counts_the_connection_an_oversize_message_cost(tmp_path, caplog):
+    stage, ctx, push = external_input_and_pusher(tmp_path, timeout_s=5.0)
     try:
-        head = {"schema": "csist.Blobs", "version": 2, "topic": "blobs", "seq": 0,
-                "t_source_ns": 0, "stamps": {}, "fields": {"blobs": []}, "buffers": []}
         push.send_multipart([b"blobs", b"x" * (65 << 20)])  # over the 64 MiB limit
         time.sleep(0.5)  # ZeroMQ drops the connection; the PUSH socket reconnects
-        push.send_multipart([b"blobs", msgpack.packb(head)])
+        push.send_multipart(blobs_frames(0))
         with caplog.at_level("INFO", logger="pipeline.attach.external"):
             image = np.zeros((2, 2), np.float32)
             (out,) = stage.process(Frame(seq=0, t_source_ns=1, image=image))
@@ -201,20 +218,10 @@ def test_keys_cli_writes_the_layout(tmp_path, capsys):
 
 
 def test_external_input_pairs_answers_by_seq(tmp_path):
-    endpoint = f"ipc://{tmp_path}/ext"
-    stage = ExternalInput(ExternalInputConfig(endpoint=endpoint, timeout_s=0.3))
-    stage.start()
-    ctx = zmq.Context()
-    push = ctx.socket(zmq.PUSH)
-    push.setsockopt(zmq.LINGER, 0)
-    push.connect(endpoint)
+    stage, ctx, push = external_input_and_pusher(tmp_path, timeout_s=0.3)
     try:
         def blobs(seq, row):
-            head = {"schema": "csist.Blobs", "version": 2, "topic": "blobs", "seq": seq,
-                    "t_source_ns": 123, "stamps": {},
-                    "fields": {"blobs": [{"row": row, "col": 2.0, "peak": 9.0, "area": 3,
-                                          "snr": 5.0}]}, "buffers": []}
-            return [b"blobs", msgpack.packb(head)]
+            return blobs_frames(seq, [row])
 
         push.send_multipart([b"blobs", b"\xc1garbage"])
         push.send_multipart(blobs(1, 11.0))  # early
