@@ -17,11 +17,10 @@ The rule (:class:`WindowShedder`):
   to the last 32 passes (a forward pass of a few windows costs far more than its share of
   a large batch).
 - A time credit grows by the budget with every frame (capped at two frames' worth, or one
-  window's cost when that is more) and
-  shrinks by the measured time of every forward pass; a frame may unmix
-  ``floor((credit − fixed) / per-window)`` windows, possibly none, so a model slower than
-  the frame rate for even one window still keeps up (it refreshes one window every few
-  frames). Windows of tracks without a map yet are always unmixed (the credit goes
+  window's cost when that is more) and shrinks by the measured time of every forward pass;
+  a frame may unmix ``floor((credit − fixed) / per-window)`` windows, possibly none, so a
+  model slower than the frame rate for even one window still keeps up (it refreshes one
+  window every few frames). Windows of tracks without a map yet are always unmixed (the credit goes
   negative, down to minus the cap, and later frames pay); the rest of the allowance goes
   to the windows whose map is the oldest (so every track is refreshed in turn), ties by
   blob id.
