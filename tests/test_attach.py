@@ -3,6 +3,7 @@ dependency-free example client, and an external detector process feeding the cha
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -99,61 +100,69 @@ def test_curve_tap_serves_only_listed_clients(tmp_path):
 
 
 def publish_until_subscribed(tap, sock) -> int:
-    """Publish points seqs 0, 1, ... until ``sock`` gets one (its subscription is through, the
-    slow-joiner race over); returns the next seq."""
+    """Publish points seqs 0, 1, ... until ``sock`` gets the last one published (its
+    subscription is through, the slow-joiner race over, nothing left in flight); returns the
+    next seq."""
     seq, deadline = 0, time.monotonic() + 10
     while time.monotonic() < deadline:
         tap.process_topic("points", Points(seq=seq, t_source_ns=0))
         seq += 1
-        if drain(sock, 20):
+        if any(decode(f).seq == seq - 1 for f in drain(sock, 20)):
             return seq
     raise AssertionError("the subscription never reached the tap")
 
 
-def test_tap_announces_gaps_and_ends_every_topic(tmp_path):
-    tap = Publisher(PublisherConfig(endpoint=f"ipc://{tmp_path}/tap", topics=("points", "tracks")))
+@contextlib.contextmanager
+def tap_and_subscriber(tmp_path, **options):
+    """A started tap on an ipc endpoint with topics points and tracks, and a SUB socket whose
+    subscription is through; yields (tap, sock, next points seq)."""
+    tap = Publisher(PublisherConfig(endpoint=f"ipc://{tmp_path}/tap", topics=("points", "tracks"),
+                                    **options))
     tap.start()
     ctx = zmq.Context()
+    sock = sub_socket(ctx, tap.endpoint)
     try:
-        sock = sub_socket(ctx, tap.endpoint)
-        seq = publish_until_subscribed(tap, sock)
+        yield tap, sock, publish_until_subscribed(tap, sock)
+    finally:
+        sock.close(linger=0)
+        tap.stop()
+        ctx.term()
+
+
+def receive(sock, n: int, timeout_s: float = 10.0) -> list[tuple[str, object]]:
+    """The next ``n`` messages on ``sock`` as (topic, message), or fewer after ``timeout_s``."""
+    got, deadline = [], time.monotonic() + timeout_s
+    while len(got) < n and sock.poll(max(1, int(1e3 * (deadline - time.monotonic())))):
+        frames = sock.recv_multipart()
+        got.append((bytes(frames[0]).decode(), decode(frames)))
+    return got
+
+
+def test_tap_announces_gaps_and_ends_every_topic(tmp_path):
+    with tap_and_subscriber(tmp_path) as (tap, sock, seq):
         tap.process_topic("points", Points(seq=seq + 2, t_source_ns=7))  # seq, seq+1 dropped
         tap.process_topic("tracks", Tracks(seq=seq, t_source_ns=0))  # its last seqs never come
         tap.flush()
-        msgs = [(bytes(f[0]).decode(), decode(f)) for f in drain(sock, 1000)]
-        drained = [(t, type(m).__name__, m.seq) for t, m in msgs]
-        assert drained[-6:] == [("points", "Skipped", seq), ("points", "Points", seq + 2),
-                                ("tracks", "Tracks", seq), ("tracks", "Skipped", seq + 1),
-                                ("points", "EndOfStream", seq + 1), ("tracks", "EndOfStream", 1)]
-        assert msgs[-6][1].last == seq + 1 and msgs[-6][1].t_source_ns == 7
-        assert msgs[-3][1].last == seq + 2
+        msgs = receive(sock, 6)
+        assert [(t, type(m).__name__, m.seq) for t, m in msgs] == [
+            ("points", "Skipped", seq), ("points", "Points", seq + 2), ("tracks", "Tracks", seq),
+            ("tracks", "Skipped", seq + 1), ("points", "EndOfStream", seq + 1),
+            ("tracks", "EndOfStream", 1)]
+        assert msgs[0][1].last == seq + 1 and msgs[0][1].t_source_ns == 7
+        assert msgs[3][1].last == seq + 2
         assert tap.summary()["skipped"] == 4
-        sock.close(linger=0)
-    finally:
-        tap.stop()
-        ctx.term()
 
 
 def test_tap_heartbeat_goes_out_on_every_topic_only_while_idle(tmp_path):
-    tap = Publisher(PublisherConfig(endpoint=f"ipc://{tmp_path}/tap", topics=("points", "tracks"),
-                                    heartbeat_s=0.2))
-    tap.start()
-    ctx = zmq.Context()
-    try:
-        sock = sub_socket(ctx, tap.endpoint)
-        seq = publish_until_subscribed(tap, sock)
+    with tap_and_subscriber(tmp_path, heartbeat_s=0.2) as (tap, sock, seq):
         tap.idle()
-        assert drain(sock, 100) == []  # a message went out just now: no heartbeat
+        assert receive(sock, 1, timeout_s=0.1) == []  # a message went out just now: no beat
         time.sleep(0.3)
         tap.idle()
-        beats = [(bytes(f[0]).decode(), decode(f)) for f in drain(sock, 1000)]
+        beats = receive(sock, 2)
         assert [t for t, _ in beats] == ["points", "tracks"]
         assert all(isinstance(m, Stats) and m.stage == "tap" and m.msgs_out == seq
                    for _, m in beats)
-        sock.close(linger=0)
-    finally:
-        tap.stop()
-        ctx.term()
 
 
 def test_subscriber_tally_tells_chain_drops_from_its_own_losses():
