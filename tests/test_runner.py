@@ -352,6 +352,36 @@ def test_sigterm_stops_the_source_and_drains(mode, started):
     assert result["seen"] == result["frames"]  # lossless: every produced frame was drained
 
 
+def test_a_second_sigterm_aborts_at_once_with_exit_code_130(tmp_path):
+    config = tmp_path / "chain.yaml"
+    config.write_text("""
+run: {mode: processes, rate_hz: 50}
+stages:
+  - {name: source, kind: simulator, config: {seed: 1, height: 48, width: 48, groups: 1}}
+  - {name: detector, kind: detector}
+""")
+    repo = str(Path(__file__).parents[1])
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=repo,
+                            env={**os.environ, "PYTHONPATH": repo})
+    try:
+        for line in proc.stderr:  # until the chain runs
+            if "stages in processes mode" in line:
+                break
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.05)  # two signals sent at once would arrive as one
+        proc.send_signal(signal.SIGTERM)  # before the chain has drained
+        t0 = time.monotonic()
+        _, err = proc.communicate(timeout=20)
+        elapsed = time.monotonic() - t0
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == 130 and elapsed < 10
+    assert "aborted" in err.splitlines()
+
+
 def test_run_dispatches_on_mode():
     report = run(chain_plans(n=4), RunConfig(mode="inline"))
     assert report["mode"] == "inline" and report["frames"] == 4
