@@ -282,27 +282,17 @@ class ScoreAccumulator:
         refs = group_references(truth)
         detected = detected_groups(refs, windows)
         detecting = set(detected.values())
-        self._detections.append(
-            np.array([[q.row, q.col, q.score] for q in points if q.window_id in detecting]).reshape(
-                -1, 3
-            )
-        )
-        self._ground_truths.append(
-            np.array([[q.row, q.col, q.brightness] for q in truth if q.group in detected]).reshape(
-                -1, 3
-            )
-        )
-        self._all_detections.append(np.array([[q.row, q.col, q.score] for q in points]
-                                             ).reshape(-1, 3))
-        self._all_truths.append(_truth_array(truth))
-        terms = gospa(
-            np.array([[q.row, q.col] for q in truth]),
-            np.array([[q.row, q.col] for q in points]),
-            self.c,
-            self.p,
-        )
+        found = np.array([[q.row, q.col, q.score] for q in points]).reshape(-1, 3)
+        targets = _truth_array(truth)
+        in_detecting = np.array([q.window_id in detecting for q in points], dtype=bool)
+        in_detected = np.array([q.group in detected for q in truth], dtype=bool)
+        self._detections.append(found[in_detecting])
+        self._ground_truths.append(targets[in_detected])
+        self._all_detections.append(found)
+        self._all_truths.append(targets)
+        terms = gospa(targets[:, :2], found[:, :2], self.c, self.p)
         self._gospa.add(terms)
-        self._score_tracks(truth, tracks)
+        self._score_tracks(truth, targets, tracks)
         self._groups += len(refs)
         self._detected += len(detected)
         self._windows += len(windows)
@@ -315,9 +305,10 @@ class ScoreAccumulator:
         self._all_detections.append(np.zeros((0, 3)))
         self._all_truths.append(_truth_array(truth))
 
-    def _score_tracks(self, truth: Sequence[TruthPoint], tracks: Sequence[Track]) -> None:
+    def _score_tracks(self, truth: Sequence[TruthPoint], targets: np.ndarray,
+                      tracks: Sequence[Track]) -> None:
         terms, pairs = gospa_pairs(
-            np.array([[q.row, q.col] for q in truth]),
+            targets[:, :2],
             np.array([[t.row, t.col] for t in tracks]),
             self.c,
             self.p,

@@ -155,15 +155,18 @@ class Publisher(TopicSink):
         self._read_subscriptions(0)  # keep the subscription queue short
         last = self._last_seq.get(topic)
         if last is not None and msg.seq > last + 1:
-            notice = Skipped(seq=last + 1, t_source_ns=msg.t_source_ns, last=msg.seq - 1)
-            self._sock.send_multipart(encode(notice, topic), copy=False)
-            self.skipped += msg.seq - last - 1
+            self._announce_skipped(topic, last + 1, msg.seq - 1, msg.t_source_ns)
         self._sock.send_multipart(encode(msg, topic), copy=False)  # XPUB never blocks
         self._last_sent = time.monotonic()
         self._last_seq[topic] = msg.seq
         self.published[topic] = self.published.get(topic, 0) + 1
         self.sent += 1
         return ()
+
+    def _announce_skipped(self, topic: str, first: int, last: int, t_source_ns: int) -> None:
+        notice = Skipped(seq=first, t_source_ns=t_source_ns, last=last)
+        self._sock.send_multipart(encode(notice, topic), copy=False)
+        self.skipped += last - first + 1
 
     def idle(self) -> Iterable[Message]:
         """A heartbeat on every topic after ``heartbeat_s`` without a message: ``Stats`` with
@@ -188,9 +191,7 @@ class Publisher(TopicSink):
             end = max(self._last_seq.values(), default=None)
             for topic, last in self._last_seq.items():
                 if last < end:
-                    notice = Skipped(seq=last + 1, t_source_ns=0, last=end)
-                    self._sock.send_multipart(encode(notice, topic), copy=False)
-                    self.skipped += end - last
+                    self._announce_skipped(topic, last + 1, end, 0)
             for topic, count in self.published.items():
                 self._sock.send_multipart(encode(EndOfStream(seq=count, t_source_ns=0), topic),
                                           copy=False)
