@@ -8,6 +8,8 @@
     python -m pipeline subscribe ENDPOINT [--topic T] [--json] [--count N] [--timeout S]
     python -m pipeline keys DIR [--client NAME ...]
     python -m pipeline bench [--out FILE] [--frames N] [--repeats R]
+    python -m pipeline fuzz --messages N [--out FILE]
+    python -m pipeline soak --minutes M [--out FILE] [--sample-s S]
 
 Exit codes: 0 success (also after a SIGINT/SIGTERM that drained cleanly), 1 the run failed (a
 stage raised or died, or the chain did not drain) or ``subscribe`` got fewer messages than
@@ -158,6 +160,11 @@ def _parser() -> argparse.ArgumentParser:
     fuzz.add_arguments(sub.add_parser(
         "fuzz", help="a seeded fuzz campaign against the message decoders (exit 1 if anything "
                      "but DecodeError escapes)"))
+    from pipeline import soak
+
+    soak.add_arguments(sub.add_parser(
+        "soak", help="run the live chain for --minutes and sample every stage process's "
+                     "memory, CPU and latency (writes benchmarks/soak.json)"))
     from pipeline import bench
 
     bench.add_arguments(sub.add_parser(
@@ -302,6 +309,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pipeline.bench import main as bench_main
 
         return bench_main(args)
+    if args.command == "soak":
+        from pipeline.soak import main as soak_main
+
+        return soak_main(args)
     if args.command == "fuzz":
         from pipeline.wire.fuzz import main as fuzz_main
 

@@ -389,12 +389,13 @@ def _reap(watch: _Watch) -> None:
 
 def run_processes(
     plans: Sequence[StagePlan], run: RunConfig, should_stop: Callable[[], bool] = _never,
-    trace_dir: str | None = None,
+    trace_dir: str | None = None, on_spawn: Callable[[dict[str, int]], None] | None = None,
 ) -> dict[str, Any]:
     """Run one process per stage (see the module docstring); returns the report.
 
     ``trace_dir``: every producing stage writes its input trace there (:mod:`pipeline.attach.trace`)
-    for the recorder.
+    for the recorder. ``on_spawn``: called once with ``{stage name: pid}`` when every stage
+    process has started (for monitors such as :mod:`pipeline.soak`).
     """
     mp = multiprocessing.get_context("spawn")
     control = worker.Control(go=mp.Event(), stop=mp.Event(), abort=mp.Event(),
@@ -410,6 +411,8 @@ def run_processes(
                 ipc_dir = Path(stack.enter_context(
                     tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-")))
         procs, conns = _spawn(plans, run, ipc_dir, mp, control, trace_dir)
+        if on_spawn is not None:
+            on_spawn({name: proc.pid for name, proc in procs.items()})
         watch = _Watch([p.name for p in plans], procs, conns)
         try:
             interrupted = _supervise(watch, run, control, should_stop, plans[0].name)
@@ -433,7 +436,8 @@ def run_processes(
 
 
 def run(
-    plans: Sequence[StagePlan], run_config: RunConfig, config_yaml: str = ""
+    plans: Sequence[StagePlan], run_config: RunConfig, config_yaml: str = "",
+    on_spawn: Callable[[dict[str, int]], None] | None = None,
 ) -> dict[str, Any]:
     """Run in ``run_config.mode`` with the service sinks of :mod:`pipeline.run.compose` (tap,
     recorder, outputs digest); SIGINT/SIGTERM stop the source and drain, a second aborts.
@@ -446,6 +450,9 @@ def run(
     run_config : RunConfig
     config_yaml : str
         Effective config, stored in a recording's metadata.
+    on_spawn : callable, optional
+        Processes mode: called once with ``{stage name: pid}`` when every stage process has
+        started.
 
     Returns
     -------
@@ -474,7 +481,8 @@ def run(
             previous[sig] = signal.signal(sig, on_signal)
     try:
         if run_config.mode == "processes":
-            report = run_processes(plans, run_config, lambda: bool(requests), trace_dir)
+            report = run_processes(plans, run_config, lambda: bool(requests), trace_dir,
+                                   on_spawn)
         else:
             report = run_inline(plans, run_config, lambda: bool(requests))
         return compose.finish_report(report)
