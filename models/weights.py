@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from models.base import UnmixingModel
 from models.registry import get_model
+
+if TYPE_CHECKING:  # torch is imported where weights are read or written, so that a process
+    from models.base import UnmixingModel  # that only needs WeightsError does not pay for it
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -39,6 +40,8 @@ def default_weights(name: str) -> Path:
 def save_weights(path: str | Path, model: UnmixingModel, name: str, config: dict,
                  meta: dict) -> dict:
     """Write ``path`` (.pt) and its ``.json`` sidecar; returns the metadata written."""
+    import torch
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -68,6 +71,8 @@ def load_weights(path: str | Path, verify: bool = True) -> tuple[UnmixingModel, 
 
     Returns the model in eval mode and its metadata.
     """
+    import torch
+
     path = Path(path)
     if not path.exists():
         raise WeightsError(f"weights file {path} does not exist")

@@ -427,7 +427,8 @@ class Stats(Message):
     seq_gaps : int
         Messages missing according to ``seq`` jumps on the stage's input links.
     p50_ms, p99_ms : float
-        Processing time per message (NaN before the first message).
+        Processing time per message, over the messages since the previous heartbeat (NaN
+        when there were none).
     """
 
     stage: str

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import multiprocessing
+import os
 import signal
 import sys
 import time
@@ -137,13 +138,15 @@ def input_counters(inlet: Inlet | None, stage: Any) -> list[dict[str, int]]:
 
 
 class _Heartbeat:
-    """Sends a ``stats`` heartbeat at most every ``interval_s``."""
+    """Sends a ``stats`` heartbeat at most every ``interval_s``; its p50/p99 are those of the
+    messages processed since the previous one (NaN when there were none)."""
 
     def __init__(self, spec: WorkerSpec, conn: Any, stats: StageStats, inlet: Inlet | None,
                  stage: Any):
         self.spec, self.conn, self.stats, self.inlet = spec, conn, stats, inlet
         self.stage = stage
         self.count = 0
+        self.mark = 0  # durations recorded before the previous heartbeat
         self.next_t = time.monotonic() + spec.heartbeat_s
 
     def maybe_send(self) -> None:
@@ -151,7 +154,9 @@ class _Heartbeat:
             return
         self.next_t = time.monotonic() + self.spec.heartbeat_s
         links = input_counters(self.inlet, self.stage)
-        p50, p99 = percentiles_ms(self.stats.durations)
+        # the processing times since the previous heartbeat: what the stage does now
+        p50, p99 = percentiles_ms(self.stats.durations.since(self.mark))
+        self.mark = self.stats.durations.count
         self.conn.send(("stats", Stats(
             seq=self.count, t_source_ns=time.time_ns(), stage=self.spec.name,
             msgs_in=self.stats.msgs_in, msgs_out=self.stats.msgs_out,
@@ -235,9 +240,31 @@ def _send_final(conn: Any, stats: StageStats, inlet: Inlet | None, stage: Any) -
 
 
 def main(spec: WorkerSpec, conn: Any, control: Control) -> None:
-    """Entry point of a worker process (see the module docstring); exits 1 on failure,
-    :data:`EXIT_ABORTED` when the run was aborted elsewhere, 143 on a SIGTERM of its own (after
-    ``stop()``)."""
+    """Entry point of a worker process (see the module docstring); exits 0 when its stream is
+    done, 1 on failure, :data:`EXIT_ABORTED` when the run was aborted elsewhere, 143 on a
+    SIGTERM of its own (after ``stop()``).
+
+    It leaves with ``os._exit`` once the stage is stopped and its sockets are closed: the
+    interpreter's own teardown (a garbage collection over every object torch, numba and the
+    stage left behind) made ten workers that stopped together on two cores take over 3 s
+    to exit, so an aborted run outlived its grace period and got terminated.
+    """
+    try:
+        _serve(spec, conn, control)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    except BaseException:  # noqa: BLE001 - whatever it was, the process ends here
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
+def _serve(spec: WorkerSpec, conn: Any, control: Control) -> None:
+    """The body of :func:`main`; leaves by ``sys.exit`` with its exit code, or returns (0)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C for everyone
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     logging.basicConfig(level=spec.log_level, stream=sys.stderr,
