@@ -411,6 +411,7 @@ def run_processes(
                 ipc_dir = Path(stack.enter_context(
                     tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-")))
         procs, conns = _spawn(plans, run, ipc_dir, mp, control, trace_dir)
+        logger.info("stage processes: %s", ", ".join(f"{n} pid {p.pid}" for n, p in procs.items()))
         if on_spawn is not None:
             on_spawn({name: proc.pid for name, proc in procs.items()})
         watch = _Watch([p.name for p in plans], procs, conns)
