@@ -27,6 +27,9 @@ from models.config import load_config
 from models.registry import get_model
 from models.weights import load_weights, save_weights
 from sim import load_dataset
+from sim.backgrounds import BUILTIN, random_crops, read_background_images
+from sim.clutter import builtin_scenes
+from sim.generate import BACKGROUND_STREAM
 from sim.geometry import WINDOW
 from sim.phi import fit_qinit
 from sim.render import gt_map, splat_map
@@ -56,6 +59,12 @@ class TrainConfig:
     grad_clip: float = 0.0  # 0 = off
     noise_augment: float = 0.0  # max std (grey levels) of noise added to a sequence's frames
     noise_fraction: float = 0.5  # fraction of sequences that get noise (σ ~ U(0, max))
+    # Static backgrounds added to a sequence's frames (before the noise): "builtin" (the
+    # IR-like scenes of sim.clutter) or a folder of images; a random patch of a random scene,
+    # its full scale at U(0, background_amplitude) grey levels, on background_fraction of them.
+    background_augment: str | None = None
+    background_fraction: float = 0.5
+    background_amplitude: float = 64.0
     batch_trajectories: int = 1
     sequence_length: int = 20  # frames per training sequence (≥ 5); 20 = whole trajectory
     epochs: int = 100
@@ -140,6 +149,11 @@ class Trainer:
             self.critic.to(self.device).train()
             self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr,
                                                weight_decay=cfg.weight_decay)
+        self.scenes = None
+        if cfg.background_augment:
+            self.scenes = (builtin_scenes(np.random.default_rng([cfg.seed, BACKGROUND_STREAM]))
+                           if cfg.background_augment == BUILTIN
+                           else read_background_images(cfg.background_augment))
         self.rng = np.random.default_rng(cfg.seed)
         self.step, self.epoch, self.seconds = 0, 0, 0.0
         self.best = -math.inf
@@ -192,11 +206,23 @@ class Trainer:
         starts = self.rng.integers(0, traj_len - length + 1, size=len(picks))
         pairs = list(zip(picks, starts, strict=True))
         frames = torch.stack([self.images[p, s:s + length] for p, s in pairs])
+        if self.scenes is not None:
+            frames = self.add_backgrounds(frames)
         if cfg.noise_augment > 0:
             frames = self.add_noise(frames)
         half = 0 if cfg.target_broadcast else WINDOW // 2
         target = torch.stack([self.targets[p, s + half:s + length - half] for p, s in pairs])
         return frames, torch.as_tensor(starts), target
+
+    def add_backgrounds(self, frames: torch.Tensor) -> torch.Tensor:
+        """A static background patch (one per sequence, the same in every frame) on a random
+        fraction of sequences, re-quantised to uint8. frames: (B, L, 11, 11) grey levels."""
+        n = frames.shape[0]
+        crops = random_crops(self.scenes, n, self.rng, frames.shape[-1], amplitude=1.0)
+        amplitude = self.rng.uniform(0, self.cfg.background_amplitude, size=n)
+        amplitude *= self.rng.random(n) < self.cfg.background_fraction
+        patches = torch.from_numpy((crops * amplitude[:, None, None]).astype(np.float32))
+        return (frames + patches[:, None]).round().clamp(0, 255)
 
     def add_noise(self, frames: torch.Tensor) -> torch.Tensor:
         """Additive Gaussian noise on a random fraction of sequences, re-quantised to uint8."""

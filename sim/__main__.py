@@ -1,12 +1,15 @@
-"""Command line: ``python -m sim {generate,show,bench} ...`` (run with ``-h`` for the options)."""
+"""Command line: ``python -m sim {generate,show,backgrounds,bench} ...`` (``-h``: options)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+import numpy as np
+
 from sim.backgrounds import DEFAULT_AMPLITUDE
 from sim.bench import DEFAULT_OUT, run_bench
+from sim.clutter import write_scenes
 from sim.generate import FORMATS, generate
 from sim.seqcsist_io import load_dataset
 from sim.sheet import write_sheet
@@ -40,7 +43,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="targets per trajectory, e.g. 2-4 (default) or 2-8")
     gen.add_argument("--noise", type=float, default=0.0,
                      help="additive Gaussian noise std in grey levels (default 0)")
-    gen.add_argument("--backgrounds", help="folder of images to crop backgrounds from")
+    gen.add_argument("--backgrounds", metavar="DIR|builtin",
+                     help="folder of images to crop backgrounds from (Table IV), or 'builtin' "
+                          "for the built-in IR-like scenes (sim/clutter.py)")
     gen.add_argument("--background-amplitude", type=float, default=DEFAULT_AMPLITUDE,
                      help="grey levels of an image's full scale (default %(default)s)")
     gen.add_argument("--workers", type=int, default=2, help="writer processes (default 2)")
@@ -52,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--trajectory", type=int, default=0, help="trajectory index (default 0)")
     show.add_argument("--scale", type=int, default=16, help="upscaling factor (default 16)")
     show.add_argument("--out", required=True, help="PNG file to write")
+
+    scenes = sub.add_parser("backgrounds", help="write the built-in IR-like background scenes "
+                                                "as 16-bit PNGs (to look at, or edit and use "
+                                                "with --backgrounds DIR)")
+    scenes.add_argument("--out", required=True, help="folder to write")
+    scenes.add_argument("--seed", type=int, default=0)
 
     bench = sub.add_parser("bench", help="time generation in both formats; write JSON figures")
     bench.add_argument("--out", default=str(DEFAULT_OUT), help="JSON file (default %(default)s)")
@@ -76,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             counts = ", ".join(f"{k} {v['frames']}" for k, v in recipe["counts"].items())
             print(f"wrote {args.out} ({args.format}; frames: {counts})")
+        elif args.command == "backgrounds":
+            paths = write_scenes(args.out, np.random.default_rng(args.seed))
+            print(f"wrote {len(paths)} scenes to {args.out}")
         elif args.command == "show":
             ds = load_dataset(args.data, args.split)
             label = f"{args.data} [{args.split}]"

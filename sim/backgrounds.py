@@ -8,6 +8,10 @@ levels. The default amplitude of 64 keeps the brightest background well below a 
 peak pixel (about 100–115 grey levels on a pixel centre), so targets stay visible and the
 sum still mostly fits in 8 bits. The patch is added to the rendered frame before rounding;
 one patch serves all frames of a trajectory (see :func:`sim.dataset.simulate`).
+
+Without real IR frames, ``builtin`` (:data:`BUILTIN`) takes the patches from the IR-like
+scenes of :mod:`sim.clutter` instead (photographs made IR-like, synthetic clutter, sensor
+defects).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import numpy as np
 
 from sim.geometry import PATCH
 
+#: ``--backgrounds`` value that selects the built-in scenes of :mod:`sim.clutter`.
+BUILTIN = "builtin"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DEFAULT_AMPLITUDE = 64.0
 
@@ -114,5 +120,13 @@ def load_backgrounds(
     patch: int = PATCH,
     amplitude: float = DEFAULT_AMPLITUDE,
 ) -> np.ndarray:
-    """Cut ``count`` random patches from a folder of images: (count, patch, patch) grey levels."""
-    return random_crops(read_background_images(folder, patch), count, rng, patch, amplitude)
+    """Cut ``count`` random patches from a folder of images, or from the built-in IR-like
+    scenes of :mod:`sim.clutter` when ``folder`` is :data:`BUILTIN`: (count, patch, patch)
+    grey levels."""
+    if str(folder) == BUILTIN:
+        from sim.clutter import builtin_scenes
+
+        images = builtin_scenes(rng)
+    else:
+        images = read_background_images(folder, patch)
+    return random_crops(images, count, rng, patch, amplitude)
