@@ -53,6 +53,8 @@ def test_killing_any_stage_names_it_and_ends_the_run(victim, tmp_path):
     reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stderr], daemon=True)
     reader.start()
     pids: dict[str, int] = {}
+    survivors: list[str] = []
+    elapsed = float("inf")
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # the pids, then the chain running
@@ -72,13 +74,19 @@ def test_killing_any_stage_names_it_and_ends_the_run(victim, tmp_path):
     finally:
         proc.kill()
         proc.wait()
+        deadline = time.monotonic() + 5.0  # orphans, if any, would still run after this
+        while time.monotonic() < deadline and not all(_gone(pid) for pid in pids.values()):
+            time.sleep(0.1)
+        survivors = [n for n, pid in pids.items() if not _gone(pid)]
+        for name in survivors:  # clean up before failing
+            os.kill(pids[name], signal.SIGKILL)
         reader.join(5)  # the rest of the log (EOF once every process holding stderr is gone)
-        proc.stderr.close()
+        if not reader.is_alive():  # (closing under a blocked reader would deadlock)
+            proc.stderr.close()
     while not lines.empty():
         log.append(lines.get_nowait())
     err = "".join(log)
+    assert survivors == [], err[-3000:]
     assert proc.returncode == 1, err[-3000:]
     assert elapsed < EXIT_WITHIN_S, f"exit took {elapsed:.1f} s"
     assert f"stage '{victim}' (pid {pids[victim]}) was killed by signal 9" in err, err[-3000:]
-    time.sleep(0.5)  # orphans, if any, would still run now
-    assert [n for n, pid in pids.items() if not _gone(pid)] == []

@@ -357,7 +357,9 @@ def test_a_second_sigterm_aborts_at_once_with_exit_code_130(tmp_path):
     config.write_text("""
 run: {mode: processes, rate_hz: 50}
 stages:
-  - {name: source, kind: simulator, config: {seed: 1, height: 48, width: 48, groups: 1}}
+  # large frames: the detector lags behind the source, so the drain takes a while (the
+  # second signal must land in it; a chain of small frames drains in milliseconds)
+  - {name: source, kind: simulator, config: {seed: 1, height: 2048, width: 2048, groups: 1}}
   - {name: detector, kind: detector}
 """)
     repo = str(Path(__file__).parents[1])
