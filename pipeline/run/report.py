@@ -32,8 +32,8 @@ LINK_COUNTERS = ("dropped", "decode_errors", "seq_gaps", "out_of_order")
 class SampleRing:
     """The newest ``size`` int samples (ns) in an array allocated and touched up front.
 
-    A deque of Python ints (the earlier store) grew a busy stage by about 7 MB while it filled
-    and cost 11 ms per heartbeat to turn into an array; this costs neither.
+    A deque of Python ints (the earlier store) grew the tap of a 30-minute soak by 11 MB while
+    it filled and cost 11 ms per heartbeat to turn into an array; this costs neither.
     """
 
     def __init__(self, size: int = MAX_SAMPLES) -> None:

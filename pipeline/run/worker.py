@@ -254,7 +254,7 @@ def main(spec: WorkerSpec, conn: Any, control: Control) -> None:
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-    except BaseException:  # noqa: BLE001 - whatever it was, the process ends here
+    except BaseException:  # whatever it was, the process ends here
         traceback.print_exc()
         code = 1
     sys.stdout.flush()
