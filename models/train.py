@@ -27,8 +27,7 @@ from models.config import load_config
 from models.registry import get_model
 from models.weights import load_weights, save_weights
 from sim import load_dataset
-from sim.backgrounds import BUILTIN, random_crops, read_background_images
-from sim.clutter import builtin_scenes
+from sim.backgrounds import background_images, random_crops
 from sim.generate import BACKGROUND_STREAM
 from sim.geometry import WINDOW
 from sim.phi import fit_qinit
@@ -151,9 +150,8 @@ class Trainer:
                                                weight_decay=cfg.weight_decay)
         self.scenes = None
         if cfg.background_augment:
-            self.scenes = (builtin_scenes(np.random.default_rng([cfg.seed, BACKGROUND_STREAM]))
-                           if cfg.background_augment == BUILTIN
-                           else read_background_images(cfg.background_augment))
+            self.scenes = background_images(cfg.background_augment,
+                                            np.random.default_rng([cfg.seed, BACKGROUND_STREAM]))
         self.rng = np.random.default_rng(cfg.seed)
         self.step, self.epoch, self.seconds = 0, 0, 0.0
         self.best = -math.inf

@@ -113,6 +113,18 @@ def random_crops(
     return out * amplitude
 
 
+def background_images(source: str | Path, rng: np.random.Generator,
+                      patch: int = PATCH) -> list[np.ndarray]:
+    """The images patches are cut from, in 0…1: the built-in IR-like scenes of
+    :mod:`sim.clutter` (drawn with ``rng``) when ``source`` is :data:`BUILTIN`, else the images
+    of the folder ``source`` (:func:`read_background_images`)."""
+    if str(source) == BUILTIN:
+        from sim.clutter import builtin_scenes
+
+        return builtin_scenes(rng)
+    return read_background_images(source, patch)
+
+
 def load_backgrounds(
     folder: str | Path,
     count: int,
@@ -120,13 +132,6 @@ def load_backgrounds(
     patch: int = PATCH,
     amplitude: float = DEFAULT_AMPLITUDE,
 ) -> np.ndarray:
-    """Cut ``count`` random patches from a folder of images, or from the built-in IR-like
-    scenes of :mod:`sim.clutter` when ``folder`` is :data:`BUILTIN`: (count, patch, patch)
-    grey levels."""
-    if str(folder) == BUILTIN:
-        from sim.clutter import builtin_scenes
-
-        images = builtin_scenes(rng)
-    else:
-        images = read_background_images(folder, patch)
-    return random_crops(images, count, rng, patch, amplitude)
+    """Cut ``count`` random patches from :func:`background_images` of ``folder`` (a folder
+    or :data:`BUILTIN`): (count, patch, patch) grey levels."""
+    return random_crops(background_images(folder, rng, patch), count, rng, patch, amplitude)

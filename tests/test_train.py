@@ -84,3 +84,16 @@ def test_shipped_training_configs_parse_and_build_their_model(path):
     model = models.get_model(cfg.model, **cfg.model_config)
     assert sum(p.numel() for p in model.parameters()) > 0
     assert cfg.target in ("gt", "splat")
+
+
+def test_background_augment_adds_one_static_patch_per_sequence(data_dir, tmp_path):
+    trainer = Trainer(config(data_dir, tmp_path, background_augment="builtin",
+                             background_fraction=1.0, background_amplitude=64.0),
+                      progress=False)
+    frames = torch.zeros(6, 5, 11, 11)
+    out = trainer.add_backgrounds(frames)
+    assert out.min() >= 0 and out.max() <= 64
+    # static: every frame of a sequence gets the same patch; sequences differ
+    assert torch.equal(out[:, :1].expand_as(out), out)
+    assert len({tuple(o[0].flatten().tolist()) for o in out}) > 1
+    assert (out.flatten(1).amax(1) - out.flatten(1).amin(1)).median() > 0  # textured
