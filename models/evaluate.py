@@ -128,6 +128,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--oracle", action="store_true", help="also score the exact GT maps in grid mode"
     )
     parser.add_argument(
+        "--subtract-background", action="store_true",
+        help="subtract each trajectory's background level (median of the patches' outer "
+             "ring) first, as the live cropper does; for sets made with --backgrounds",
+    )
+    parser.add_argument(
         "--extract", action="append", default=[], metavar="KEY=VALUE",
         help="points mode: set an ExtractorConfig field (e.g. refine=splat); repeatable",
     )
@@ -148,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.data, args.split)
     if args.limit_trajectories is not None:
         dataset = dataset.subset(range(min(args.limit_trajectories, dataset.n_trajectories)))
+    if args.subtract_background:
+        dataset = dataset.background_subtracted()
     model, _ = load_model(args.model, args.weights)
     model.to(args.device)
     weights = Path(args.weights) if args.weights else default_weights(args.model)
@@ -171,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
         "weights_sha256": sha256_file(weights) if weights else None,
         "data": str(Path(args.data).resolve()),
         "split": args.split,
+        "subtract_background": args.subtract_background,
         "mode": args.mode,
         "extractor": asdict(ext_cfg) if args.mode == "points" else None,
         "noise_estimate": noise_summary(pred.windows) if args.mode == "points" else None,

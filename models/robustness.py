@@ -6,7 +6,9 @@ noise σ = 2…5 of Table V, 2–8 targets of Table VI) and every model (default
 (750 trajectories of a 5,000-trajectory set, 12,000 evaluated frames), scored in grid mode (the
 paper's protocol) and in points mode with the extractor's defaults (no flag: the noise level is
 estimated, the target count found), next to the paper's DeRefNet (grid) and the goal. Points
-mode also gives the target-count accuracy per true K and the noise estimate's median.
+mode also gives the target-count accuracy per true K and the noise estimate's median. Every
+trajectory's background level is subtracted first, as the live cropper does
+(:meth:`sim.dataset.SeqDataset.background_subtracted`; no change on sets without a background).
 
 A set missing under ``--data-root`` is generated first with ``python -m sim generate`` and the
 set's flags (:data:`SETS` holds the exact command). Results go to ``--out`` (Markdown) and the
@@ -130,6 +132,7 @@ def score_pair(model_name: str, folder: Path, limit: int | None, batch_size: int
     dataset = load_dataset(folder, "test")
     if limit is not None:
         dataset = dataset.subset(range(min(limit, dataset.n_trajectories)))
+    dataset = dataset.background_subtracted()  # as the live cropper does
     model, _ = load_model(model_name)
     tic = time.perf_counter()
     pred = predict_maps(model, dataset, batch_size)

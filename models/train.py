@@ -27,6 +27,7 @@ from models.config import load_config
 from models.registry import get_model
 from models.weights import load_weights, save_weights
 from sim import load_dataset
+from sim.background_level import ring_levels
 from sim.backgrounds import background_images, random_crops
 from sim.generate import BACKGROUND_STREAM
 from sim.geometry import WINDOW
@@ -64,6 +65,10 @@ class TrainConfig:
     background_augment: str | None = None
     background_fraction: float = 0.5
     background_amplitude: float = 64.0
+    # Subtract each sequence's background level (sim.background_level.ring_levels, after the
+    # augmentations) from the training frames and each validation trajectory's level from
+    # the validation frames, as the live cropper does with each window's.
+    subtract_background: bool = False
     batch_trajectories: int = 1
     sequence_length: int = 20  # frames per training sequence (≥ 5); 20 = whole trajectory
     epochs: int = 100
@@ -130,6 +135,8 @@ class Trainer:
         if cfg.val_trajectories:
             self.val_ds = self.val_ds.subset(range(min(cfg.val_trajectories,
                                                         self.val_ds.n_trajectories)))
+        if cfg.subtract_background:
+            self.val_ds = self.val_ds.background_subtracted()
         make_target = TARGETS[cfg.target]
         self.images = torch.from_numpy(self.train_ds.trajectory_images().astype(np.float32))
         self.targets = torch.from_numpy(make_target(self.train_ds.trajectory_targets()))
@@ -208,6 +215,8 @@ class Trainer:
             frames = self.add_backgrounds(frames)
         if cfg.noise_augment > 0:
             frames = self.add_noise(frames)
+        if cfg.subtract_background:
+            frames = frames - torch.from_numpy(ring_levels(frames.numpy()))[:, None, None, None]
         half = 0 if cfg.target_broadcast else WINDOW // 2
         target = torch.stack([self.targets[p, s + half:s + length - half] for p, s in pairs])
         return frames, torch.as_tensor(starts), target

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sim.background_level import ring_levels
 from sim.geometry import SIGMA
 from sim.render import gt_map, render_uint8
 from sim.trajectory import TrajectoryRules, generate_trajectories
@@ -30,7 +31,7 @@ class SeqDataset:
     Attributes
     ----------
     images : ndarray of shape (N, 11, 11), uint8
-        LR frames in raw grey levels.
+        LR frames in raw grey levels (float32 after :meth:`background_subtracted`).
     targets : ndarray of shape (N, K_max, 3), float64
         (row, col, brightness) per target (xc = row, yc = col); NaN rows are padding.
     traj_len : int
@@ -85,6 +86,19 @@ class SeqDataset:
     def trajectory_targets(self) -> np.ndarray:
         """Targets grouped by trajectory: shape (n_trajectories, traj_len, K_max, 3)."""
         return self.targets.reshape(self.n_trajectories, self.traj_len, *self.targets.shape[1:])
+
+    def background_subtracted(self) -> SeqDataset:
+        """A new dataset whose images (float32) have each trajectory's background level
+        (:func:`sim.background_level.ring_levels` over its frames) subtracted.
+
+        The live cropper subtracts the same estimate over each 5-frame window; over a whole
+        trajectory of a static background the two differ only by the median's noise. Clean
+        and noise-only sets are left unchanged (their level is 0, or 1 on some σ = 5
+        trajectories)."""
+        trajectories = self.trajectory_images().astype(np.float32)
+        trajectories -= ring_levels(trajectories)[:, None, None, None]
+        return SeqDataset(trajectories.reshape(self.images.shape), self.targets, self.traj_len,
+                          self.sigma)
 
     def subset(self, trajectories) -> SeqDataset:
         """A new dataset holding the given trajectory indices (in that order)."""

@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sim.background_level import ring_levels
 from sim.geometry import PATCH, WINDOW
 from stages.association import gated_assignment
 from stages.base import SeqJoin, Stage
@@ -187,26 +188,6 @@ def crop(image: np.ndarray, origin: tuple[int, int], size: int, fill: float) -> 
     if rs < re and cs < ce:
         out[rs - r0 : re - r0, cs - c0 : ce - c0] = image[rs:re, cs:ce]
     return out
-
-
-def ring_median(patches: np.ndarray) -> float:
-    """Median of the outer ring of pixels of a stack of patches (..., S, S).
-
-    Examples
-    --------
-    >>> p = np.full((1, 5, 5), 3.0); p[0, 1:4, 1:4] = 100.0
-    >>> ring_median(p)
-    3.0
-    """
-    ring = np.concatenate(
-        [
-            patches[..., 0, :].ravel(),
-            patches[..., -1, :].ravel(),
-            patches[..., 1:-1, 0].ravel(),
-            patches[..., 1:-1, -1].ravel(),
-        ]
-    )
-    return float(np.median(ring))
 
 
 def centre_at(history: Iterable[tuple[int, float, float, bool]], seq: int) -> tuple | None:
@@ -388,7 +369,8 @@ class WindowCropper:
             patches = np.stack(
                 [crop(f.image, origin, PATCH, v) for f, v in zip(frames, fills, strict=True)]
             )
-            background = ring_median(patches) if self.config.subtract_background else 0.0
+            background = (float(ring_levels(patches[None])[0])
+                          if self.config.subtract_background else 0.0)
             patches -= np.float32(background)
             windows.append(
                 CropWindow(

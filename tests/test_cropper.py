@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.config import ConfigError
+from sim.background_level import ring_levels
 from stages.base import SeqJoin
 from stages.cropper import (
     Cropper,
@@ -13,7 +14,6 @@ from stages.cropper import (
     WindowCropper,
     centre_at,
     crop,
-    ring_median,
 )
 from stages.detector import Detector
 from stages.messages import Blob, Blobs, Frame, Points, TruthPoint, Windows
@@ -63,7 +63,7 @@ def test_five_patches_share_one_origin_and_equal_the_frames_crops():
     r0, c0 = w.origin
     assert (r0, c0) == (int(np.rint(path[4][0])) - 5, int(np.rint(path[4][1])) - 5)
     level = np.float32(w.background)
-    assert level == ring_median(np.stack([f[r0 : r0 + 11, c0 : c0 + 11] for f in frames[2:]]))
+    assert level == ring_levels(np.stack([f[r0 : r0 + 11, c0 : c0 + 11] for f in frames[2:]])[None])[0]
     for k in range(5):
         expected = frames[2 + k][r0 : r0 + 11, c0 : c0 + 11] - level
         np.testing.assert_array_equal(w.patches[k], expected)
@@ -209,7 +209,7 @@ def test_stage_joins_frames_and_blobs_in_any_order_and_attaches_truth():
     info = outs[2].windows[0]
     assert (info.origin_row, info.origin_col, info.frame_index) == (25, 35, 2)
     assert info.truth == truth[:1] and outs[2].t_source_ns == 20
-    level = np.float32(ring_median(np.stack([f[25:36, 35:46] for f in frames[:5]])))
+    level = ring_levels(np.stack([f[25:36, 35:46] for f in frames[:5]])[None])[0]
     np.testing.assert_array_equal(outs[2].patches[0, 4], frames[4][25:36, 35:46] - level)
     assert info.background == pytest.approx(level)  # raw = patch + background
 

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from sim.__main__ import main
+from sim.dataset import SeqDataset, simulate
+from sim.background_level import ring_levels
 from sim.backgrounds import load_backgrounds
 from sim.clutter import (
     PHOTOS,
@@ -86,3 +88,14 @@ def test_backgrounds_command_writes_16_bit_pngs(tmp_path, capsys):
     assert image.dtype == np.uint16 and image.max() > 60000
     # the folder is a valid --backgrounds DIR
     assert load_backgrounds(tmp_path, 3, np.random.default_rng(0)).shape == (3, 11, 11)
+
+
+def test_background_subtracted_removes_each_trajectorys_ring_level():
+    plain = simulate(4, seed=5)
+    lift = np.random.default_rng(3).integers(1, 40, size=4).repeat(20)[:, None, None]
+    lifted = SeqDataset(plain.images + lift.astype(np.float32), plain.targets)
+    out = lifted.background_subtracted()
+    assert out.images.dtype == np.float32 and out.images.shape == plain.images.shape
+    np.testing.assert_array_equal(out.images, plain.images)  # the lift is the ring level
+    np.testing.assert_array_equal(ring_levels(out.trajectory_images()), 0)
+    np.testing.assert_array_equal(out.targets, plain.targets)

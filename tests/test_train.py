@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -11,6 +12,7 @@ import models
 from models.config import ConfigError, load_config
 from models.train import TrainConfig, Trainer
 from models.weights import load_weights
+from sim.background_level import ring_levels
 
 
 def config(data_dir, out, **kw):
@@ -97,3 +99,17 @@ def test_background_augment_adds_one_static_patch_per_sequence(data_dir, tmp_pat
     assert torch.equal(out[:, :1].expand_as(out), out)
     assert len({tuple(o[0].flatten().tolist()) for o in out}) > 1
     assert (out.flatten(1).amax(1) - out.flatten(1).amin(1)).median() > 0  # textured
+
+
+def test_subtract_background_removes_each_sequences_ring_level(data_dir, tmp_path):
+    plain = Trainer(config(data_dir, tmp_path / "a", background_augment="builtin",
+                           background_fraction=1.0, background_amplitude=64.0), progress=False)
+    level = Trainer(config(data_dir, tmp_path / "b", background_augment="builtin",
+                           background_fraction=1.0, background_amplitude=64.0,
+                           subtract_background=True), progress=False)
+    raw, _, _ = plain.next_batch()
+    out, _, _ = level.next_batch()  # same seed: the same sequences and backgrounds
+    levels = ring_levels(raw.numpy())
+    assert levels.max() > 0  # the backgrounds lift the ring
+    torch.testing.assert_close(out, raw - torch.from_numpy(levels)[:, None, None, None])
+    assert level.val_ds.images.dtype == np.float32  # SeqDataset.background_subtracted
