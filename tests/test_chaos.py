@@ -8,6 +8,7 @@ process behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -37,14 +38,7 @@ def _gone(pid: int) -> bool:
     return state in ("Z", "X")
 
 
-#: Known defect, not yet understood: after the tap is killed, the runner sometimes does not
-#: exit (still running 30 s later). Seen in 2 of 4 full test-suite runs, never in isolated runs.
-KNOWN_HANG = pytest.mark.xfail(reason="the runner sometimes hangs after the tap is killed "
-                                      "(intermittent, under investigation)", strict=False)
-
-
-@pytest.mark.parametrize("victim", [pytest.param(s, marks=KNOWN_HANG) if s == "_tap" else s
-                                    for s in STAGES])
+@pytest.mark.parametrize("victim", STAGES)
 def test_killing_any_stage_names_it_and_ends_the_run(victim, tmp_path):
     cmd = [sys.executable, "-m", "pipeline", "run", str(REPO / "configs" / "live.yaml"),
            "--frames", "100000", "--publish", f"ipc://{tmp_path}/tap",
@@ -76,7 +70,8 @@ def test_killing_any_stage_names_it_and_ends_the_run(victim, tmp_path):
         assert proc.poll() is None, "".join(log)
         os.kill(pids[victim], signal.SIGKILL)
         t0 = time.monotonic()
-        proc.wait(timeout=30)
+        with contextlib.suppress(subprocess.TimeoutExpired):  # the assertions below say so
+            proc.wait(timeout=30)
         elapsed = time.monotonic() - t0
     finally:
         proc.kill()

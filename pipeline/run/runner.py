@@ -42,6 +42,7 @@ from typing import Any
 
 from pipeline.config import ConfigError, RunConfig, StagePlan
 from pipeline.run import compose, stage_calls, worker
+from pipeline.run.flag import Flag
 from pipeline.run.report import StageStats, build_report
 from pipeline.wire.bus import Link
 from pipeline.wire.codec import Limits
@@ -398,9 +399,9 @@ def run_processes(
     process has started (for monitors such as :mod:`pipeline.soak`).
     """
     mp = multiprocessing.get_context("spawn")
-    control = worker.Control(go=mp.Event(), stop=mp.Event(), abort=mp.Event(),
-                             ended={p.name: mp.Event() for p in plans},
-                             drained={p.name: mp.Event() for p in plans})
+    control = worker.Control(go=Flag(mp), stop=Flag(mp), abort=Flag(mp),
+                             ended={p.name: Flag(mp) for p in plans},
+                             drained={p.name: Flag(mp) for p in plans})
     with contextlib.ExitStack() as stack:
         ipc_dir = None
         if run.transport == "ipc":

@@ -95,20 +95,22 @@ class WorkerSpec:
 
 @dataclasses.dataclass(frozen=True)
 class Control:
-    """Multiprocessing events shared by the parent and all workers.
+    """Flags (:class:`pipeline.run.flag.Flag`, never ``multiprocessing.Event``: a worker
+    killed while holding an Event's lock would block everyone) shared by the parent and all
+    workers.
 
     Attributes
     ----------
-    go : Event
+    go : Flag
         Set by the parent once every worker is ready.
-    stop : Event
+    stop : Flag
         Graceful stop: the source stops producing and the chain drains.
-    abort : Event
+    abort : Flag
         Immediate stop: every worker leaves its loop without draining.
-    ended : mapping of str -> Event
+    ended : mapping of str -> Flag
         Set by a worker once it has sent (or tried to send) its EndOfStream markers; a
         consumer whose marker was lost on a ``drop_oldest`` link ends that link on it.
-    drained : mapping of str -> Event
+    drained : mapping of str -> Flag
         Set by a worker once it has received everything on all its inputs; a producer keeps
         its sockets open until every consumer is drained, so nothing queued is lost on exit.
     """
