@@ -31,6 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from models.extract import extract_points
 from models.harness import count_macs, predict_maps, score_predictions
+from models.machine import cpu_model
 from models.protocol import eval_windows
 from models.registry import get_model
 from models.weights import WeightsError, load_model
@@ -248,7 +249,7 @@ def benchmark(model_name: str, weights: str | None, repeats: int, compile_: bool
         "results": results,
         "extractor": time_extractor(model, max(repeats, 10)),
         "machine": {"cpus": os.cpu_count(), "torch": torch.__version__,
-                    "processor": platform.processor() or platform.machine(),
+                    "processor": cpu_model(),
                     "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                     "bf16_native": bf16_native(), "python": platform.python_version(),
                     "load_average": list(os.getloadavg())},

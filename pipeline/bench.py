@@ -46,6 +46,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from models.machine import cpu_model
 from pipeline.config import ConfigError, apply_override, load_raw, validate
 from pipeline.run.report import json_safe
 from pipeline.run.runner import run as run_chain
@@ -257,16 +258,6 @@ def goal_check(rows: Sequence[dict[str, Any]], rate: float) -> dict[str, Any]:
     return out
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _git_commit() -> str | None:
     try:
         done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
@@ -284,7 +275,7 @@ def machine_info() -> dict[str, Any]:
     import zmq
 
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpus": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
         else os.cpu_count(),

@@ -63,7 +63,8 @@ def test_five_patches_share_one_origin_and_equal_the_frames_crops():
     r0, c0 = w.origin
     assert (r0, c0) == (int(np.rint(path[4][0])) - 5, int(np.rint(path[4][1])) - 5)
     level = np.float32(w.background)
-    assert level == ring_levels(np.stack([f[r0 : r0 + 11, c0 : c0 + 11] for f in frames[2:]])[None])[0]
+    stack = np.stack([f[r0 : r0 + 11, c0 : c0 + 11] for f in frames[2:]])
+    assert level == ring_levels(stack[None])[0]
     for k in range(5):
         expected = frames[2 + k][r0 : r0 + 11, c0 : c0 + 11] - level
         np.testing.assert_array_equal(w.patches[k], expected)

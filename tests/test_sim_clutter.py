@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from sim.__main__ import main
-from sim.dataset import SeqDataset, simulate
 from sim.background_level import ring_levels
 from sim.backgrounds import load_backgrounds
 from sim.clutter import (
@@ -19,6 +18,7 @@ from sim.clutter import (
     sensor_effects,
     synthetic_scene,
 )
+from sim.dataset import SeqDataset, simulate
 
 
 def _slope(image):

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 #: Longest sleep between two looks at the flag in :meth:`Flag.wait` (s).
-WAIT_STEP_S = 0.002
+WAIT_STEP_S = 0.01
 
 
 class Flag:
@@ -36,7 +36,7 @@ class Flag:
 
     def wait(self, timeout_s: float) -> bool:
         """Whether the flag is set, waiting up to ``timeout_s`` seconds for it (looking every
-        :data:`WAIT_STEP_S` at most, so a set flag is seen within 2 ms)."""
+        :data:`WAIT_STEP_S` at most, so a set flag is seen within 10 ms)."""
         deadline = time.monotonic() + timeout_s
         while not self._value.value:
             left = deadline - time.monotonic()
