@@ -253,6 +253,20 @@ def test_decode_error_names_the_problem():
         decode(bad_frames()["buffer truncated"])
 
 
+def test_a_bad_record_is_named_by_its_index_and_ints_become_floats():
+    blobs = Blobs(seq=1, t_source_ns=2, blobs=tuple(
+        Blob(row=float(i), col=2.0, peak=9.0, area=3, snr=4.0) for i in range(3)))
+    frames = [bytes(f) for f in encode(blobs)]
+    head = msgpack.unpackb(frames[1])
+    head["fields"]["blobs"][0]["row"] = 7  # an int where a float is expected: accepted
+    assert decode([frames[0], msgpack.packb(head)]).blobs[0].row == 7.0
+    head["fields"]["blobs"][2]["area"] = True  # a bool is not an int
+    with pytest.raises(DecodeError, match=r"blobs\[2\]: area must be int, got bool"):
+        decode([frames[0], msgpack.packb(head)])
+    head["fields"]["blobs"][2] = {"row": 1.0}
+    with pytest.raises(DecodeError, match=r"blobs\[2\]: keys do not match the schema"):
+        decode([frames[0], msgpack.packb(head)])
+
 def test_size_limits():
     frames = encode(valid_windows())
     with pytest.raises(DecodeError, match="over the limit"):

@@ -104,6 +104,7 @@ class _Field:
 
 
 _SPECS: dict[type, tuple[_Field, ...]] = {}
+_KEYS: dict[type, frozenset[str]] = {}  # the field names of each spec, as a set
 
 
 def _spec(cls: type) -> tuple[_Field, ...]:
@@ -128,6 +129,7 @@ def _spec(cls: type) -> tuple[_Field, ...]:
         else:
             raise TypeError(f"{cls.__name__}.{f.name}: the codec cannot carry {annotation!r}")
     _SPECS[cls] = tuple(specs)
+    _KEYS[cls] = frozenset(f.name for f in specs)
     return _SPECS[cls]
 
 
@@ -285,24 +287,34 @@ def _check_keys(where: str, got: Any, expected: Sequence[str]) -> None:
                            f"{_show(extra)})")
 
 
+#: Exact wire types that pass each scalar kind as they are (the fast path of _decode_value).
+_EXACT = {"int": int, "float": float, "str": str}
+
+
 def _decode_value(where: str, spec: _Field, value: Any) -> Any:
-    if spec.kind == "records":
+    kind = spec.kind
+    if type(value) is _EXACT.get(kind):  # the common case, checked first (bool is not int)
+        return value
+    if kind == "records":
         if value is None and spec.optional:
             return None
         if not isinstance(value, list):
             raise _fail(where, f"{spec.name} must be a list of maps, got {type(value).__name__}")
-        return tuple(
-            _decode_record(f"{where}.{spec.name}[{i}]", spec.record, item)
-            for i, item in enumerate(value)
-        )
-    if not _SCALARS[spec.kind][1](value):
-        raise _fail(where, f"{spec.name} must be {spec.kind}, got {type(value).__name__}")
-    return float(value) if spec.kind == "float" else value
+        try:
+            return tuple(_decode_record(where, spec.record, item) for item in value)
+        except DecodeError:  # again, naming the item (only failures pay for the names)
+            for i, item in enumerate(value):
+                _decode_record(f"{where}.{spec.name}[{i}]", spec.record, item)
+            raise
+    if not _SCALARS[kind][1](value):
+        raise _fail(where, f"{spec.name} must be {kind}, got {type(value).__name__}")
+    return float(value) if kind == "float" else value
 
 
 def _decode_record(where: str, cls: type, value: Any) -> Any:
     specs = _spec(cls)
-    _check_keys(where, value, [s.name for s in specs])
+    if not (type(value) is dict and value.keys() == _KEYS[cls]):
+        _check_keys(where, value, [s.name for s in specs])
     return cls(**{s.name: _decode_value(where, s, value[s.name]) for s in specs})
 
 
