@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from models.config import ConfigError, build_config, parse_override, set_path
+from models.distributed import join, leave
 from models.extract import ExtractorConfig, estimate_noise, extract_points
 from models.harness import (
     MODES,
@@ -90,10 +91,10 @@ def count_accuracy(points, truths) -> dict:
             for k in np.unique(true_k)}
 
 
-def noise_summary(windows) -> dict:
-    """Median and 10/90 % quantiles of the extractor's per-window noise estimate (grey
-    levels, no floor), to compare with a dataset's known noise σ."""
-    est = estimate_noise(windows)
+def noise_summary(est: np.ndarray) -> dict:
+    """Median and 10/90 % quantiles of the extractor's per-window noise estimates
+    (:func:`models.extract.estimate_noise`: grey levels, no floor), to compare with a
+    dataset's known noise σ."""
     return {"median": float(np.median(est)), "p10": float(np.quantile(est, 0.1)),
             "p90": float(np.quantile(est, 0.9))}
 
@@ -155,25 +156,45 @@ def run(args: argparse.Namespace) -> int:
         dataset = dataset.subset(range(min(args.limit_trajectories, dataset.n_trajectories)))
     if args.subtract_background:
         dataset = dataset.background_subtracted()
+    ranks = join(args.device)
+    device = (torch.device("cuda", torch.cuda.current_device())
+              if ranks.distributed and torch.device(args.device).type == "cuda" else args.device)
     model, _ = load_model(args.model, args.weights)
-    model.to(args.device)
+    model.to(device)
     weights = Path(args.weights) if args.weights else default_weights(args.model)
     weights = weights if weights.exists() else None
 
-    pred = predict_maps(model, dataset, args.batch_size)
     ext_cfg = extractor_config(args.extract)
+    mine = range(ranks.rank, dataset.n_trajectories, ranks.world)  # all of it in one process
+    pred = predict_maps(model, dataset.subset(mine), args.batch_size)
     dets = detections_from_maps(pred.maps, pred.windows, args.mode,
                                 lambda m, w: extract_points(m, w, ext_cfg))
-    truths = ground_truths(dataset, pred.frames)
+    # the dataset index of each scored frame, to merge the shards in dataset order
+    frames = np.asarray(mine)[pred.frames // dataset.traj_len] * dataset.traj_len \
+        + pred.frames % dataset.traj_len
+    noise = estimate_noise(pred.windows) if args.mode == "points" else None
+    macs = count_macs(model, pred.windows[0], int(eval_frames(dataset)[1][0])) \
+        if ranks.main else None
+    shards = ranks.gather((frames, dets, noise, pred.forward_s))
+    leave(ranks)
+    if shards is None:  # not rank 0: rank 0 scores and reports
+        return 0
+    frames = np.concatenate([f for f, _, _, _ in shards])
+    order = np.argsort(frames, kind="stable")
+    frames = frames[order]
+    dets = [d for _, shard, _, _ in shards for d in shard]
+    dets = [dets[i] for i in order]
+    forward_s = max(s for _, _, _, s in shards)  # the slowest shard: the run's wall time
+    truths = ground_truths(dataset, frames)
     matching = match_detections(dets, truths)
-    macs = count_macs(model, pred.windows[0], int(eval_frames(dataset)[1][0]))
     result = {
         "model": args.model,
         **summarize(matching),
         "params": count_params(model),
         "macs": macs,
         "macs_per_trajectory": macs * (dataset.traj_len - 2 * HALF),
-        **speed_fields(pred),
+        **speed_fields(len(frames), forward_s),
+        "ranks": ranks.world,
         "weights": str(weights) if weights else None,
         "weights_sha256": sha256_file(weights) if weights else None,
         "data": str(Path(args.data).resolve()),
@@ -181,7 +202,8 @@ def run(args: argparse.Namespace) -> int:
         "subtract_background": args.subtract_background,
         "mode": args.mode,
         "extractor": asdict(ext_cfg) if args.mode == "points" else None,
-        "noise_estimate": noise_summary(pred.windows) if args.mode == "points" else None,
+        "noise_estimate": (noise_summary(np.concatenate([n for _, _, n, _ in shards]))
+                           if args.mode == "points" else None),
         "count_accuracy": count_accuracy(dets, truths) if args.mode == "points" else None,
         "trajectories": dataset.n_trajectories,
         "device": args.device,

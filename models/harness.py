@@ -159,7 +159,8 @@ def evaluate_model(
         ``forward_s`` and ``windows_per_s`` (forward time only).
     """
     pred = predict_maps(model, dataset, batch_size)
-    return {**score_predictions(pred, dataset, mode, extractor), **speed_fields(pred)}
+    return {**score_predictions(pred, dataset, mode, extractor),
+            **speed_fields(len(pred.frames), pred.forward_s)}
 
 
 def score_predictions(pred: Predictions, dataset: SeqDataset, mode: str = "grid",
@@ -169,9 +170,10 @@ def score_predictions(pred: Predictions, dataset: SeqDataset, mode: str = "grid"
     return summarize(match_detections(dets, ground_truths(dataset, pred.frames)))
 
 
-def speed_fields(pred: Predictions) -> dict:
-    rate = len(pred.frames) / pred.forward_s if pred.forward_s > 0 else float("inf")
-    return {"frames": len(pred.frames), "forward_s": pred.forward_s, "windows_per_s": rate}
+def speed_fields(frames: int, forward_s: float) -> dict:
+    """``frames`` scored, ``forward_s`` seconds of forward calls, and their ratio."""
+    rate = frames / forward_s if forward_s > 0 else float("inf")
+    return {"frames": frames, "forward_s": forward_s, "windows_per_s": rate}
 
 
 def count_macs(model: UnmixingModel, window: np.ndarray, frame_index: int) -> int:

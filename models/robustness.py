@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from models.evaluate import count_accuracy, noise_summary
+from models.extract import estimate_noise
 from models.harness import detections_from_maps, predict_maps
 from models.machine import cpu_model
 from models.metric import match_detections, summarize
@@ -142,7 +143,8 @@ def score_pair(model_name: str, folder: Path, limit: int | None, batch_size: int
     points_dets = detections_from_maps(pred.maps, pred.windows, "points")
     points = summarize(match_detections(points_dets, truths))
     return {"grid": grid, "points": points, "count_accuracy": count_accuracy(points_dets, truths),
-            "noise_estimate": noise_summary(pred.windows), "trajectories": dataset.n_trajectories,
+            "noise_estimate": noise_summary(estimate_noise(pred.windows)),
+            "trajectories": dataset.n_trajectories,
             "frames": len(pred.frames), "seconds": round(time.perf_counter() - tic, 1)}
 
 

@@ -22,8 +22,8 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from models.base import UnmixingModel
 from models.config import load_config
+from models.distributed import join, leave, sequence_forward
 from models.registry import get_model
 from models.weights import load_weights, save_weights
 from sim import load_dataset
@@ -90,10 +90,13 @@ class TrainConfig:
             raise ValueError(f"sequence_length must be >= {WINDOW}")
 
 
-def _loss(model: UnmixingModel, frames, start, target, weights: dict, broadcast: bool = False,
+def _loss(forward, frames, start, target, weights: dict, broadcast: bool = False,
           critic=None):
-    """Weighted training loss of a batch of sequences; returns (total, detached parts)."""
-    maps, aux = model.forward_sequences(frames, start)
+    """Weighted training loss of a batch of sequences; returns (total, detached parts).
+
+    ``forward``: the model's ``forward_sequences`` (or its data-parallel wrapper,
+    :func:`models.distributed.sequence_forward`)."""
+    maps, aux = forward(frames, start)
     return _weighted_loss(maps, aux, target, weights, broadcast, critic)
 
 
@@ -122,12 +125,16 @@ class Trainer:
     """Owns the model, optimiser, data and run folder of one training run."""
 
     def __init__(self, cfg: TrainConfig, progress: bool = True) -> None:
-        self.cfg, self.progress = cfg, progress
+        self.cfg = cfg
         torch.manual_seed(cfg.seed)
         torch.set_num_threads(cfg.threads)
+        self.ranks = join(cfg.device)
+        self.progress = progress and self.ranks.main
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.device = torch.device(cfg.device)
+        if self.device.type == "cuda" and self.ranks.distributed:
+            self.device = torch.device("cuda", torch.cuda.current_device())
         if self.device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 matmuls; cuDNN convs use TF32 already
         self.train_ds = load_dataset(cfg.data, cfg.train_split)
@@ -150,6 +157,10 @@ class Trainer:
                                     weight_decay=cfg.weight_decay)
         # GANs: the discriminator and its optimiser (same lr and weight decay) live here only
         self.critic = self.model.make_discriminator()
+        if self.critic is not None and self.ranks.distributed:
+            raise ValueError(f"{cfg.model} is trained against a discriminator, which "
+                             "distributed training does not support yet: train it in one process")
+        self.forward = sequence_forward(self.model, self.ranks, self.device)
         self.critic_opt = None
         if self.critic is not None:
             self.critic.to(self.device).train()
@@ -159,11 +170,21 @@ class Trainer:
         if cfg.background_augment:
             self.scenes = background_images(cfg.background_augment,
                                             np.random.default_rng([cfg.seed, BACKGROUND_STREAM]))
+        # self.rng (trajectory order, sequence starts) is the same on every rank; aug_rng
+        # (backgrounds, noise) is the rank's own
         self.rng = np.random.default_rng(cfg.seed)
+        self.aug_rng = self.rank_rng(0)
         self.step, self.epoch, self.seconds = 0, 0, 0.0
         self.best = -math.inf
         self.order = self.rng.permutation(self.train_ds.n_trajectories)
         self.cursor = 0
+
+    def rank_rng(self, step: int) -> np.random.Generator:
+        """The augmentation generator: ``self.rng`` itself in one process; per rank (and per
+        resume step) under ``torchrun``."""
+        if not self.ranks.distributed:
+            return self.rng
+        return np.random.default_rng([self.cfg.seed, 1 + self.ranks.rank, step])
 
     # -- state ------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -188,19 +209,25 @@ class Trainer:
         self.step, self.epoch, self.seconds = ck["step"], ck["epoch"], ck["seconds"]
         self.best, self.order, self.cursor = ck["best"], ck["order"], ck["cursor"]
         self.rng.bit_generator.state = ck["rng"]
+        self.aug_rng = self.rank_rng(self.step)
         torch.set_rng_state(ck["torch_rng"])
 
     def save_checkpoint(self) -> None:
+        if not self.ranks.main:
+            return
         tmp = self.out / "last.ckpt.tmp"
         torch.save(self.state(), tmp)
         tmp.replace(self.out / "last.ckpt")
 
     # -- data -------------------------------------------------------------------------------
     def next_batch(self):
-        """B sequences from the shuffled trajectory order (a new permutation each epoch)."""
+        """B sequences from the shuffled trajectory order (a new permutation each epoch).
+
+        Under ``torchrun`` every rank draws the same world × B trajectories and starts and
+        keeps its own B of them: one step sees world × B distinct sequences."""
         cfg, traj_len = self.cfg, self.images.shape[1]
         picks = []
-        while len(picks) < cfg.batch_trajectories:
+        while len(picks) < cfg.batch_trajectories * self.ranks.world:
             if self.cursor >= len(self.order):
                 self.epoch += 1
                 self.order = self.rng.permutation(len(self.order))
@@ -209,6 +236,9 @@ class Trainer:
             self.cursor += 1
         length = min(cfg.sequence_length, traj_len)
         starts = self.rng.integers(0, traj_len - length + 1, size=len(picks))
+        mine = slice(self.ranks.rank * cfg.batch_trajectories,
+                     (self.ranks.rank + 1) * cfg.batch_trajectories)
+        picks, starts = picks[mine], starts[mine]
         pairs = list(zip(picks, starts, strict=True))
         frames = torch.stack([self.images[p, s:s + length] for p, s in pairs])
         if self.scenes is not None:
@@ -225,18 +255,19 @@ class Trainer:
         """A static background patch (one per sequence, the same in every frame) on a random
         fraction of sequences, re-quantised to uint8. frames: (B, L, 11, 11) grey levels."""
         n = frames.shape[0]
-        crops = random_crops(self.scenes, n, self.rng, frames.shape[-1], amplitude=1.0)
-        amplitude = self.rng.uniform(0, self.cfg.background_amplitude, size=n)
-        amplitude *= self.rng.random(n) < self.cfg.background_fraction
+        rng = self.aug_rng
+        crops = random_crops(self.scenes, n, rng, frames.shape[-1], amplitude=1.0)
+        amplitude = rng.uniform(0, self.cfg.background_amplitude, size=n)
+        amplitude *= rng.random(n) < self.cfg.background_fraction
         patches = torch.from_numpy((crops * amplitude[:, None, None]).astype(np.float32))
         return (frames + patches[:, None]).round().clamp(0, 255)
 
     def add_noise(self, frames: torch.Tensor) -> torch.Tensor:
         """Additive Gaussian noise on a random fraction of sequences, re-quantised to uint8."""
-        n = frames.shape[0]
-        sigma = self.rng.uniform(0, self.cfg.noise_augment, size=n)
-        sigma *= self.rng.random(n) < self.cfg.noise_fraction
-        noise = self.rng.standard_normal(frames.shape).astype(np.float32)
+        n, rng = frames.shape[0], self.aug_rng
+        sigma = rng.uniform(0, self.cfg.noise_augment, size=n)
+        sigma *= rng.random(n) < self.cfg.noise_fraction
+        noise = rng.standard_normal(frames.shape).astype(np.float32)
         noise *= sigma.astype(np.float32)[:, None, None, None]
         return (frames + torch.from_numpy(noise)).round().clamp(0, 255)
 
@@ -251,7 +282,8 @@ class Trainer:
         cfg = self.cfg
         if cfg.budget_minutes:
             return self.seconds / (cfg.budget_minutes * 60)
-        steps_per_epoch = math.ceil(self.train_ds.n_trajectories / cfg.batch_trajectories)
+        steps_per_epoch = math.ceil(self.train_ds.n_trajectories
+                                    / (cfg.batch_trajectories * self.ranks.world))
         return self.step / (cfg.epochs * steps_per_epoch)
 
     def validate(self) -> dict:
@@ -263,12 +295,17 @@ class Trainer:
         return result
 
     def log(self, record: dict) -> None:
+        if not self.ranks.main:
+            return
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
-    def run(self) -> dict:
+    def run(self) -> dict | None:
+        """Train to the end of the budget or the epochs; the final validation's figures (on
+        rank 0; None on the other ranks)."""
         cfg = self.cfg
-        (self.out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+        if self.ranks.main:
+            (self.out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
         self.model.train()
         bar = tqdm(total=cfg.budget_minutes * 60 if cfg.budget_minutes else None,
                    unit="s" if cfg.budget_minutes else "step", disable=not self.progress,
@@ -281,7 +318,7 @@ class Trainer:
                 group["lr"] = lr
             frames, starts, target = (t.to(self.device) for t in self.next_batch())
             if self.critic is None:
-                loss, parts = _loss(self.model, frames, starts, target, cfg.loss_weights,
+                loss, parts = _loss(self.forward, frames, starts, target, cfg.loss_weights,
                                     cfg.target_broadcast)
             else:
                 loss, parts = self.adversarial_loss(frames, starts, target, lr)
@@ -293,7 +330,7 @@ class Trainer:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)  # the budget counts GPU time, not launches
             self.step += 1
-            dt = time.perf_counter() - t0
+            dt = self.ranks.max(time.perf_counter() - t0)  # the budget ends on every rank at once
             parts = {k: float(v) for k, v in parts.items()}
             self.seconds += dt
             running = parts["reg"] if running is None else 0.98 * running + 0.02 * parts["reg"]
@@ -325,7 +362,11 @@ class Trainer:
                                      critic=self.critic)
         return loss, {**parts, "disc": d_loss.detach()}
 
-    def validate_and_keep_best(self) -> dict:
+    def validate_and_keep_best(self) -> dict | None:
+        """Validate on rank 0 (the others wait) and keep the best weights; rank 0's figures."""
+        if not self.ranks.main:
+            self.ranks.barrier()
+            return None
         result = self.validate()
         record = {"step": self.step, "epoch": self.epoch, "seconds": round(self.seconds, 2),
                   "val": {k: result[k] for k in ("mAP", "AP05", "AP10", "AP15", "AP20", "AP25")}}
@@ -334,14 +375,16 @@ class Trainer:
             self.best = result["mAP"]
             meta = {
                 "data": self.cfg.data, "target": self.cfg.target, "seed": self.cfg.seed,
-                "step": self.step, "epochs": round(self.step * self.cfg.batch_trajectories
-                                                   / self.train_ds.n_trajectories, 3),
+                "step": self.step, "ranks": self.ranks.world,
+                "epochs": round(self.step * self.cfg.batch_trajectories * self.ranks.world
+                                / self.train_ds.n_trajectories, 3),
                 "train_seconds": round(self.seconds, 1), "val": record["val"],
                 "train_config": asdict(self.cfg),
             }
             save_weights(self.out / "best.pt", self.model, self.cfg.model,
                          getattr(self.model, "config", self.cfg.model_config), meta)
         plot_curve(self.out)
+        self.ranks.barrier()
         return result
 
 
@@ -397,5 +440,7 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit(f"--resume: {ckpt} does not exist")
         trainer.resume(ckpt)
     result = trainer.run()
-    print(json.dumps({k: result[k] for k in ("mAP", "AP05", "AP10", "AP15", "AP20", "AP25")}))
+    leave(trainer.ranks)
+    if result is not None:
+        print(json.dumps({k: result[k] for k in ("mAP", "AP05", "AP10", "AP15", "AP20", "AP25")}))
     return 0
