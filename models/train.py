@@ -6,6 +6,8 @@ a progress bar with loss and ETA, a metrics log (JSON lines) and a learning-curv
 
 Outputs in ``out``: ``last.ckpt`` (resume point), ``best.pt`` + ``best.json`` (weights with
 metadata, see :mod:`models.weights`), ``metrics.jsonl``, ``curve.png``, ``config.yaml``.
+
+Under ``torchrun --nproc_per_node N`` it trains data-parallel (:mod:`models.distributed`).
 """
 
 from __future__ import annotations
