@@ -21,7 +21,9 @@ scale:
 
 Targets are rendered as pixel-integrated Gaussians (the :mod:`sim.render` model), each only
 into a small window around itself, on top of a background level, an optional smooth
-gradient, optional clutter (slow single bright points) and white Gaussian noise.
+gradient, an optional textured scene (``scene``: the IR-like scenes of :mod:`sim.clutter` or
+your own frames, panning slowly if asked), optional clutter (slow single bright points) and
+white Gaussian noise.
 Positions are (row, col) in frame pixels, integer = pixel centre. Deterministic per seed.
 """
 
@@ -30,8 +32,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
+from sim.backgrounds import BUILTIN, read_background_images
+from sim.clutter import builtin_scenes
 from sim.phi import SIGMA, pixel_response
 from sim.trajectory import DIRECTIONS, TrajectoryRules
 
@@ -80,6 +85,17 @@ class SceneConfig:
         Range of the clutter brightness (grey levels).
     clutter_speed : float
         Largest clutter speed (px/frame).
+    scene : str or None
+        A textured background under everything: ``"builtin"`` (one of the IR-like scenes of
+        :mod:`sim.clutter`: photographs made IR-like, 1/f clutter, clouds, horizons,
+        buildings, with fixed-pattern noise and defects) or a folder of your own IR frames
+        (8/16-bit or float images); one is drawn per simulator, scaled to cover the frame.
+        None: a flat background.
+    scene_amplitude : float
+        Grey levels of the scene's full scale: the difficulty knob (20 easy, 40 medium, 80
+        hard; the targets' peak pixel is about 100–115).
+    scene_drift : float
+        Speed of a slow pan of the scene (px/frame, random direction; 0 = static).
     psf_sigma : float
         PSF standard deviation (px).
     quantize : bool
@@ -108,6 +124,9 @@ class SceneConfig:
     clutter_speed: float = 0.05
     psf_sigma: float = SIGMA
     quantize: bool = True
+    scene: str | None = None
+    scene_amplitude: float = 40.0
+    scene_drift: float = 0.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_targets <= self.max_targets <= len(DIRECTIONS):
@@ -129,6 +148,8 @@ class SceneConfig:
                 raise ValueError(f"{name} range {lo}..{hi} is invalid; use 0 <= low <= high")
         if self.noise_sigma < 0 or self.psf_sigma <= 0:
             raise ValueError("noise_sigma must be >= 0 and psf_sigma > 0")
+        if self.scene_amplitude < 0 or self.scene_drift < 0:
+            raise ValueError("scene_amplitude and scene_drift must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -195,6 +216,9 @@ class SceneSimulator:
         self._next_id = 0
         self._radius = int(math.ceil(4 * config.psf_sigma)) + 1
         self._static = self._background()
+        self._scene = self._scene_image()
+        self._pan = self._rng.uniform(0, 2 * np.pi) if config.scene else 0.0
+        self._frame = 0
         self._objects: list[_Object] = []
         for is_clutter in [False] * config.groups + [True] * config.clutter:
             self._objects.append(self._spawn(is_clutter))
@@ -211,6 +235,36 @@ class SceneSimulator:
         ramp = np.cos(angle) * rows + np.sin(angle) * cols
         ramp = (ramp - ramp.min()) / max(float(ramp.max() - ramp.min()), 1e-12)
         return level + (cfg.gradient * (ramp - 0.5)).astype(np.float32)
+
+    def _scene_image(self) -> np.ndarray | None:
+        """The textured scene (H, W) float32 in grey levels, or None without ``scene``."""
+        cfg = self.config
+        if cfg.scene is None:
+            return None
+        if cfg.scene == BUILTIN:
+            images = builtin_scenes(self._rng, per_kind=1)
+        else:
+            images = read_background_images(cfg.scene)
+        image = images[int(self._rng.integers(len(images)))].astype(np.float32)
+        scale = max(cfg.height / image.shape[0], cfg.width / image.shape[1])
+        if scale > 1:  # cover the frame
+            size = (math.ceil(image.shape[1] * scale), math.ceil(image.shape[0] * scale))
+            image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+        r0 = int(self._rng.integers(image.shape[0] - cfg.height + 1))
+        c0 = int(self._rng.integers(image.shape[1] - cfg.width + 1))
+        crop = image[r0:r0 + cfg.height, c0:c0 + cfg.width]
+        return np.ascontiguousarray(cfg.scene_amplitude * crop, dtype=np.float32)
+
+    def _scene_now(self) -> np.ndarray:
+        """The scene at the current frame: panned by ``scene_drift`` px per frame (bilinear,
+        mirrored at the edges)."""
+        cfg = self.config
+        if cfg.scene_drift == 0:
+            return self._scene
+        shift = self._frame * cfg.scene_drift
+        warp = np.float32([[1, 0, shift * np.cos(self._pan)], [0, 1, shift * np.sin(self._pan)]])
+        return cv2.warpAffine(self._scene, warp, (cfg.width, cfg.height),
+                              flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
     def _inside(self, point: np.ndarray) -> bool:
         cfg = self.config
@@ -302,6 +356,8 @@ class SceneSimulator:
         """
         cfg = self.config
         image = self._static.copy()
+        if self._scene is not None:
+            image += self._scene_now()
         image += render_points(points, (cfg.height, cfg.width), cfg.psf_sigma, self._radius)
         if cfg.noise_sigma > 0:
             noise = self._rng.standard_normal((cfg.height, cfg.width), dtype=np.float32)
@@ -326,6 +382,7 @@ class SceneSimulator:
 
     def _advance(self) -> None:
         cfg, rng = self.config, self._rng
+        self._frame += 1
         for obj in self._objects:
             obj.reference = obj.reference + obj.speed * np.array(
                 [np.sin(obj.heading), np.cos(obj.heading)]

@@ -1,5 +1,8 @@
 """Scene simulator and simulator source: determinism, truth/rendering agreement, SeqCSIST rules."""
 
+import dataclasses
+
+import cv2
 import numpy as np
 import pytest
 
@@ -96,6 +99,35 @@ def test_clutter_and_gradient():
     corners = image[[2, 2, -3, -3], [2, -3, 2, -3]]
     assert np.ptp(corners) > 10
 
+
+def test_a_scene_from_a_folder_covers_the_frame_and_pans(tmp_path):
+    texture = np.random.default_rng(0).integers(0, 65536, size=(50, 100)).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "texture.png"), texture)  # smaller than the frame: stretched
+    cfg = SceneConfig(height=64, width=64, groups=0, noise_sigma=0.0, quantize=False,
+                      background=0.0, scene=str(tmp_path), scene_amplitude=40.0)
+    first, _ = SceneSimulator(cfg, seed=3).step()
+    assert first.shape == (64, 64) and np.ptp(first) > 20
+    assert 0 <= first.min() and first.max() <= 40.0
+    panning = SceneSimulator(dataclasses.replace(cfg, scene_drift=2.0), seed=3)
+    a, _ = panning.step()
+    b, _ = panning.step()
+    np.testing.assert_allclose(a, first, atol=1e-4)  # frame 0 is the unpanned crop
+    assert np.abs(b - a).mean() > 1.0  # frame 1 has moved by 2 px
+
+
+def test_builtin_scenes_texture_the_background_and_leave_the_truth_exact():
+    cfg = SceneConfig(groups=3, noise_sigma=0.0, quantize=False, scene="builtin",
+                      scene_amplitude=40.0)
+    sim = SceneSimulator(cfg, seed=4)
+    image, truth = sim.step()
+    flat = SceneSimulator(dataclasses.replace(cfg, scene=None), seed=4)
+    assert np.std(image) > np.std(flat.step()[0])  # texture
+    targets = render_points(truth.targets, image.shape, cfg.psf_sigma, 4)
+    background = image - targets  # what is left is the scene on the background level
+    assert background.min() >= cfg.background - 1e-3
+    assert background.max() <= cfg.background + cfg.scene_amplitude + 1e-3
+    with pytest.raises(ValueError, match="scene_amplitude"):
+        SceneConfig(scene_amplitude=-1.0)
 
 def test_bad_config_is_a_clear_error():
     with pytest.raises(ValueError, match="max_targets"):
