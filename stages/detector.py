@@ -121,8 +121,9 @@ def tophat_threshold(response: np.ndarray, k: float, statistic: str) -> tuple[fl
     return centre + k * spread, spread
 
 
-def detect_blobs(image: np.ndarray, config: DetectorConfig = DetectorConfig()) -> np.ndarray:
-    """Top-hat blob detection in one frame.
+def detect(image: np.ndarray, config: DetectorConfig = DetectorConfig()) -> tuple[np.ndarray,
+                                                                                  np.ndarray]:
+    """Top-hat blob detection in one frame: the blobs and the mask of their pixels.
 
     Parameters
     ----------
@@ -132,10 +133,12 @@ def detect_blobs(image: np.ndarray, config: DetectorConfig = DetectorConfig()) -
 
     Returns
     -------
-    ndarray of shape (N, 5), float64
+    blobs : ndarray of shape (N, 5), float64
         Columns :data:`BLOB_COLUMNS`: intensity-weighted centroid (row, col) in frame pixels,
         ``peak`` = highest top-hat response in the blob (grey levels above the local
         background), ``area`` (px) and ``snr`` = peak / noise spread. Sorted by decreasing SNR.
+    mask : ndarray of shape (H, W), bool
+        The pixels of the blobs kept (for the pixel metrics of :mod:`stages.detection_metrics`).
     """
     img = np.ascontiguousarray(image, dtype=np.float32)
     if img.ndim != 2:
@@ -147,7 +150,7 @@ def detect_blobs(image: np.ndarray, config: DetectorConfig = DetectorConfig()) -
     mask = (response > threshold).astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     if n <= 1:
-        return np.zeros((0, len(BLOB_COLUMNS)))
+        return np.zeros((0, len(BLOB_COLUMNS))), np.zeros(img.shape, dtype=bool)
     flat = np.flatnonzero(labels)  # pixels of some component
     lab = labels.ravel()[flat]
     weight = response.ravel()[flat].astype(np.float64)
@@ -158,11 +161,18 @@ def detect_blobs(image: np.ndarray, config: DetectorConfig = DetectorConfig()) -
     peak = np.zeros(n)
     np.maximum.at(peak, lab, weight)
     area = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
-    blobs = np.column_stack([row, col, peak, area, peak / spread])[1:]  # drop the background
-    keep = (blobs[:, 3] >= config.min_area) & (blobs[:, 3] <= config.max_area)
-    blobs = blobs[keep]
-    order = np.argsort(-blobs[:, 4], kind="stable")
-    return blobs[order[: config.max_blobs]]
+    blobs = np.column_stack([row, col, peak, area, peak / spread])
+    ids = np.flatnonzero((area >= config.min_area) & (area <= config.max_area))
+    ids = ids[ids > 0]  # label 0 is the background
+    ids = ids[np.argsort(-blobs[ids, 4], kind="stable")][: config.max_blobs]
+    kept = np.zeros(n, dtype=bool)
+    kept[ids] = True
+    return blobs[ids], kept[labels]
+
+
+def detect_blobs(image: np.ndarray, config: DetectorConfig = DetectorConfig()) -> np.ndarray:
+    """The blobs of :func:`detect` (N, 5), without their mask."""
+    return detect(image, config)[0]
 
 
 def blob_records(blobs: np.ndarray) -> tuple[Blob, ...]:
