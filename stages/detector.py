@@ -6,7 +6,14 @@
    ``kernel`` px (2–3× the target extent) removes the background and the gradient;
 2. the threshold is ``centre + k · spread`` of the top-hat response, with
    ``statistic="robust"``: median + k · 1.4826 · MAD (insensitive to the targets themselves),
-   or ``statistic="meanstd"``: mean + k · std;
+   or ``statistic="meanstd"``: mean + k · std; with ``local_window`` (default 11 px) it is
+   raised, pixel by pixel, to the local mean + k · local std of the response over that
+   window, the pixels above the global threshold left out (so a target does not raise its
+   own threshold): cloud edges, horizons and building edges leave a strong top-hat response
+   that one global σ takes for targets (``python -m stages.detector_eval --frames 200
+   --scenes 20 --scene builtin --amplitude A``: at A = 40, Fa 1.1e-3 → 3.0e-5 at the same
+   Pd of 100 %; at A = 80, 2.5e-3 → 4.6e-4 with Pd 100 → 99.4 %; windows of 31 and 15 px
+   left 3.1e-4 and 9.6e-5 at A = 40; flat scenes, σ = 1 and 3: Pd 100 %, Fa 0 either way);
 3. 8-connected components of the mask whose area is within [min_area, max_area] are blobs;
    a blob's position is the centroid of its pixels weighted by their top-hat response.
 
@@ -59,6 +66,8 @@ class DetectorConfig:
     sample_stride : int
         The threshold statistics are estimated on every ``sample_stride``-th pixel along each
         axis (2 = a quarter of the pixels: the medians cost 4× less, the estimate barely moves).
+    local_window : int
+        Side of the window of the local threshold (px, odd; 0 = the global threshold only).
     """
 
     kind: str = "tophat"
@@ -69,6 +78,7 @@ class DetectorConfig:
     max_area: int = 64
     max_blobs: int = 64
     sample_stride: int = 2
+    local_window: int = 11
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -84,6 +94,9 @@ class DetectorConfig:
             raise ValueError(
                 f"area gate {self.min_area}..{self.max_area} is invalid; use 1 <= min <= max"
             )
+        if self.local_window and (self.local_window < 3 or self.local_window % 2 == 0):
+            raise ValueError(f"local_window must be 0 or an odd size >= 3 px, got "
+                             f"{self.local_window}")
         if self.max_blobs < 1 or self.sample_stride < 1:
             raise ValueError(
                 f"max_blobs and sample_stride must be >= 1, got {self.max_blobs} and "
@@ -121,6 +134,24 @@ def tophat_threshold(response: np.ndarray, k: float, statistic: str) -> tuple[fl
     return centre + k * spread, spread
 
 
+def local_threshold(response: np.ndarray, threshold: float, k: float, window: int
+                    ) -> np.ndarray:
+    """Per-pixel threshold (H, W) float32: the larger of ``threshold`` and the local mean + k ·
+    local std of ``response`` over a ``window``² box, computed from the pixels at or below
+    ``threshold`` only (candidate targets left out), edges mirrored."""
+    keep = (response <= threshold).astype(np.float32)
+    background = response * keep
+    box = (window, window)
+
+    def local_sum(a: np.ndarray) -> np.ndarray:
+        return cv2.boxFilter(a, -1, box, normalize=False, borderType=cv2.BORDER_REFLECT)
+
+    count = np.maximum(local_sum(keep), 1.0)
+    mean = local_sum(background) / count
+    std = np.sqrt(np.maximum(local_sum(background * background) / count - mean * mean, 0.0))
+    return np.maximum(np.float32(threshold), mean + np.float32(k) * std)
+
+
 def detect(image: np.ndarray, config: DetectorConfig = DetectorConfig()) -> tuple[np.ndarray,
                                                                                   np.ndarray]:
     """Top-hat blob detection in one frame: the blobs and the mask of their pixels.
@@ -147,6 +178,8 @@ def detect(image: np.ndarray, config: DetectorConfig = DetectorConfig()) -> tupl
     response = cv2.morphologyEx(img, cv2.MORPH_TOPHAT, kernel)
     step = config.sample_stride
     threshold, spread = tophat_threshold(response[::step, ::step], config.k, config.statistic)
+    if config.local_window:
+        threshold = local_threshold(response, threshold, config.k, config.local_window)
     mask = (response > threshold).astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     if n <= 1:

@@ -30,6 +30,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m stages.detector_eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--frames", type=int, default=200, help="frames to score (default 200)")
+    p.add_argument("--scenes", type=int, default=10,
+                   help="simulators (each with its own scene) the frames are split over "
+                        "(default 10)")
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--size", type=int, default=256, help="frame side (px, default 256)")
     p.add_argument("--groups", type=int, default=6, help="CSO groups in the scene (default 6)")
@@ -48,14 +51,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def evaluate(scene: SceneConfig, detector: DetectorConfig, frames: int, seed: int,
-             distance: float = DISTANCE) -> dict:
+             distance: float = DISTANCE, scenes: int = 10) -> dict:
     """Pd/Fa/IoU of ``detector`` over ``frames`` frames of ``scene`` and its median time per
-    frame (ms)."""
-    sim = SceneSimulator(scene, seed=seed)
+    frame (ms). The frames come from ``scenes`` simulators (seeds ``seed`` … ``seed +
+    scenes − 1``, each with its own textured scene when ``scene.scene`` is set), since a
+    detector's false alarms depend on the scene far more than on the frame."""
     score = DetectionScore(distance=distance)
     times = []
-    for _ in range(frames):
-        image, truth = sim.step()
+    per_scene = -(-frames // scenes)
+    sims = [SceneSimulator(scene, seed=seed + i) for i in range(scenes)]
+    for i in range(frames):
+        image, truth = sims[i // per_scene].step()
         tic = time.perf_counter()
         blobs, mask = detect(image, detector)
         times.append(1e3 * (time.perf_counter() - tic))
@@ -78,10 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     cv2.setNumThreads(1)
-    result = evaluate(scene, detector, args.frames, args.seed, args.distance)
+    result = evaluate(scene, detector, args.frames, args.seed, args.distance, args.scenes)
     doc = {"scene": {"size": args.size, "groups": args.groups, "noise": args.noise,
                      "scene": args.scene, "amplitude": args.amplitude, "drift": args.drift,
-                     "seed": args.seed},
+                     "seed": args.seed, "scenes": args.scenes},
            "detector": dataclasses.asdict(detector),
            "cpu": cpu_model(), **result}
     print(f"Pd {100 * result['Pd']:.2f} %  Fa {result['Fa']:.2e}  IoU "
