@@ -77,7 +77,7 @@ def test_training_step_keeps_every_tensor_on_the_model_device(name):
     start = torch.zeros(2, dtype=torch.int64, device="meta")
     target = torch.empty(2, 4, 33, 33, device="meta")
     weights = {"reg": 1.0, "cons": 0.1, "align": 0.1, "l1": 0.1, "gan": 0.1}
-    loss, _ = _loss(model, frames, start, target, weights, critic=critic)
+    loss, _ = _loss(model.forward_sequences, frames, start, target, weights, critic=critic)
     loss.backward()
     assert loss.device.type == "meta"
     if critic is not None:

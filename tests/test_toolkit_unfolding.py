@@ -259,8 +259,9 @@ def test_broadcast_target_regresses_every_map_onto_every_frame():
     targets = torch.rand(2, 7, 33, 33) * 100  # one map per frame
     weights = {"reg": 1.0}
     maps, _ = model.forward_sequences(frames, start)  # (2, 3, 33, 33): frames 2 … 4
-    per_window, _ = _loss(model, frames, start, targets[:, 2:5], weights)
-    broadcast, _ = _loss(model, frames, start, targets, weights, broadcast=True)
+    per_window, _ = _loss(model.forward_sequences, frames, start, targets[:, 2:5], weights)
+    broadcast, _ = _loss(model.forward_sequences, frames, start, targets, weights,
+                         broadcast=True)
     torch.testing.assert_close(per_window, torch.mean((maps - targets[:, 2:5]) ** 2))
     pairs = torch.stack([torch.stack([(maps[:, i] - targets[:, j]) ** 2 for j in range(7)])
                          for i in range(3)])
