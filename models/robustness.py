@@ -112,6 +112,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="trajectories per generated set (test split: 15 %%; default 5000)")
     p.add_argument("--limit-trajectories", type=int,
                    help="score only the first N test trajectories (a quick look)")
+    p.add_argument("--weights", action="append", default=[], metavar="MODEL=PATH",
+                   help="score MODEL with these weights instead of its shipped ones (e.g. a "
+                        "candidate before it ships); repeatable")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--out", default=str(DEFAULT_OUT), help="Markdown file (JSON beside it)")
 
@@ -128,13 +131,14 @@ def ensure_set(variant: VariantSet, root: Path, trajectories: int) -> Path:
     return folder
 
 
-def score_pair(model_name: str, folder: Path, limit: int | None, batch_size: int) -> dict:
+def score_pair(model_name: str, folder: Path, limit: int | None, batch_size: int,
+               weights: Path | None = None) -> dict:
     """Grid and points figures of one model on one set's test split."""
     dataset = load_dataset(folder, "test")
     if limit is not None:
         dataset = dataset.subset(range(min(limit, dataset.n_trajectories)))
     dataset = dataset.background_subtracted()  # as the live cropper does
-    model, _ = load_model(model_name)
+    model, _ = load_model(model_name, weights)
     tic = time.perf_counter()
     pred = predict_maps(model, dataset, batch_size)
     truths = ground_truths(dataset, pred.frames)
@@ -204,6 +208,10 @@ def run(args: argparse.Namespace) -> int:
     unknown = sorted(set(wanted) - {s.key for s in SETS})
     if unknown:
         raise SystemExit(f"unknown set(s) {unknown}; choose from {[s.key for s in SETS]}")
+    chosen = dict(pair.split("=", 1) for pair in args.weights if "=" in pair)
+    if len(chosen) != len(args.weights) or set(chosen) - set(models):
+        raise SystemExit(f"--weights takes MODEL=PATH with MODEL among --models {models}, got "
+                         f"{args.weights}")
     out = Path(args.out)
     json_path = out.with_suffix(".json")
     doc = json.loads(json_path.read_text()) if json_path.exists() else {"results": {}}
@@ -211,7 +219,8 @@ def run(args: argparse.Namespace) -> int:
     command = (f"python -m models robustness --models {','.join(models)} --sets "
                f"{','.join(wanted)} --data-root {root} --trajectories {args.trajectories}"
                + (f" --limit-trajectories {args.limit_trajectories}"
-                  if args.limit_trajectories else ""))
+                  if args.limit_trajectories else "")
+               + "".join(f" --weights {w}" for w in args.weights))
     doc.update(command=command, models=models, data_root=str(root),
                trajectories=args.trajectories,
                machine={"cpu": cpu_model(),
@@ -221,13 +230,14 @@ def run(args: argparse.Namespace) -> int:
     for variant in (s for s in SETS if s.key in wanted):
         folder = ensure_set(variant, root, args.trajectories)
         for m in models:
-            weights = default_weights(m)
+            weights = Path(chosen[m]) if m in chosen else default_weights(m)
             sha = sha256_file(weights) if weights.exists() else None
             old = doc["results"].get(variant.key, {}).get(m)
             if old and old.get("weights_sha256") == sha and old.get("limit") == \
                     args.limit_trajectories and old.get("background_subtracted"):
                 continue
-            result = score_pair(m, folder, args.limit_trajectories, args.batch_size)
+            result = score_pair(m, folder, args.limit_trajectories, args.batch_size,
+                                weights if m in chosen else None)
             result.update(weights_sha256=sha, limit=args.limit_trajectories,
                           background_subtracted=True)
             doc["results"].setdefault(variant.key, {})[m] = result
