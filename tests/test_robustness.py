@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from models.__main__ import main
 
 
@@ -28,3 +30,6 @@ def test_robustness_generates_scores_tables_and_resumes(tmp_path, capsys):
     again = capsys.readouterr().out
     assert "grid" not in again.replace("robustness.md", "")
     assert json.loads(out.with_suffix(".json").read_text())["results"] == doc["results"]
+    # candidate weights are named per model, and only for a model being scored
+    with pytest.raises(SystemExit, match="MODEL=PATH"):
+        main([*argv, "--weights", "derefnet=x.pt"])
