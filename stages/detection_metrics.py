@@ -97,8 +97,8 @@ class DetectionScore:
     union: int = 0
     frames: int = 0
 
-    def add(self, centres: np.ndarray, areas: np.ndarray, mask: np.ndarray | None,
-            groups: np.ndarray, truth: np.ndarray | None) -> None:
+    def add(self, centres: np.ndarray, areas: np.ndarray, groups: np.ndarray, pixels: int,
+            mask: np.ndarray | None = None, truth: np.ndarray | None = None) -> None:
         """Score one frame.
 
         Parameters
@@ -107,11 +107,13 @@ class DetectionScore:
             Predicted components' centroids (row, col).
         areas : ndarray of shape (N,)
             Their areas (px).
-        mask : ndarray of shape (H, W), bool, or None
-            The predicted components' pixels (None: no IoU, e.g. from blobs alone).
         groups : ndarray of shape (G, 2)
             Truth group centroids (:func:`group_centroids`).
-        truth : ndarray of shape (H, W), bool, or None
+        pixels : int
+            Pixels of the frame (Fa's denominator).
+        mask : ndarray of shape (H, W), bool, optional
+            The predicted components' pixels (without it, e.g. from blobs alone: no IoU).
+        truth : ndarray of shape (H, W), bool, optional
             Truth mask (:func:`truth_mask`); needed with ``mask``.
         """
         owner = match_groups(np.asarray(centres).reshape(-1, 2), groups, self.distance)
@@ -121,15 +123,15 @@ class DetectionScore:
         self.false_components += int(false.sum())
         self.false_pixels += int(np.asarray(areas)[false].sum())
         self.frames += 1
+        self.pixels += int(pixels)
         if mask is not None:
-            self.pixels += mask.size
             self.intersection += int((mask & truth).sum())
             self.union += int((mask | truth).sum())
 
-    def summary(self, pixels_per_frame: int | None = None) -> dict:
-        """``Pd``, ``Fa`` (per pixel), ``IoU`` (None without masks) and the counts.
-        ``pixels_per_frame`` gives Fa its denominator when no masks were added."""
-        pixels = self.pixels or (pixels_per_frame or 0) * self.frames
+    def summary(self) -> dict:
+        """``Pd``, ``Fa`` (per pixel), ``IoU`` (None without masks) and the counts; None for
+        a ratio of nothing."""
+        pixels = self.pixels
         return {
             "frames": self.frames, "groups": self.groups, "detected": self.detected,
             "Pd": self.detected / self.groups if self.groups else None,

@@ -65,7 +65,7 @@ def evaluate(scene: SceneConfig, detector: DetectorConfig, frames: int, seed: in
         tic = time.perf_counter()
         blobs, mask = detect(image, detector)
         times.append(1e3 * (time.perf_counter() - tic))
-        score.add(blobs[:, :2], blobs[:, 3], mask, group_centroids(truth),
+        score.add(blobs[:, :2], blobs[:, 3], group_centroids(truth), image.size, mask,
                   truth_mask(truth, image.shape, scene.psf_sigma))
     return {**score.summary(), "ms_per_frame_median": statistics.median(times)}
 

@@ -16,6 +16,12 @@ never did (dropped inside the chain, ``frames_lost``) as a frame with no detecti
 missed by the detector and a frame lost to overload both cost what they cost the user. This
 is the figure that compares ways of shedding load (dropping frames against skipping work).
 
+**Detection** (``detection``): the detector's blobs against the truth groups, as the IRSTD
+field scores detectors (:mod:`stages.detection_metrics`): Pd (a group is found by a blob
+centroid within 3 px of the mean of its sub-targets) and Fa (the areas of the blobs that
+found no group over all pixels); no IoU, since blobs carry no pixel masks
+(``python -m stages.detector_eval`` gives it offline).
+
 **GOSPA** (α = 2, cut-off ``c`` px, order ``p``) compares *all* true sub-targets of a frame
 with *all* unmixed points of that frame:
 
@@ -49,8 +55,11 @@ from scipy.optimize import linear_sum_assignment
 
 from models.metric import cso_map
 from stages.base import SeqJoin, Stage
+from stages.detection_metrics import DetectionScore
 from stages.messages import (
     PATCH,
+    Blob,
+    Blobs,
     Frame,
     Message,
     Point,
@@ -270,6 +279,7 @@ class ScoreAccumulator:
         self._detected = 0
         self._windows = 0
         self._points = 0
+        self.detection = DetectionScore()
 
     def add(
         self,
@@ -298,6 +308,12 @@ class ScoreAccumulator:
         self._windows += len(windows)
         self._points += len(points)
         return terms
+
+    def add_blobs(self, truth: Sequence[TruthPoint], blobs: Sequence[Blob], pixels: int) -> None:
+        """Score one frame's detector output (Pd, Fa); ``pixels`` = the frame's pixel count."""
+        refs = np.array(list(group_references(truth).values())).reshape(-1, 2)
+        self.detection.add(np.array([[b.row, b.col] for b in blobs]).reshape(-1, 2),
+                           np.array([b.area for b in blobs]), refs, pixels)
 
     def add_lost(self, truth: Sequence[TruthPoint]) -> None:
         """Count a frame whose points never came: all its targets missed (end-to-end mAP)."""
@@ -336,7 +352,9 @@ class ScoreAccumulator:
         included, see the module docstring); ``gospa`` of the points (mean
         ``distance``, ``localisation``, ``missed``, ``false`` per frame, plus ``c`` and
         ``p``); ``tracking``: ``gospa`` of the tracks (same keys), ``id_switches`` and
-        ``tracks`` (summed). Averages of nothing are None (valid JSON, unlike NaN).
+        ``tracks`` (summed); ``detection``: the detector's Pd and Fa (see the module
+        docstring and :meth:`stages.detection_metrics.DetectionScore.summary`). Averages of
+        nothing are None (valid JSON, unlike NaN).
         """
         c, p = self.c, self.p
         return {
@@ -359,6 +377,7 @@ class ScoreAccumulator:
                 "frames": len(self._all_detections),
                 **cso_map(list(self._all_detections), list(self._all_truths)),
             },
+            "detection": self.detection.summary(),
             "gospa": self._gospa.summary(c, p),
             "tracking": {
                 "gospa": self._track_gospa.summary(c, p),
@@ -369,7 +388,8 @@ class ScoreAccumulator:
 
 
 class Scoring(Stage):
-    """Sink: frames (truth) + windows + points + tracks of the same seq → running scores.
+    """Sink: frames (truth) + blobs + windows + points + tracks of the same seq → running
+    scores.
 
     Frames without truth (``truth is None``) cannot be scored and are counted in
     :attr:`skipped`; frames whose windows, points or tracks never came are scored as lost
@@ -378,13 +398,13 @@ class Scoring(Stage):
     """
 
     Config = ScoringConfig
-    INPUTS = ("frames", "windows", "points", "tracks")
+    INPUTS = ("frames", "blobs", "windows", "points", "tracks")
     OUTPUT = None
 
     def __init__(self, config: ScoringConfig | None = None) -> None:
         super().__init__(config)
         self.scores = ScoreAccumulator(self.config.c, self.config.p, self.config.map_window)
-        self.join = SeqJoin((Frame, Windows, Points, Tracks), self.config.max_pending,
+        self.join = SeqJoin((Frame, Blobs, Windows, Points, Tracks), self.config.max_pending,
                             on_drop=self._lost)
         #: Frames that arrived without truth.
         self.skipped = 0
@@ -400,6 +420,7 @@ class Scoring(Stage):
         self.scores.add(
             frame.truth, parts[Windows].windows, parts[Points].points, parts[Tracks].tracks
         )
+        self.scores.add_blobs(frame.truth, parts[Blobs].blobs, frame.image.size)
         return ()
 
     def _lost(self, parts: dict) -> None:

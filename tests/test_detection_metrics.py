@@ -28,9 +28,9 @@ def test_score_pools_pd_fa_and_iou_over_frames():
     mask[7:9, 7:8] = True  # 2 px of a false alarm
     truth = np.zeros_like(mask)
     truth[1:4, 1:4] = True  # 9 px
-    score.add(np.array([[1.5, 1.5], [7.5, 7.0]]), np.array([4, 2]), mask,
-              np.array([[2.0, 2.0]]), truth)
-    score.add(np.zeros((0, 2)), np.zeros(0), np.zeros_like(mask), np.array([[5.0, 5.0]]),
+    score.add(np.array([[1.5, 1.5], [7.5, 7.0]]), np.array([4, 2]), np.array([[2.0, 2.0]]),
+              100, mask, truth)
+    score.add(np.zeros((0, 2)), np.zeros(0), np.array([[5.0, 5.0]]), 100, np.zeros_like(mask),
               np.zeros_like(mask))
     s = score.summary()
     assert (s["groups"], s["detected"], s["false_pixels"]) == (2, 1, 2)

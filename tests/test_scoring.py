@@ -5,7 +5,18 @@ import json
 import numpy as np
 import pytest
 
-from stages.messages import Frame, Point, Points, Track, Tracks, TruthPoint, WindowInfo, Windows
+from stages.messages import (
+    Blob,
+    Blobs,
+    Frame,
+    Point,
+    Points,
+    Track,
+    Tracks,
+    TruthPoint,
+    WindowInfo,
+    Windows,
+)
 from stages.scoring import (
     ScoreAccumulator,
     Scoring,
@@ -116,7 +127,10 @@ def test_stage_joins_by_seq_and_writes_its_summary(tmp_path):
     windows = (WindowInfo(blob_id=4, origin_row=15, origin_col=25, frame_index=2),)
     for seq in range(3):
         stage.process(Frame(seq=seq, t_source_ns=0, image=image, truth=_truth()))
+    found = (Blob(row=20.1, col=30.0, peak=90.0, area=6, snr=40.0),  # group 0
+             Blob(row=80.0, col=10.0, peak=30.0, area=3, snr=12.0))  # a false alarm
     for seq in (1, 2):  # frame 0 never gets results and is dropped
+        stage.process(Blobs(seq=seq, t_source_ns=0, blobs=found))
         stage.process(Windows(seq=seq, t_source_ns=0, windows=windows,
                               patches=np.zeros((1, 5, 11, 11), np.float32)))
         pts = (Point(row=20.2, col=30.0, score=150.0, window_id=0),)
@@ -128,6 +142,9 @@ def test_stage_joins_by_seq_and_writes_its_summary(tmp_path):
     assert summary["frames_lost"] == 1  # frame 0: its truth came, its points never did
     assert 0 < summary["cso_map"]["mAP"] < 1
     assert summary["tracking"]["tracks"] == 2 and summary["tracking"]["id_switches"] == 0
+    detection = summary["detection"]  # group 1 missed in both frames, 3 false pixels each
+    assert (detection["groups"], detection["detected"], detection["Pd"]) == (4, 2, 0.5)
+    assert detection["Fa"] == 6 / 20000 and detection["IoU"] is None
     assert summary == json.loads(json.dumps(stage.summary()))
 
 
@@ -197,6 +214,7 @@ def test_stage_scores_tracks_of_the_same_seq():
     stage = Scoring()
     image = np.zeros((100, 100), np.float32)
     stage.process(Frame(seq=5, t_source_ns=0, image=image, truth=_truth()))
+    stage.process(Blobs(seq=5, t_source_ns=0, blobs=()))
     stage.process(Windows(seq=5, t_source_ns=0, windows=(),
                           patches=np.zeros((0, 5, 11, 11), np.float32)))
     stage.process(Points(seq=5, t_source_ns=0, points=()))
