@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from models.__main__ import main
 from sim.dataset import save_npz, simulate
 
 REPO = Path(__file__).parents[1]
@@ -42,8 +43,7 @@ def test_two_ranks_train_like_one_process_with_the_doubled_batch(data_dir, tmp_p
     one = write_config(tmp_path / "one.yaml", data_dir, tmp_path / "one", batch=2)
     done = torchrun("train", "--config", str(two), "--no-progress", cwd=tmp_path)
     assert len([line for line in done.stdout.splitlines() if line.startswith("{")]) == 1  # rank 0
-    subprocess.run([sys.executable, "-m", "models", "train", "--config", str(one),
-                    "--no-progress"], cwd=tmp_path, env=ENV, check=True, capture_output=True)
+    assert main(["train", "--config", str(one), "--no-progress"]) == 0  # here, one process
     a = torch.load(tmp_path / "two" / "last.ckpt", weights_only=False)
     b = torch.load(tmp_path / "one" / "last.ckpt", weights_only=False)
     assert a["step"] == b["step"] == 6
@@ -61,8 +61,7 @@ def test_sharded_evaluation_scores_exactly_like_one_process(tmp_path):
     args = ["evaluate", "--model", "fastunmix", "--data", str(tmp_path), "--split", "test",
             "--mode", "points"]
     torchrun(*args, "--out", str(tmp_path / "two.json"), cwd=tmp_path)
-    subprocess.run([sys.executable, "-m", "models", *args, "--out", str(tmp_path / "one.json")],
-                   cwd=tmp_path, env=ENV, check=True, capture_output=True)
+    assert main([*args, "--out", str(tmp_path / "one.json")]) == 0
     two = json.loads((tmp_path / "two.json").read_text())
     one = json.loads((tmp_path / "one.json").read_text())
     assert (two["ranks"], one["ranks"]) == (2, 1)
