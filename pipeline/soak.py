@@ -303,7 +303,8 @@ def main(args: argparse.Namespace) -> int:
     out.write_text(json.dumps(json_safe(doc), indent=2, sort_keys=True) + "\n")
     goals = doc["goals"]
     lat = doc["latency"]
-    print(f"soak {args.minutes:g} min: {doc['run']['frames_out']} of {doc['run']['frames_in']} "
+    print(f"soak {doc['run']['wall_s'] / 60:.1f} of {args.minutes:g} min: "
+          f"{doc['run']['frames_out']} of {doc['run']['frames_in']} "
           f"frames through, {goals['dropped']} dropped; RSS growth after warm-up max "
           f"{_num(goals['rss_growth_mb_max'])} MB ({'ok' if goals['rss_growth_ok'] else 'NOT ok'}"
           f"); p99 {_num(lat['p99_first_third_ms'])} -> {_num(lat['p99_last_third_ms'])} ms "

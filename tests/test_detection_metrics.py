@@ -49,8 +49,8 @@ def test_tophat_meets_the_flat_goal_and_its_local_threshold_cuts_clutter_alarms(
     flat = evaluate(SceneConfig(), DetectorConfig(), frames=20, seed=3)
     assert flat["Pd"] >= 0.995 and flat["Fa"] <= 1e-5 and flat["IoU"] > 0.3
     hard = SceneConfig(scene="builtin", scene_amplitude=80.0)
-    local = evaluate(hard, DetectorConfig(), frames=20, seed=3)
-    global_only = evaluate(hard, DetectorConfig(local_window=0), frames=20, seed=3)
+    local = evaluate(hard, DetectorConfig(local_window=11), frames=20, seed=3)
+    global_only = evaluate(hard, DetectorConfig(), frames=20, seed=3)
     assert global_only["Fa"] > 2 * local["Fa"] and local["Pd"] >= 0.98
 
 

@@ -54,7 +54,7 @@ def test_clutter_point_is_detected_and_area_gate_rejects_big_blobs():
 
 def test_meanstd_statistic_also_works():
     image, truth = SceneSimulator(SceneConfig(groups=3), seed=8).step()
-    blobs = detect_blobs(image, DetectorConfig(statistic="meanstd", k=20.0, local_window=0))
+    blobs = detect_blobs(image, DetectorConfig(statistic="meanstd", k=20.0))
     assert np.all(_nearest(truth.references, blobs).min(axis=1) < 0.5)
 
 
