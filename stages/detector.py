@@ -8,16 +8,14 @@
    ``statistic="robust"``: median + k · 1.4826 · MAD (insensitive to the targets themselves),
    or ``statistic="meanstd"``: mean + k · std; with ``local_window`` (11 px for clutter;
    default 0 = off) it is raised, pixel by pixel, to the local mean + k · local std of the
-   response over that window, the pixels above the global threshold left out (so a target
-   does not raise its
-   own threshold): cloud edges, horizons and building edges leave a strong top-hat response
-   that one global σ takes for targets (``python -m stages.detector_eval --frames 200
-   --scenes 20 --scene builtin --amplitude A``: at A = 40, Fa 1.1e-3 → 3.0e-5 at the same
-   Pd of 100 %; at A = 80, 2.5e-3 → 4.6e-4 with Pd 100 → 99.4 %; windows of 31 and 15 px
-   left 3.1e-4 and 9.6e-5 at A = 40; flat scenes, σ = 1 and 3: Pd 100 %, Fa 0 either way).
-   It is off by default: its box filters cost the live chain's detector 0.07 of a core at
-   25 frames/s of 256² (CPU median 0.23 against 0.15 in a soak), which flat scenes do not
-   need;
+   response over that window, the pixels above the global threshold left out (so a target does
+   not raise its own threshold): cloud edges, horizons and building edges leave a strong
+   top-hat response that one global σ takes for targets (``python -m stages.detector_eval
+   --frames 200 --scenes 20 --scene builtin --amplitude A``: at A = 40, Fa 1.1e-3 → 3.0e-5 at
+   the same Pd of 100 %; at A = 80, 2.5e-3 → 4.6e-4 with Pd 100 → 99.4 %; windows of 31 and 15
+   px left 3.1e-4 and 9.6e-5 at A = 40; flat scenes, σ = 1 and 3: Pd 100 %, Fa 0 either way).
+   It is off by default: its box filters cost the live chain's detector 0.07 of a core at 25
+   frames/s of 256² (CPU median 0.23 against 0.15 in a soak), which flat scenes do not need;
 3. 8-connected components of the mask whose area is within [min_area, max_area] are blobs;
    a blob's position is the centroid of its pixels weighted by their top-hat response.
 
