@@ -57,7 +57,8 @@ class Ranks:
         """The largest ``value`` over all ranks (every rank gets it)."""
         if not self.distributed:
             return value
-        t = torch.tensor([value], dtype=torch.float64)
+        on = "cuda" if dist.get_backend() == "nccl" else "cpu"  # nccl reduces CUDA tensors only
+        t = torch.tensor([value], dtype=torch.float64, device=on)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return float(t.item())
 
