@@ -33,13 +33,32 @@ DISTANCE = 3.0
 MASK_FRACTION = 0.25
 
 
-def group_centroids(truth: SceneTruth) -> np.ndarray:
-    """Brightness-weighted centroid (row, col) of every truth group: shape (G, 2)."""
-    out = np.zeros((len(truth.group_ids), 2))
-    for i, gid in enumerate(truth.group_ids):
-        t = truth.group_targets(int(gid))
+def weighted_centroids(targets: np.ndarray, group_of: np.ndarray) -> np.ndarray:
+    """Brightness-weighted centroid (row, col) of each group of sub-targets, groups in order
+    of first appearance.
+
+    Parameters
+    ----------
+    targets : ndarray of shape (T, 3)
+        (row, col, brightness) of every sub-target.
+    group_of : ndarray of shape (T,)
+        Group id of each sub-target.
+
+    Returns
+    -------
+    ndarray of shape (G, 2)
+    """
+    ids = list(dict.fromkeys(np.asarray(group_of).tolist()))
+    out = np.zeros((len(ids), 2))
+    for i, gid in enumerate(ids):
+        t = targets[np.asarray(group_of) == gid]
         out[i] = (t[:, :2] * t[:, 2:3]).sum(0) / t[:, 2].sum()
     return out
+
+
+def group_centroids(truth: SceneTruth) -> np.ndarray:
+    """:func:`weighted_centroids` of a simulator frame's groups: shape (G, 2)."""
+    return weighted_centroids(truth.targets, truth.target_group)
 
 
 def truth_mask(truth: SceneTruth, shape: tuple[int, int], psf_sigma: float,

@@ -18,8 +18,8 @@ is the figure that compares ways of shedding load (dropping frames against skipp
 
 **Detection** (``detection``): the detector's blobs against the truth groups, as the IRSTD
 field scores detectors (:mod:`stages.detection_metrics`): Pd (a group is found by a blob
-centroid within 3 px of the mean of its sub-targets) and Fa (the areas of the blobs that
-found no group over all pixels); no IoU, since blobs carry no pixel masks
+centroid within 3 px of its sub-targets' brightness-weighted centroid) and Fa (the areas
+of the blobs that found no group over all pixels); no IoU, since blobs carry no pixel masks
 (``python -m stages.detector_eval`` gives it offline).
 
 **GOSPA** (α = 2, cut-off ``c`` px, order ``p``) compares *all* true sub-targets of a frame
@@ -55,7 +55,7 @@ from scipy.optimize import linear_sum_assignment
 
 from models.metric import cso_map
 from stages.base import SeqJoin, Stage
-from stages.detection_metrics import DetectionScore
+from stages.detection_metrics import DetectionScore, weighted_centroids
 from stages.messages import (
     PATCH,
     Blob,
@@ -311,9 +311,9 @@ class ScoreAccumulator:
 
     def add_blobs(self, truth: Sequence[TruthPoint], blobs: Sequence[Blob], pixels: int) -> None:
         """Score one frame's detector output (Pd, Fa); ``pixels`` = the frame's pixel count."""
-        refs = np.array(list(group_references(truth).values())).reshape(-1, 2)
+        centres = weighted_centroids(_truth_array(truth), np.array([q.group for q in truth]))
         self.detection.add(np.array([[b.row, b.col] for b in blobs]).reshape(-1, 2),
-                           np.array([b.area for b in blobs]), refs, pixels)
+                           np.array([b.area for b in blobs]), centres, pixels)
 
     def add_lost(self, truth: Sequence[TruthPoint]) -> None:
         """Count a frame whose points never came: all its targets missed (end-to-end mAP)."""
