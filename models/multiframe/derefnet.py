@@ -56,7 +56,9 @@ class SelectiveAttention(nn.Module):
 
     def forward(self, f_centre, f_neighbour):
         b = self.reduce_neighbour(f_neighbour)
-        a = self.reduce_centre(f_centre).repeat(b.shape[0] // f_centre.shape[0], 1, 1, 1)
+        # R copies by cat, not repeat: cat keeps channels-last memory, which the offset
+        # convs that read the output want (repeat returns NCHW, costing a reorder there)
+        a = torch.cat([self.reduce_centre(f_centre)] * (b.shape[0] // f_centre.shape[0]))
         u = torch.cat([a, b], dim=1)
         stats = torch.cat([u.mean(dim=1, keepdim=True), u.amax(dim=1, keepdim=True)], dim=1)
         w = torch.sigmoid(self.gate(stats))
