@@ -7,8 +7,10 @@ channels_last, bf16 autocast, torch.compile, whole 20-frame sequences through
 across the overlapping windows of a track), and for those models the live unmixer's
 frame-by-frame steps with its feature cache; bf16 autocast only where the CPU runs bf16
 natively. Every figure is the median of ``--repeats`` timed runs after a warm-up; all
-variants run side by side in one process, next to the machine's measured fp32 matmul peak.
-At the top of the JSON (default ``benchmarks/bench_<model>.json``): ``peak_gflops``,
+variants run side by side in one process, next to the machine's fp32 matmul peak, sampled
+between the variants (:class:`PeakSamples`).
+At the top of the JSON (default ``benchmarks/bench_<model>.json``): ``peak_gflops`` (the
+median of the samples; ``peak_gflops_best`` and ``peak_gflops_samples`` beside it),
 ``macs_per_window``, ``best`` (the fastest variant that keeps the accuracy) and
 ``fraction_of_peak`` (see :func:`benchmark`); ``peak_gflops_threads1``, the one-thread peak,
 goes with the ``_threads1`` variant (the live stage's default thread count). ``extractor``:
@@ -150,14 +152,36 @@ def bf16_native() -> bool:
 
 
 def matmul_peak_gflops(threads: int, size: int = 1024, repeats: int = 20) -> float:
-    """This machine's fp32 matmul peak (GFLOP/s) with ``threads`` threads: the fastest of
-    ``repeats`` products after a warm-up. A peak is the best the machine does; a median drags
-    in the moments a shared host's neighbours take the cores (measured here: medians of 5
-    from 87 to 118 GFLOP/s between runs, which let a fraction of peak exceed 1)."""
+    """This machine's fp32 matmul peak (GFLOP/s) with ``threads`` threads at this moment: the
+    fastest of ``repeats`` products after a warm-up. Leaves torch's thread count as it was."""
+    before = torch.get_num_threads()
     torch.set_num_threads(threads)
     g = torch.Generator().manual_seed(0)
     a, b = torch.rand(size, size, generator=g), torch.rand(size, size, generator=g)
-    return 2 * size**3 / min(call_seconds(lambda: torch.mm(a, b), repeats)) / 1e9
+    best = min(call_seconds(lambda: torch.mm(a, b), repeats))
+    torch.set_num_threads(before)
+    return 2 * size**3 / best / 1e9
+
+
+class PeakSamples:
+    """The two-thread matmul peak sampled between the variants (best of 5 products each time).
+
+    ``median`` is the peak a fraction of peak divides by: the same statistic as the windows/s
+    it divides, over the same minutes. On a shared host the best product of a whole run
+    catches its neighbours' quiet moments (measured here: 112 and 161 GFLOP/s as the best of
+    two runs an hour apart) while a median of windows/s does not, so the ratio of the two
+    moved with the neighbours rather than with the model; ``best`` is reported beside it.
+    """
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+
+    def take(self) -> None:
+        self.samples.append(matmul_peak_gflops(2, repeats=5))
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
 
 
 def _accuracy(model, dataset, bf16: bool) -> dict:
@@ -184,16 +208,17 @@ def benchmark(model_name: str, weights: str | None, repeats: int, compile_: bool
     ``best`` is the fastest variant that keeps the accuracy: an fp32 one, or bf16 when the
     CPU runs it natively and its grid and points mAP on ``dataset`` move less than 0.3
     points (without a dataset bf16 is not eligible). ``fraction_of_peak`` = best windows/s ×
-    2 × the MACs that variant really spends per window / peak: one window's forward
-    (``macs_per_window``), or with per-frame feature reuse the MACs of the frames and windows
-    it computes over its windows (each variant's ``macs_per_window`` in ``results``).
+    2 × the MACs that variant really spends per window / the median peak sample: one window's
+    forward (``macs_per_window``), or with per-frame feature reuse the MACs of the frames and
+    windows it computes over its windows (each variant's ``macs_per_window`` in ``results``).
     """
     try:
         model, meta = load_model(model_name, weights)
         weights_note = meta.get("sha256", "no weights needed")
     except WeightsError:
         model, weights_note = get_model(model_name).eval(), "untrained (speed only)"
-    peak_start = matmul_peak_gflops(2)  # measured again at the end: the better one counts
+    peaks = PeakSamples()
+    peaks.take()
     peak_one_thread = matmul_peak_gflops(1)
     windows, index = _inputs(1)
     macs = count_macs(model, windows[0].numpy(), int(index[0]))
@@ -202,11 +227,15 @@ def benchmark(model_name: str, weights: str | None, repeats: int, compile_: bool
         torch.set_num_threads(threads)
         for batch in (1, 64):
             results[f"fp32_threads{threads}_b{batch}"] = time_windows(model, batch, repeats)
+            peaks.take()
     torch.set_num_threads(2)
     results["channels_last_b64"] = time_windows(model, 64, repeats, channels_last=True)
+    peaks.take()
     results["reuse_frame_features_channels_last_4tracks"] = time_sequences(model, 4, repeats)
+    peaks.take()
     if model.shares_frame_features:
         results["live_steps_channels_last_6tracks"] = time_live_steps(model, 6, repeats)
+        peaks.take()
         torch.set_num_threads(1)  # what the live unmixer stage runs with by default
         results["live_steps_channels_last_6tracks_threads1"] = time_live_steps(model, 6,
                                                                               repeats)
@@ -231,7 +260,8 @@ def benchmark(model_name: str, weights: str | None, repeats: int, compile_: bool
             results["torch_compile_b64"] = time_windows(compiled, 64, repeats)
         except Exception as exc:  # report, do not fail the benchmark
             results["torch_compile_b64"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
-    peak = max(peak_start, matmul_peak_gflops(2))  # leaves torch on 2 threads
+    peaks.take()
+    peak = peaks.median
     timed = {k: r for k, r in results.items() if k in eligible and "windows_per_s" in r}
     for r in results.values():
         if "windows_per_s" in r:
@@ -242,6 +272,8 @@ def benchmark(model_name: str, weights: str | None, repeats: int, compile_: bool
         "model": model_name, "weights": weights_note, "repeats": repeats,
         "statistic": "median",
         "peak_gflops": peak,
+        "peak_gflops_best": max(peaks.samples),
+        "peak_gflops_samples": peaks.samples,
         "peak_gflops_threads1": peak_one_thread,
         "macs_per_window": macs,
         "best": {"variant": best, "windows_per_s": best_wps},

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import statistics
 
 import pytest
 
@@ -109,6 +110,9 @@ def test_model_bench_reports_peak_best_and_fraction_of_peak():
 
     report = benchmark("fastunmix", None, repeats=1, compile_=False)
     assert report["peak_gflops"] > 1 and report["macs_per_window"] == 64_068_048
+    samples = report["peak_gflops_samples"]
+    assert len(samples) >= 6 and report["peak_gflops"] == statistics.median(samples)
+    assert report["peak_gflops_best"] == max(samples)
     best = report["best"]
     assert best["variant"] in FP32_VARIANTS  # no dataset: bf16 is never eligible
     assert best["windows_per_s"] == max(r["windows_per_s"] for k, r in report["results"].items()
