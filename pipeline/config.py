@@ -22,6 +22,9 @@ Shape of a config file::
         queue: {policy: drop_oldest}   # optional: policy of this stage's input links
         inputs: [frames]     # optional: topics to read (default: the class's INPUTS)
         output: blobs        # optional: topic to publish (default: the class's OUTPUT)
+      - name: unmixer
+        kind: unmixer
+        replicas: 2          # optional: processes sharing the stream (per-message stages only)
 
 Every unknown key is an error that names the file, the key and the valid keys.
 """
@@ -55,7 +58,7 @@ STAGE_KINDS: dict[str, str] = {
     "external_input": "pipeline.attach.external:ExternalInput",
 }
 
-ENTRY_KEYS = ("name", "kind", "config", "inputs", "output", "queue")
+ENTRY_KEYS = ("name", "kind", "config", "inputs", "output", "queue", "replicas")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +159,7 @@ class StageEntry:
     inputs: tuple[str, ...] | None = None
     output: str | None = None
     queue: QueueConfig | None = None
+    replicas: Annotated[int, Field(ge=1, le=64)] = 1
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -187,6 +191,9 @@ class StagePlan:
     replay_inputs : SeqTrace or None
         Lossless replay of a traced recording (:mod:`pipeline.attach.trace`): the only (topic, seq)
         inputs the stage processes; None processes every input.
+    replicas : int
+        Processes that share the stage's input stream in processes mode
+        (:mod:`pipeline.run.replicas`); inline runs build one.
     """
 
     name: str
@@ -197,6 +204,7 @@ class StagePlan:
     output: str | None
     queue: QueueConfig
     replay_inputs: Any = None
+    replicas: int = 1
 
     def build(self) -> Any:
         """A new stage object."""
@@ -272,7 +280,8 @@ def plan_stages(config: PipelineConfig, source: str = "config") -> list[StagePla
     ------
     ConfigError
         Unknown kind, invalid option, duplicate name, a topic with two producers, an input no
-        earlier stage produces, or not exactly one source first.
+        earlier stage produces, not exactly one source first, or replicas of a stage that
+        keeps state across messages.
     """
     plans: list[StagePlan] = []
     producers: dict[str, str] = {}
@@ -299,8 +308,15 @@ def plan_stages(config: PipelineConfig, source: str = "config") -> list[StagePla
                 raise ConfigError(f"{where}: topic {output!r} is already produced by stage "
                                   f"{producers[output]!r}; set a different 'output'")
             producers[output] = entry.name
+        if entry.replicas > 1 and not cls.REPLICABLE:
+            replicable = sorted(k for k in STAGE_KINDS
+                                if getattr(stage_class(k, STAGE_KINDS), "REPLICABLE", False))
+            raise ConfigError(f"{where}.replicas: a {entry.kind} stage keeps state from one "
+                              f"message to the next (or is the source), so replicas would each "
+                              f"see part of the stream; only these kinds can be replicated: "
+                              f"{replicable}")
         plans.append(StagePlan(entry.name, entry.kind, cls, stage_config, inputs, output,
-                               entry.queue or config.run.queue))
+                               entry.queue or config.run.queue, replicas=entry.replicas))
     return plans
 
 
@@ -338,4 +354,5 @@ def effective(config: PipelineConfig, plans: Sequence[StagePlan]) -> dict[str, A
         entry["inputs"] = list(plan.inputs)
         entry["output"] = plan.output
         entry["queue"] = config_dict(plan.queue)
+        entry["replicas"] = plan.replicas
     return data

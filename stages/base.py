@@ -55,6 +55,9 @@ class Stage:
         Topics the stage consumes (default topics; the pipeline config may rename them).
     OUTPUT : str or None
         Topic the stage publishes on; None for a sink.
+    REPLICABLE : bool
+        True when each input message's output depends on that message alone (no state that
+        changes the results), so ``replicas: N`` may share its stream between N processes.
 
     Parameters
     ----------
@@ -65,6 +68,7 @@ class Stage:
     Config: ClassVar[type] = NoConfig
     INPUTS: ClassVar[tuple[str, ...]] = ()
     OUTPUT: ClassVar[str | None] = None
+    REPLICABLE: ClassVar[bool] = False
 
     def __init__(self, config: Any = None) -> None:
         if config is None:

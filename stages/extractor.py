@@ -72,6 +72,7 @@ class Extractor(Stage):
     Config = ExtractorConfig
     INPUTS = ("maps",)
     OUTPUT = "points"
+    REPLICABLE = True
 
     def __init__(
         self, config: ExtractorConfig | None = None, extract: ExtractFn = extract_points

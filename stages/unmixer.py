@@ -102,6 +102,9 @@ class Unmixer(Stage):
     Config = UnmixerConfig
     INPUTS = ("windows",)
     OUTPUT = "maps"
+    # the feature cache changes the time spent, not the maps; with ``frame_budget_ms`` each
+    # replica's shedder reuses the maps that replica made
+    REPLICABLE = True
 
     def __init__(self, config: UnmixerConfig | None = None, model: Any = None) -> None:
         super().__init__(config)

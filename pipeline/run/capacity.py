@@ -149,14 +149,17 @@ def stage_costs(plans: list, windows_per_frame: int) -> dict[str, float]:
 
 
 def check(plans: list, run_config: Any) -> dict[str, Any]:
-    """Costs (ms per frame), capacity (frames/s each stage holds alone), the cores the two
-    stages together need at the configured rate, the load, and the verdict line."""
+    """Costs (ms per frame), capacity (frames/s each stage holds alone, times its replicas),
+    the cores the two stages together need at the configured rate, the load, and the verdict
+    line."""
     load = frame_load(plans, run_config)
     n = load["windows_per_frame"] or DEFAULT_WINDOWS
     costs = stage_costs(plans, n)
     rate = load["frames_per_s"]
+    replicas = {p.kind: p.replicas for p in plans}
     result = {"windows_per_frame": n, "ms_per_frame": costs,
-              "frames_per_s": {kind: 1e3 / ms for kind, ms in costs.items() if ms > 0},
+              "frames_per_s": {kind: 1e3 / ms * replicas.get(kind, 1)
+                               for kind, ms in costs.items() if ms > 0},
               "cores_needed": None if rate is None else sum(costs.values()) * rate / 1e3,
               "cores": os.cpu_count(), "load": load, "machine": machine_key()}
     result["fits"] = _fits(result)
@@ -196,7 +199,8 @@ def _line(result: dict[str, Any], plans: list) -> str:
     need = (f"at {load['frames_per_s']:g} frames/s they need {result['cores_needed']:.2f} of "
             f"{result['cores']} cores")
     remedy = ("fewer groups, a lower run.rate_hz, a faster model, stages.unmixer.device=cuda, "
-              "or stages.unmixer.frame_budget_ms=30 to reuse maps instead of dropping frames")
+              "stages.unmixer.replicas=2 where cores are free, or "
+              "stages.unmixer.frame_budget_ms=30 to reuse maps instead of dropping frames")
     verdict = {"fits": "it fits",
                "tight": f"tight: expect some dropped frames ({remedy})",
                "no": f"this chain cannot keep up and will drop frames ({remedy})"}

@@ -9,10 +9,11 @@ report (:func:`pipeline.run.report.build_report`):
     move on, so a stage reading two topics (e.g. frames and blobs) sees a frame before the blobs
     computed from it. No sockets, no threads: used for tests, replay and evaluation.
 ``processes``
-    One spawned process per stage (:mod:`pipeline.run.worker`), one ZeroMQ link per (topic,
-    consumer), ipc sockets in a temp dir or tcp ports. Start-up is a readiness handshake (every
-    worker reports ``ready`` once its output consumers are connected, then the parent sets
-    ``go``), so a lossless run loses nothing to slow joiners.
+    One spawned process per stage, or per replica of a replicated stage
+    (:mod:`pipeline.run.replicas`; :mod:`pipeline.run.worker`), one ZeroMQ link per (topic,
+    producer process, consumer process), ipc sockets in a temp dir or tcp ports. Start-up is
+    a readiness handshake (every worker reports ``ready`` once its output consumers are
+    connected, then the parent sets ``go``), so a lossless run loses nothing to slow joiners.
 
 Stopping: the run ends when the source is exhausted or ``run.frames`` messages were produced.
 A stop request (``should_stop()``, SIGINT/SIGTERM under :func:`run`) stops the source and lets
@@ -43,6 +44,7 @@ from typing import Any
 from pipeline.config import ConfigError, RunConfig, StagePlan
 from pipeline.run import compose, stage_calls, worker
 from pipeline.run.flag import Flag
+from pipeline.run.replicas import instances, siblings
 from pipeline.run.report import StageStats, build_report
 from pipeline.wire.bus import Link
 from pipeline.wire.codec import Limits
@@ -175,37 +177,47 @@ def run_inline(
 
 
 def plan_links(plans: Sequence[StagePlan], run: RunConfig, ipc_dir: Path | None) -> dict:
-    """One :class:`Link` per (topic, consumer stage), keyed by ``(topic, consumer name)``.
+    """One :class:`Link` per (topic, producer process, consumer process), keyed so; a stage
+    without replicas is one process of its own name (:func:`~pipeline.run.replicas.instances`).
 
     Raises
     ------
     ConfigError
         If an ipc socket path would be too long for the OS.
     """
+    producer_of = {p.output: p for p in plans if p.output is not None}
     links = {}
     port = run.tcp_base_port
     for plan in plans:
         for topic in plan.inputs:
-            if run.transport == "tcp":
-                endpoint = f"tcp://{run.tcp_host}:{port}"
-                port += 1
-            else:
-                path = f"{ipc_dir}/{topic}--{plan.name}"
-                if len(path) > MAX_IPC_PATH:
-                    raise ConfigError(f"ipc socket path {path!r} is longer than {MAX_IPC_PATH} "
-                                      f"bytes; set a shorter run.ipc_dir")
-                endpoint = f"ipc://{path}"
-            links[(topic, plan.name)] = Link(topic, endpoint, plan.queue.policy, plan.queue.hwm,
-                                             plan.queue.depth)
+            for producer in instances(producer_of[topic]):
+                for consumer in instances(plan):
+                    if run.transport == "tcp":
+                        endpoint = f"tcp://{run.tcp_host}:{port}"
+                        port += 1
+                    else:
+                        path = f"{ipc_dir}/{topic}--{producer}--{consumer}"
+                        if len(path) > MAX_IPC_PATH:
+                            raise ConfigError(f"ipc socket path {path!r} is longer than "
+                                              f"{MAX_IPC_PATH} bytes; set a shorter run.ipc_dir")
+                        endpoint = f"ipc://{path}"
+                    links[(topic, producer, consumer)] = Link(
+                        topic, endpoint, plan.queue.policy, plan.queue.hwm, plan.queue.depth)
     return links
 
 
 class _Watch:
     """The parent's view of the workers: what each reported and whether it is still alive."""
 
-    def __init__(self, names: Sequence[str], procs: dict, conns: dict) -> None:
+    def __init__(self, names: Sequence[str], procs: dict, conns: dict,
+                 replicas: dict[str, list[str]] | None = None,
+                 on_lost: Callable[[str], None] | None = None) -> None:
         self.names = list(names)
         self.procs, self.conns = procs, conns
+        self.replicas = replicas or {}  # instance -> all instances of its stage
+        self.on_lost = on_lost or (lambda _name: None)
+        #: Replicas that died while a sibling ran on: instance -> how it ended.
+        self.lost: dict[str, str] = {}
         self.ready: set[str] = set()
         self.done: dict[str, dict] = {}
         self.final: dict[str, dict] = {}  # the stats of stages that stopped unfinished
@@ -262,13 +274,17 @@ class _Watch:
             self.read(name)
         if name in self.done or self.error is not None or proc.exitcode == worker.EXIT_ABORTED:
             return
-        if proc.exitcode == 0:
-            self.fail(f"stage {name!r} (pid {proc.pid}) exited before finishing its stream")
-        else:
-            code = proc.exitcode
-            how = (f"was killed by signal {-code}" if code is not None and code < 0
-                   else f"exited with code {code}")
-            self.fail(f"stage {name!r} (pid {proc.pid}) {how}")
+        code = proc.exitcode
+        how = ("exited before finishing its stream" if code == 0
+               else f"was killed by signal {-code}" if code is not None and code < 0
+               else f"exited with code {code}")
+        if any(n != name and n in self.alive() for n in self.replicas.get(name, ())):
+            self.lost[name] = how
+            logger.warning("replica %r (pid %d) %s; its queued messages are lost, the other "
+                           "replicas go on", name, proc.pid, how)
+            self.on_lost(name)
+            return
+        self.fail(f"stage {name!r} (pid {proc.pid}) {how}")
 
     def stage_summary(self, name: str) -> dict[str, Any]:
         """The final statistics of a stage (also of one that stopped unfinished), or, for a
@@ -288,29 +304,37 @@ class _Watch:
 
 def _spawn(plans: Sequence[StagePlan], run: RunConfig, ipc_dir: Path | None, mp: Any,
            control: worker.Control, trace_dir: str | None) -> tuple[dict, dict]:
+    """Start one worker process per stage instance; returns their processes and pipes, keyed
+    by instance name."""
     links = plan_links(plans, run, ipc_dir)
     limits = Limits(max_total_bytes=run.max_message_bytes)
-    producer_of = {p.output: p.name for p in plans if p.output is not None}
     procs, conns = {}, {}
     for i, plan in enumerate(plans):
-        spec = worker.WorkerSpec(
-            name=plan.name, cls=plan.cls, config=plan.config,
-            inputs=tuple(links[(t, plan.name)] for t in plan.inputs),
-            producers=tuple(producer_of[t] for t in plan.inputs),
-            outputs=tuple(link for (t, _), link in links.items() if t == plan.output),
-            consumers=tuple(c for (t, c) in links if t == plan.output),
-            frames=run.frames if i == 0 else None, rate_hz=run.rate_hz if i == 0 else None,
-            limits=limits, ready_timeout_s=run.ready_timeout_s, heartbeat_s=run.heartbeat_s,
-            log_level=logging.getLogger().getEffectiveLevel(),
-            trace_dir=trace_dir if plan.inputs and plan.output is not None else None,
-            replay_inputs=plan.replay_inputs,
-        )
-        reader, writer = mp.Pipe(duplex=False)
-        proc = mp.Process(target=worker.main, args=(spec, writer, control),
-                          name=f"csist-{plan.name}")
-        proc.start()
-        writer.close()
-        procs[plan.name], conns[plan.name] = proc, reader
+        for name in instances(plan):
+            inputs = [(key, link) for key, link in links.items() if key[2] == name]
+            outputs = [(key, link) for key, link in links.items() if key[1] == name]
+            spec = worker.WorkerSpec(
+                name=name, cls=plan.cls, config=plan.config,
+                inputs=tuple(link for _, link in inputs),
+                producers=tuple(key[1] for key, _ in inputs),
+                outputs=tuple(link for _, link in outputs),
+                consumers=tuple(key[2] for key, _ in outputs),
+                frames=run.frames if i == 0 else None, rate_hz=run.rate_hz if i == 0 else None,
+                limits=limits, ready_timeout_s=run.ready_timeout_s,
+                heartbeat_s=run.heartbeat_s,
+                log_level=logging.getLogger().getEffectiveLevel(),
+                trace_dir=trace_dir if plan.inputs and plan.output is not None else None,
+                replay_inputs=plan.replay_inputs,
+                output_groups=tuple(key[2].split(".")[0] for key, _ in outputs),
+                input_groups=tuple(key[0] for key, _ in inputs),
+                replica=plan.replicas > 1,
+            )
+            reader, writer = mp.Pipe(duplex=False)
+            proc = mp.Process(target=worker.main, args=(spec, writer, control),
+                              name=f"csist-{name}")
+            proc.start()
+            writer.close()
+            procs[name], conns[name] = proc, reader
     return procs, conns
 
 
@@ -319,12 +343,13 @@ def _supervise(watch: _Watch, run: RunConfig, control: worker.Control,
     """Drive the workers from start-up to exit; returns True if a stop request cut the run."""
     interrupted = False
     deadline = time.monotonic() + run.ready_timeout_s + 30.0  # + spawn and import time
-    while len(watch.ready) < len(watch.names) and watch.error is None:
+    while len(watch.ready | watch.lost.keys()) < len(watch.names) and watch.error is None:
         watch.poll(0.1)
         if should_stop():
             return True
         if time.monotonic() > deadline:
-            watch.fail(f"stages {sorted(set(watch.names) - watch.ready)} were not ready within "
+            watch.fail(f"stages {sorted(set(watch.names) - watch.ready - watch.lost.keys())} were "
+                       f"not ready within "
                        f"{run.ready_timeout_s + 30.0:.0f} s")
     if watch.error is not None:
         return False
@@ -399,9 +424,16 @@ def run_processes(
     process has started (for monitors such as :mod:`pipeline.soak`).
     """
     mp = multiprocessing.get_context("spawn")
+    names = [name for plan in plans for name in instances(plan)]
     control = worker.Control(go=Flag(mp), stop=Flag(mp), abort=Flag(mp),
-                             ended={p.name: Flag(mp) for p in plans},
-                             drained={p.name: Flag(mp) for p in plans})
+                             ended={n: Flag(mp) for n in names},
+                             drained={n: Flag(mp) for n in names},
+                             dead={n: Flag(mp) for n in names})
+
+    def on_lost(name: str) -> None:  # its producers and consumers stop waiting for it
+        for flags in (control.dead, control.ended, control.drained):
+            flags[name].set()
+
     with contextlib.ExitStack() as stack:
         ipc_dir = None
         if run.transport == "ipc":
@@ -415,7 +447,7 @@ def run_processes(
         logger.info("stage processes: %s", ", ".join(f"{n} pid {p.pid}" for n, p in procs.items()))
         if on_spawn is not None:
             on_spawn({name: proc.pid for name, proc in procs.items()})
-        watch = _Watch([p.name for p in plans], procs, conns)
+        watch = _Watch(names, procs, conns, siblings(plans), on_lost)
         try:
             interrupted = _supervise(watch, run, control, should_stop, plans[0].name)
         finally:
@@ -424,13 +456,16 @@ def run_processes(
             _reap(watch)
     for name, text in watch.tracebacks.items():
         logger.error("traceback of stage %r:\n%s", name, text)
-    return build_report(
+    at = latency_stage(plans)
+    report = build_report(
         mode="processes", source=plans[0].name,
         stages={n: watch.stage_summary(n) for n in watch.names},
-        latency_at=latency_stage(plans),
+        latency_at=at if at in watch.names else None,  # (a replicated last stage: none)
         summaries={n: d["summary"] for n, d in watch.done.items() if d["summary"] is not None},
         error=watch.error, interrupted=interrupted,
     )
+    report["replicas_lost"] = watch.lost
+    return report
 
 
 # ---------------------------------------------------------------------------------------------
@@ -462,6 +497,13 @@ def run(
         The report of :func:`pipeline.run.report.build_report` plus ``outputs_digest`` and
         ``outputs`` (:func:`pipeline.run.compose.finish_report`).
     """
+    replicated = [p.name for p in plans if p.replicas > 1]
+    if replicated and run_config.mode == "processes" and run_config.record is not None:
+        raise ConfigError(f"run.record: recording a run with replicated stages ({replicated}) "
+                          f"is not supported; drop 'replicas' or the recording")
+    if replicated and run_config.mode == "inline":
+        logger.info("inline mode builds one instance of %s (replicas apply to processes mode)",
+                    replicated)
     # Only a multi-process run can drop messages, so only its recording needs input traces.
     traced = run_config.mode == "processes" and run_config.record is not None
     sweep_stale_temp_dirs()

@@ -74,6 +74,14 @@ class WorkerSpec:
         (:mod:`pipeline.attach.trace`); None writes none.
     replay_inputs : SeqTrace or None
         The only (topic, seq) inputs to process (lossless replay of a traced recording).
+    output_groups : tuple of str
+        The consumer stage of each output link (the links to a stage's replicas share one:
+        each message goes to one of them); empty: each link its own group.
+    input_groups : tuple of str
+        The group of each input link (its topic: the links from a stage's replicas are merged
+        back into seq order); empty: each link its own group.
+    replica : bool
+        This process is one of its stage's replicas (its input carries a share of the stream).
     """
 
     name: str
@@ -91,6 +99,9 @@ class WorkerSpec:
     log_level: int = logging.WARNING
     trace_dir: str | None = None
     replay_inputs: Any = None
+    output_groups: tuple[str, ...] = ()
+    input_groups: tuple[str, ...] = ()
+    replica: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +124,9 @@ class Control:
     drained : mapping of str -> Flag
         Set by a worker once it has received everything on all its inputs; a producer keeps
         its sockets open until every consumer is drained, so nothing queued is lost on exit.
+    dead : mapping of str -> Flag
+        Set by the parent for a replica that died while its siblings run on (with its
+        ``ended`` and ``drained``): its producers stop sending to it.
     """
 
     go: Any
@@ -120,6 +134,7 @@ class Control:
     abort: Any
     ended: Mapping[str, Any]
     drained: Mapping[str, Any]
+    dead: Mapping[str, Any]
 
     def aborted(self) -> bool:
         """True once ``abort`` is set, or the parent process is gone (then ``abort`` is set
@@ -277,8 +292,10 @@ def _serve(spec: WorkerSpec, conn: Any, control: Control) -> None:
     try:
         stage = spec.cls(spec.config)
         stage.start()
-        outlet = Outlet(ctx, spec.outputs)
-        inlet = Inlet(ctx, spec.inputs, spec.limits) if spec.inputs else None
+        outlet = Outlet(ctx, spec.outputs, spec.output_groups or None,
+                        lambda i: control.dead[spec.consumers[i]].is_set())
+        inlet = (Inlet(ctx, spec.inputs, spec.limits, spec.input_groups or None,
+                       [spec.replica] * len(spec.inputs)) if spec.inputs else None)
         if not outlet.wait_ready(spec.ready_timeout_s, control.aborted):
             if control.aborted():  # a peer failed while we waited for it: it reports the cause
                 sys.exit(EXIT_ABORTED)

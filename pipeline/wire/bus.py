@@ -17,6 +17,14 @@ connects. Two queue policies:
     oldest when it overflows, counting each drop. Only the EndOfStream marker is retried
     until it fits.
 
+**Replicas** (:mod:`pipeline.run.replicas`). The links of one topic to the N replicas of a
+stage form a *group* on the sending side: each message goes to one of them, the first
+writable one in round-robin order starting after the previous pick (a replica whose queue is
+full is passed over, so a slow one gets less), never to one reported dead. On the receiving
+side the links from the N replicas of a stage form a group that is merged back into ``seq``
+order: the smallest head is released once every live link of the group has a message
+waiting (each replica's stream rises, so nothing smaller can come later).
+
 Every receive has a timeout (a poller), every socket has an explicit linger, receiving sockets
 set ``ZMQ_MAXMSGSIZE``, and decode errors are counted and dropped, never raised. ``CONFLATE``
 is not used (it breaks multipart messages). An :class:`~stages.messages.EndOfStream` message
@@ -134,12 +142,26 @@ class Outlet:
     ctx : zmq.Context
     links : sequence of Link
         All links of the topic (one per consumer); may be empty for a topic nobody reads.
+    groups : sequence of str, optional
+        The consumer stage of each link: links with the same group go to the replicas of one
+        stage, and each message goes to one of them (see the module docstring). Default:
+        every link its own group.
+    dead : callable, optional
+        ``dead(index)`` is True once link ``index``'s consumer is gone for good (a killed
+        replica): nothing more is sent or waited for on that link.
     """
 
-    def __init__(self, ctx: zmq.Context, links: Sequence[Link]) -> None:
+    def __init__(self, ctx: zmq.Context, links: Sequence[Link],
+                 groups: Sequence[str] | None = None,
+                 dead: Callable[[int], bool] | None = None) -> None:
         self.links = tuple(links)
         self.sent = 0
         self.send_dropped = [0] * len(self.links)
+        names = list(groups) if groups is not None else [str(i) for i in range(len(self.links))]
+        self._groups = [[i for i, g in enumerate(names) if g == name]
+                        for name in dict.fromkeys(names)]
+        self._turn = [0] * len(self._groups)
+        self._dead = dead or (lambda _index: False)
         self._sockets: list[zmq.Socket] = []
         try:
             for link in self.links:
@@ -186,27 +208,71 @@ class Outlet:
         return True
 
     def send(self, msg: Message, should_stop: Callable[[], bool] = _never) -> bool:
-        """Encode ``msg`` once and send it on every link of the topic.
+        """Encode ``msg`` once and send it on every link of the topic (on one link of each
+        group of replicas).
 
         Returns
         -------
         bool
             False when a ``block`` link was still full when ``should_stop()`` became true.
         """
-        frames = None
-        for index, (link, sock) in enumerate(zip(self.links, self._sockets, strict=True)):
-            if frames is None:
-                frames = encode(msg, link.topic)
-            if link.policy == "block":
-                while not sock.poll(POLL_MS, zmq.POLLOUT):
-                    if should_stop():
-                        return False
-            try:
-                sock.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
-            except zmq.Again:
-                self.send_dropped[index] += 1
+        if not self.links:
+            self.sent += 1
+            return True
+        frames = encode(msg, self.links[0].topic)
+        for g, members in enumerate(self._groups):
+            if len(members) == 1:
+                sent = self._send_on(members[0], frames, should_stop)
+            else:
+                sent = self._send_to_replica(g, members, frames, should_stop)
+            if not sent:
+                return False
         self.sent += 1
         return True
+
+    def _send_on(self, index: int, frames: list, should_stop: Callable[[], bool]) -> bool:
+        """One link: a ``block`` link waits for room, a full ``drop_oldest`` link drops."""
+        sock = self._sockets[index]
+        if self.links[index].policy == "block":
+            while not sock.poll(POLL_MS, zmq.POLLOUT):
+                if should_stop():
+                    return False
+                if self._dead(index):
+                    self.send_dropped[index] += 1
+                    return True
+        try:
+            sock.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self.send_dropped[index] += 1
+        return True
+
+    def _send_to_replica(self, g: int, members: list[int], frames: list,
+                         should_stop: Callable[[], bool]) -> bool:
+        """One link of a group: the first with room in round-robin order (see the module
+        docstring); ``block`` links wait until one has room, ``drop_oldest`` ones drop when
+        none has."""
+        while True:
+            live = [i for i in members if not self._dead(i)]
+            if not live:  # every replica is gone: the runner ends the run
+                self.send_dropped[members[0]] += 1
+                return True
+            start = self._turn[g] % len(live)
+            order = live[start:] + live[:start]
+            for i in order:
+                try:
+                    self._sockets[i].send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    continue
+                self._turn[g] = live.index(i) + 1
+                return True
+            if self.links[order[0]].policy != "block":
+                self.send_dropped[order[0]] += 1
+                return True
+            poller = zmq.Poller()
+            for i in live:
+                poller.register(self._sockets[i], zmq.POLLOUT)
+            if not poller.poll(POLL_MS) and should_stop():
+                return False
 
     def send_end(self, timeout_s: float = 2.0, should_stop: Callable[[], bool] = _never) -> bool:
         """Send the EndOfStream marker on every link.
@@ -222,9 +288,9 @@ class Outlet:
         end = EndOfStream(seq=self.sent, t_source_ns=0)
         deadline = time.monotonic() + timeout_s
         ok = True
-        for link, sock in zip(self.links, self._sockets, strict=True):
+        for index, (link, sock) in enumerate(zip(self.links, self._sockets, strict=True)):
             frames = encode(end, link.topic)
-            while True:
+            while not self._dead(index):
                 if link.policy == "block":
                     if sock.poll(POLL_MS, zmq.POLLOUT):
                         sock.send_multipart(frames, flags=zmq.NOBLOCK)
@@ -260,21 +326,37 @@ class Inlet:
     limits : Limits
         Decoder limits; ``max_total_bytes`` also sets ZMQ_MAXMSGSIZE (a peer that sends more is
         disconnected by ZeroMQ).
+    groups : sequence of str, optional
+        The producer stage of each link: links with the same group come from the replicas of
+        one stage and are merged back into ``seq`` order (see the module docstring); the
+        ``seq_gaps`` and ``out_of_order`` of the merged stream are counted on the group's
+        first link. Default: every link its own group.
+    shared : sequence of bool, optional
+        Links that carry a share of their topic (this consumer is one of a stage's replicas):
+        their ``seq`` jumps are the other replicas' messages, not gaps, and are not counted.
     """
 
     def __init__(
-        self, ctx: zmq.Context, links: Sequence[Link], limits: Limits = DEFAULT_LIMITS
+        self, ctx: zmq.Context, links: Sequence[Link], limits: Limits = DEFAULT_LIMITS,
+        groups: Sequence[str] | None = None, shared: Sequence[bool] | None = None,
     ) -> None:
         self.links = tuple(links)
         self.limits = limits
         self.counters = [LinkCounters() for _ in self.links]
+        names = list(groups) if groups is not None else [str(i) for i in range(len(self.links))]
+        self._groups = [[i for i, g in enumerate(names) if g == name]
+                        for name in dict.fromkeys(names)]
+        merged = {i for members in self._groups if len(members) > 1 for i in members}
+        # links whose seq order is counted as they arrive (merged ones: as they are released)
+        self._count_on_arrival = [
+            i not in merged and not (shared is not None and shared[i])
+            for i in range(len(self.links))]
         #: Decode errors: all counted, logged through a rate limiter (never silently dropped)
         self.warnings = LimitedWarnings(logger)
         self._queues: list[deque[tuple[int, Message]]] = [deque() for _ in self.links]
         self._eos = [False] * len(self.links)
         self._arrival = itertools.count()
         self._sockets: list[zmq.Socket] = []
-        self._poller = zmq.Poller()
         try:
             for link in self.links:
                 lossless = link.policy == "block"
@@ -286,7 +368,6 @@ class Inlet:
                 if not lossless:
                     sock.setsockopt(zmq.SUBSCRIBE, link.topic.encode())
                 sock.connect(link.endpoint)
-                self._poller.register(sock, zmq.POLLIN)
         except zmq.ZMQError:
             self.close()
             raise
@@ -310,14 +391,41 @@ class Inlet:
         Returns
         -------
         (link index, message) or None
-            None on timeout. Messages of different links come back in arrival order.
+            None on timeout. Messages come back in arrival order, except that those of a
+            group of replicas come back in ``seq`` order.
         """
-        self.poll(0 if any(self._queues) else timeout_ms)
-        heads = [(q[0][0], i) for i, q in enumerate(self._queues) if q]
-        if not heads:
+        self.poll(0)
+        got = self._next()
+        if got is None and timeout_ms > 0:
+            self.poll(timeout_ms)
+            got = self._next()
+        return got
+
+    def _next(self) -> tuple[int, Message] | None:
+        """Pop the earliest-arrived message that may be released (see :meth:`recv`)."""
+        best: tuple[int, int] | None = None  # (arrival, link index)
+        for members in self._groups:
+            if len(members) == 1:
+                queue = self._queues[members[0]]
+                if queue:
+                    best = min(best or (queue[0][0], members[0]), (queue[0][0], members[0]))
+                continue
+            if any(not self._queues[i] and not self._eos[i] for i in members):
+                continue  # a live replica may still send a smaller seq
+            heads = [(self._queues[i][0][1].seq, i) for i in members if self._queues[i]]
+            if heads:
+                index = min(heads)[1]
+                arrival = self._queues[index][0][0]
+                best = min(best or (arrival, index), (arrival, index))
+        if best is None:
             return None
-        _, index = min(heads)
-        return index, self._queues[index].popleft()[1]
+        index = best[1]
+        msg = self._queues[index].popleft()[1]
+        if not self._count_on_arrival[index]:
+            members = next(m for m in self._groups if index in m)
+            if len(members) > 1:
+                self.counters[members[0]].count_seq(msg.seq)
+        return index, msg
 
     def poll(self, timeout_ms: int) -> int:
         """Move what has arrived (waiting at most ``timeout_ms``) into the receive queues.
@@ -325,7 +433,13 @@ class Inlet:
         A ``block`` link takes one message when its queue is empty; a ``drop_oldest`` link
         drains its socket. Returns the number of messages queued (:meth:`pending`).
         """
-        events = dict(self._poller.poll(timeout_ms))
+        poller = zmq.Poller()  # a block link with a message waiting takes no more
+        for index, (link, sock) in enumerate(zip(self.links, self._sockets, strict=True)):
+            if link.policy != "block" or not self._queues[index]:
+                poller.register(sock, zmq.POLLIN)
+        if not poller.sockets:
+            return self.pending()
+        events = dict(poller.poll(timeout_ms))
         for index, (link, sock) in enumerate(zip(self.links, self._sockets, strict=True)):
             if sock not in events:
                 continue
@@ -353,7 +467,8 @@ class Inlet:
             self._eos[index] = True
             return
         counters.received += 1
-        counters.count_seq(msg.seq)
+        if self._count_on_arrival[index]:
+            counters.count_seq(msg.seq)
         queue = self._queues[index]
         if self.links[index].policy == "drop_oldest" and len(queue) >= self.links[index].depth:
             queue.popleft()
