@@ -58,6 +58,10 @@ class Stage:
     REPLICABLE : bool
         True when each input message's output depends on that message alone (no state that
         changes the results), so ``replicas: N`` may share its stream between N processes.
+    RAW_INPUT : bool
+        True for a stage that only forwards what it receives (the tap): in its own process it
+        gets each message as the frames it arrived in (``pipeline.wire.codec.WireMessage``,
+        header checked, fields not decoded), inline as the message object.
 
     Parameters
     ----------
@@ -69,6 +73,7 @@ class Stage:
     INPUTS: ClassVar[tuple[str, ...]] = ()
     OUTPUT: ClassVar[str | None] = None
     REPLICABLE: ClassVar[bool] = False
+    RAW_INPUT: ClassVar[bool] = False
 
     def __init__(self, config: Any = None) -> None:
         if config is None:

@@ -18,10 +18,12 @@ from pipeline.wire.codec import (
     DecodeError,
     EncodeError,
     Limits,
+    WireMessage,
     decode,
     decode_record,
     encode,
     encode_record,
+    peek,
 )
 from stages.messages import (
     MESSAGE_TYPES,
@@ -142,6 +144,25 @@ def test_header_layout_is_the_documented_one():
         "buffers": [{"name": "image", "dtype": "<u2", "shape": [2, 3]}],
     }
     assert bytes(buf) == np.arange(6, dtype="<u2").tobytes()
+
+
+def test_peek_checks_the_header_and_keeps_the_frames_for_forwarding():
+    msg = Frame(seq=7, t_source_ns=280_000_000, stamps={"source.out": 5},
+                image=np.arange(6, dtype=np.uint16).reshape(2, 3))
+    frames = [bytes(f) for f in encode(msg)]
+    got = peek(frames)
+    assert isinstance(got, WireMessage) and got.frames == tuple(frames)
+    assert (got.schema, got.seq, got.t_source_ns, got.stamps) == (
+        "csist.Frame", 7, 280_000_000, {"source.out": 5})
+    end = peek(encode(EndOfStream(seq=3, t_source_ns=0)))  # decoded: receivers act on it
+    assert isinstance(end, EndOfStream) and end.seq == 3
+    header = msgpack.unpackb(frames[1])
+    for key, value in (("seq", -1), ("version", 1), ("schema", "csist.Nope")):
+        bad = msgpack.packb({**header, key: value})
+        with pytest.raises(DecodeError):
+            peek([frames[0], bad, frames[2]])
+    with pytest.raises(DecodeError, match="differs from frame 0"):
+        peek([b"blobs", *frames[1:]])
 
 
 def test_external_client_message_decodes():

@@ -34,7 +34,7 @@ from typing import Any
 
 import zmq
 
-from pipeline.wire.codec import encode
+from pipeline.wire.codec import WireMessage, encode
 from pipeline.wire.curve import CurveKeys, close_served, serve
 from stages.base import TopicSink
 from stages.messages import EndOfStream, Message, Skipped, Stats
@@ -80,9 +80,12 @@ class PublisherConfig:
 
 
 class Publisher(TopicSink):
-    """Sink that re-publishes every message on its topic (see the module docstring)."""
+    """Sink that re-publishes every message on its topic (see the module docstring). In its
+    own process it forwards the frames as they arrived (``RAW_INPUT``: nothing decoded or
+    encoded again, the bytes the links carried)."""
 
     Config = PublisherConfig
+    RAW_INPUT = True
 
     def __init__(self, config: PublisherConfig) -> None:
         super().__init__(config)
@@ -149,14 +152,15 @@ class Publisher(TopicSink):
             logger.warning("tap %s: %d of %d subscriptions after %.0f s; starting anyway",
                            cfg.endpoint, self.subscriptions, cfg.wait_subscribers, cfg.wait_s)
 
-    def process_topic(self, topic: str, msg: Message) -> Iterable[Message]:
+    def process_topic(self, topic: str, msg: Message | WireMessage) -> Iterable[Message]:
         if self._sock is None:
             raise RuntimeError("Publisher.start() was not called")
         self._read_subscriptions(0)  # keep the subscription queue short
         last = self._last_seq.get(topic)
         if last is not None and msg.seq > last + 1:
             self._announce_skipped(topic, last + 1, msg.seq - 1, msg.t_source_ns)
-        self._sock.send_multipart(encode(msg, topic), copy=False)  # XPUB never blocks
+        frames = msg.frames if isinstance(msg, WireMessage) else encode(msg, topic)
+        self._sock.send_multipart(frames, copy=False)  # XPUB never blocks
         self._last_sent = time.monotonic()
         self._last_seq[topic] = msg.seq
         self.published[topic] = self.published.get(topic, 0) + 1

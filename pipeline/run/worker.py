@@ -295,7 +295,8 @@ def _serve(spec: WorkerSpec, conn: Any, control: Control) -> None:
         outlet = Outlet(ctx, spec.outputs, spec.output_groups or None,
                         lambda i: control.dead[spec.consumers[i]].is_set())
         inlet = (Inlet(ctx, spec.inputs, spec.limits, spec.input_groups or None,
-                       [spec.replica] * len(spec.inputs)) if spec.inputs else None)
+                       [spec.replica] * len(spec.inputs), raw=spec.cls.RAW_INPUT)
+                 if spec.inputs else None)
         if not outlet.wait_ready(spec.ready_timeout_s, control.aborted):
             if control.aborted():  # a peer failed while we waited for it: it reports the cause
                 sys.exit(EXIT_ABORTED)

@@ -42,7 +42,15 @@ from collections.abc import Callable, Sequence
 
 import zmq
 
-from pipeline.wire.codec import DEFAULT_LIMITS, DecodeError, Limits, decode, encode
+from pipeline.wire.codec import (
+    DEFAULT_LIMITS,
+    DecodeError,
+    Limits,
+    WireMessage,
+    decode,
+    encode,
+    peek,
+)
 from stages.messages import EndOfStream, Message
 from stages.ratelimit import LimitedWarnings
 
@@ -334,14 +342,20 @@ class Inlet:
     shared : sequence of bool, optional
         Links that carry a share of their topic (this consumer is one of a stage's replicas):
         their ``seq`` jumps are the other replicas' messages, not gaps, and are not counted.
+    raw : bool
+        Return :class:`~pipeline.wire.codec.WireMessage` objects (:func:`~pipeline.wire.codec.peek`:
+        the header checked, fields and buffers left encoded) instead of decoded messages, for a
+        consumer that only forwards them.
     """
 
     def __init__(
         self, ctx: zmq.Context, links: Sequence[Link], limits: Limits = DEFAULT_LIMITS,
         groups: Sequence[str] | None = None, shared: Sequence[bool] | None = None,
+        raw: bool = False,
     ) -> None:
         self.links = tuple(links)
         self.limits = limits
+        self._decode = peek if raw else decode
         self.counters = [LinkCounters() for _ in self.links]
         names = list(groups) if groups is not None else [str(i) for i in range(len(self.links))]
         self._groups = [[i for i, g in enumerate(names) if g == name]
@@ -385,7 +399,7 @@ class Inlet:
         """Messages received and queued but not yet returned by :meth:`recv`."""
         return sum(len(q) for q in self._queues)
 
-    def recv(self, timeout_ms: int) -> tuple[int, Message] | None:
+    def recv(self, timeout_ms: int) -> tuple[int, Message | WireMessage] | None:
         """Return the next message, waiting at most ``timeout_ms``.
 
         Returns
@@ -457,7 +471,7 @@ class Inlet:
         frames = sock.recv_multipart(copy=True)
         counters = self.counters[index]
         try:
-            msg = decode(frames, self.limits)
+            msg = self._decode(frames, self.limits)
         except DecodeError as exc:
             counters.decode_errors += 1
             endpoint = self.links[index].endpoint

@@ -39,7 +39,13 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from stages.messages import MESSAGE_TYPES, VERSION_CHANGES, Message, PipelineError
+from stages.messages import (
+    MESSAGE_TYPES,
+    VERSION_CHANGES,
+    EndOfStream,
+    Message,
+    PipelineError,
+)
 
 #: numpy type strings allowed in a buffer descriptor (explicit little-endian).
 DTYPES = frozenset({"|u1", "<u2", "<i2", "<i4", "<f4", "<f8"})
@@ -372,6 +378,32 @@ def _record_header_bytes(view: memoryview) -> int:
         return 0
 
 
+def _checked_header(frames: Sequence[Any], limits: Limits) -> tuple[str, dict, list]:
+    """The frame count, sizes and topic of a multipart message checked, its header unpacked
+    with the right keys: (where, header, the buffer views)."""
+    if not isinstance(frames, Sequence) or len(frames) < 2:
+        raise DecodeError("a message needs at least 2 frames [topic, header]")
+    views = [memoryview(f) for f in frames]
+    total = sum(v.nbytes for v in views)
+    if total > limits.max_total_bytes:
+        raise DecodeError(f"message has {total} bytes, over the limit of {limits.max_total_bytes}")
+    if views[0].nbytes > MAX_TOPIC_BYTES:
+        raise DecodeError(f"topic frame longer than {MAX_TOPIC_BYTES} bytes")
+    try:
+        topic = bytes(views[0]).decode()
+    except UnicodeDecodeError as exc:
+        raise DecodeError("topic frame is not UTF-8") from exc
+    where = f"topic {topic!r}"
+    if views[1].nbytes > limits.max_header_bytes:
+        raise _fail(where, f"header has {views[1].nbytes} bytes, over the limit of "
+                           f"{limits.max_header_bytes}")
+    header = _unpack(f"{where} header", views[1])
+    _check_keys(f"{where} header", header, HEADER_KEYS)
+    if header["topic"] != topic:
+        raise _fail(where, f"header topic {_show(header['topic'])} differs from frame 0")
+    return where, header, views[2:]
+
+
 @_only_decode_errors
 def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
     """Decode multipart frames ``[topic, header, buffer...]`` into a message.
@@ -393,27 +425,39 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
     DecodeError
         On any violation of the wire format, with a message naming the rule.
     """
-    if not isinstance(frames, Sequence) or len(frames) < 2:
-        raise DecodeError("a message needs at least 2 frames [topic, header]")
-    views = [memoryview(f) for f in frames]
-    total = sum(v.nbytes for v in views)
-    if total > limits.max_total_bytes:
-        raise DecodeError(f"message has {total} bytes, over the limit of {limits.max_total_bytes}")
-    if views[0].nbytes > MAX_TOPIC_BYTES:
-        raise DecodeError(f"topic frame longer than {MAX_TOPIC_BYTES} bytes")
-    try:
-        topic = bytes(views[0]).decode()
-    except UnicodeDecodeError as exc:
-        raise DecodeError("topic frame is not UTF-8") from exc
-    where = f"topic {topic!r}"
-    if views[1].nbytes > limits.max_header_bytes:
-        raise _fail(where, f"header has {views[1].nbytes} bytes, over the limit of "
-                           f"{limits.max_header_bytes}")
-    header = _unpack(f"{where} header", views[1])
-    _check_keys(f"{where} header", header, HEADER_KEYS)
-    if header["topic"] != topic:
-        raise _fail(where, f"header topic {_show(header['topic'])} differs from frame 0")
-    return _decode_message(where, header, views[2:], limits)
+    where, header, buffers = _checked_header(frames, limits)
+    return _decode_message(where, header, buffers, limits)
+
+
+@dataclasses.dataclass(frozen=True)
+class WireMessage:
+    """A message kept as the frames it arrived in, for a stage that only forwards it (the
+    tap): its header checked and its ``seq``, ``t_source_ns`` and ``stamps`` read, its fields
+    and buffers left as they are (:func:`peek`)."""
+
+    frames: tuple
+    schema: str
+    seq: int
+    t_source_ns: int
+    stamps: dict
+
+
+@_only_decode_errors
+def peek(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message | WireMessage:
+    """:func:`decode`'s checks of the frames and the header, without decoding the fields and
+    buffers: a :class:`WireMessage` (an EndOfStream marker is decoded, the receiver acts on
+    it). Re-sending its ``frames`` sends exactly what arrived.
+
+    Raises
+    ------
+    DecodeError
+        As :func:`decode`, for the rules of the frames and the header.
+    """
+    where, header, buffers = _checked_header(frames, limits)
+    cls, where, seq, t_source, stamps = _checked_header_fields(where, header)
+    if cls is EndOfStream:
+        return _decode_message(where, header, buffers, limits)
+    return WireMessage(tuple(frames), header["schema"], seq, t_source, stamps)
 
 
 @_only_decode_errors
@@ -456,8 +500,9 @@ def decode_record(data: Any, limits: Limits = DEFAULT_LIMITS) -> tuple[str, Mess
     return topic, _decode_message(f"topic {_show(topic)}", record, buffers, limits)
 
 
-def _decode_message(where: str, header: dict, buffers: Sequence[Any], limits: Limits) -> Message:
-    """Check a parsed header (the topic already checked) and its buffers; build the message."""
+def _checked_header_fields(where: str, header: dict) -> tuple[type, str, int, int, dict]:
+    """Check a header's schema, version, seq, t_source_ns and stamps: (message class, where,
+    seq, t_source_ns, stamps)."""
     schema = header["schema"]
     cls = MESSAGE_TYPES.get(schema) if isinstance(schema, str) else None
     if cls is None:
@@ -478,6 +523,12 @@ def _decode_message(where: str, header: dict, buffers: Sequence[Any], limits: Li
         isinstance(k, str) and _is_int(v) for k, v in stamps.items()
     ):
         raise _fail(where, "stamps must be a map of str -> int")
+    return cls, where, seq, t_source, stamps
+
+
+def _decode_message(where: str, header: dict, buffers: Sequence[Any], limits: Limits) -> Message:
+    """Check a parsed header (the topic already checked) and its buffers; build the message."""
+    cls, where, seq, t_source, stamps = _checked_header_fields(where, header)
     specs = _spec(cls)
     arrays = [s.name for s in specs if s.kind == "array"]
     descs = header["buffers"]
