@@ -193,8 +193,11 @@ class SeqJoin:
             self._drop(seq)
 
     def add(self, msg: Message) -> dict[type[Message], Message] | None:
-        """Store ``msg``; return ``{type: message}`` when its seq becomes complete, else None."""
-        kind = type(msg)
+        """Store ``msg``; return ``{type: message}`` when its seq becomes complete, else None.
+
+        ``msg`` may also be a message still encoded (a stage with ``RAW_INPUT``): any object
+        with ``seq`` and ``message_type``, stored as it is."""
+        kind = getattr(msg, "message_type", type(msg))
         if kind not in self.kinds:
             names = ", ".join(k.__name__ for k in self.kinds)
             raise ConfigError(f"got a {kind.__name__} message; this stage takes {names}")

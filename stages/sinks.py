@@ -283,12 +283,15 @@ class OverlayConfig:
 class OverlayWriter(Stage):
     """Annotated frames as PNG files (every n-th frame) and/or an MJPG video (every frame).
 
-    A frame is drawn only when it is written (PNG or video).
+    A frame is drawn only when it is written (PNG or video). In its own process it receives
+    the messages still encoded (``RAW_INPUT``) and decodes only those of the frames it draws:
+    one frame in 25 by default, instead of five messages a frame.
     """
 
     Config = OverlayConfig
     INPUTS = ("frames", "blobs", "windows", "points", "tracks")
     OUTPUT = None
+    RAW_INPUT = True
 
     def __init__(self, config: OverlayConfig | None = None) -> None:
         super().__init__(config)
@@ -307,6 +310,8 @@ class OverlayWriter(Stage):
         self.frames += 1
         if not png and cfg.video is None:
             return ()
+        parts = {kind: part.decode() if hasattr(part, "message_type") else part
+                 for kind, part in parts.items()}
         frame = parts[Frame]
         canvas = draw_overlay(
             frame.image,

@@ -6,6 +6,7 @@ import json
 import cv2
 import numpy as np
 
+from pipeline.wire.codec import WireMessage, encode, peek
 from stages.messages import (
     Blob,
     Blobs,
@@ -135,6 +136,24 @@ def test_overlay_without_png_draws_nothing(tmp_path, monkeypatch):
     stage = OverlayWriter(OverlayConfig(directory=str(tmp_path), png_every=5))
     _feed(stage, range(7))
     assert stage.frames == 7 and calls == [0, 5]
+
+
+def test_overlay_fed_encoded_messages_decodes_only_the_frames_it_draws(tmp_path, monkeypatch):
+    decoded = []
+    real_decode = WireMessage.decode
+    monkeypatch.setattr(WireMessage, "decode",
+                        lambda self: decoded.append(self.seq) or real_decode(self))
+    pictures = {}
+    for raw in (False, True):
+        folder = tmp_path / str(raw)
+        stage = OverlayWriter(OverlayConfig(directory=str(folder), png_every=5))
+        for seq in range(7):
+            for msg in _messages(seq):
+                stage.process(peek(encode(msg)) if raw else msg)
+        pictures[raw] = [cv2.imread(str(p)) for p in stage.written]
+    assert decoded == [0] * 5 + [5] * 5  # frames 0 and 5 drawn: their 5 messages each
+    assert len(pictures[True]) == 2
+    assert all(np.array_equal(a, b) for a, b in zip(*pictures.values(), strict=True))
 
 
 def test_overlay_video_is_written(tmp_path):

@@ -440,6 +440,16 @@ class WireMessage:
     seq: int
     t_source_ns: int
     stamps: dict
+    limits: Limits = DEFAULT_LIMITS
+
+    @property
+    def message_type(self) -> type[Message]:
+        """The class of the message it encodes (what :class:`stages.base.SeqJoin` keys on)."""
+        return MESSAGE_TYPES[self.schema]
+
+    def decode(self) -> Message:
+        """The message itself (:func:`decode` of the frames, under the same limits)."""
+        return decode(self.frames, self.limits)
 
 
 @_only_decode_errors
@@ -457,7 +467,7 @@ def peek(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message | Wi
     cls, where, seq, t_source, stamps = _checked_header_fields(where, header)
     if cls is EndOfStream:
         return _decode_message(where, header, buffers, limits)
-    return WireMessage(tuple(frames), header["schema"], seq, t_source, stamps)
+    return WireMessage(tuple(frames), header["schema"], seq, t_source, stamps, limits)
 
 
 @_only_decode_errors
