@@ -7,7 +7,9 @@ sinks are left out) on 256×256 frames, for every combination of
 - **mode**: ``inline`` (one process) and ``processes`` (one process per stage over ZeroMQ);
 - **groups**: CSO groups in the scene (default 1, 6 and 24);
 - **model** (``--models fastunmix,derefnet``): the unmixer's model, each with its shipped
-  weights (default: the config's unmixer as it is).
+  weights (default: the config's unmixer as it is);
+- **replicas** (``--replicas 1,2``): unmixer processes sharing the stream
+  (:mod:`pipeline.run.replicas`; processes mode only, default 1).
 
 Each combination runs twice:
 
@@ -64,17 +66,19 @@ WINDOW_DELAY_FRAMES = 2
 @dataclasses.dataclass(frozen=True)
 class Variant:
     """One benchmarked setting: run ``mode`` with ``groups`` groups, ``paced`` or not, with
-    the unmixer's ``model`` (None: as configured)."""
+    the unmixer's ``model`` (None: as configured) in ``replicas`` processes."""
 
     mode: str
     groups: int
     paced: bool
     model: str | None = None
+    replicas: int = 1
 
     @property
     def name(self) -> str:
         prefix = f"{self.model}/" if self.model else ""
-        return f"{prefix}{self.mode}/{self.groups}g/{'paced' if self.paced else 'max'}"
+        mode = self.mode if self.replicas == 1 else f"{self.mode}x{self.replicas}"
+        return f"{prefix}{mode}/{self.groups}g/{'paced' if self.paced else 'max'}"
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -124,6 +128,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", type=_names, default=(None,), metavar="M1,M2",
                    help="unmixer models to compare, each with its shipped weights "
                         "(default: the config's unmixer)")
+    p.add_argument("--replicas", type=_int_list, default=(1,), metavar="R1,R2",
+                   help="unmixer replicas to compare, processes mode only (default 1)")
 
 
 def chain_config(raw: dict[str, Any], variant: Variant, frames: int, rate: float,
@@ -147,12 +153,14 @@ def chain_config(raw: dict[str, Any], variant: Variant, frames: int, rate: float
         (["stages", source, "frames"], 0),
     ):
         apply_override(bench, path, value)
+    unmixer = next((p.name for p in plans if p.kind == "unmixer"), None)
+    if (variant.model is not None or variant.replicas > 1) and unmixer is None:
+        raise ConfigError(f"{where}: --models and --replicas need an unmixer stage")
     if variant.model is not None:
-        unmixer = next((p.name for p in plans if p.kind == "unmixer"), None)
-        if unmixer is None:
-            raise ConfigError(f"{where}: --models needs an unmixer stage in the chain")
         apply_override(bench, ["stages", unmixer, "model"], variant.model)
         apply_override(bench, ["stages", unmixer, "weights"], None)
+    if variant.replicas > 1:
+        apply_override(bench, ["stages", unmixer, "replicas"], variant.replicas)
     if not variant.paced:
         apply_override(bench, ["run", "queue", "policy"], "block")
         for entry in bench["stages"]:
@@ -218,18 +226,19 @@ def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def table_rows(results: dict[str, dict[str, Any]], rate: float) -> list[dict[str, Any]]:
-    """One row per (model, mode, groups): max fps, and the paced run's fps, latency and
-    losses (``model`` None: the config's unmixer)."""
+    """One row per (model, mode, replicas, groups): max fps, and the paced run's fps,
+    latency and losses (``model`` None: the config's unmixer)."""
     rows = []
-    keys = sorted({(v.get("model"), v["mode"], v["groups"]) for v in results.values()},
-                  key=lambda k: (k[0] or "", MODES.index(k[1]), k[2]))
+    keys = sorted({(v.get("model"), v["mode"], v.get("replicas", 1), v["groups"])
+                   for v in results.values()},
+                  key=lambda k: (k[0] or "", MODES.index(k[1]), k[2], k[3]))
     delay_ms = WINDOW_DELAY_FRAMES * 1e3 / rate
-    for model, mode, groups in keys:
-        top = results.get(Variant(mode, groups, False, model).name, {})
-        paced = results.get(Variant(mode, groups, True, model).name, {})
+    for model, mode, replicas, groups in keys:
+        top = results.get(Variant(mode, groups, False, model, replicas).name, {})
+        paced = results.get(Variant(mode, groups, True, model, replicas).name, {})
         p99 = paced.get("p99_ms")
         rows.append({
-            "model": model, "mode": mode, "groups": groups,
+            "model": model, "mode": mode, "replicas": replicas, "groups": groups,
             "max_fps": top.get("fps"),
             "paced_fps": paced.get("fps"),
             "p50_ms": paced.get("p50_ms"),
@@ -248,7 +257,8 @@ def goal_check(rows: Sequence[dict[str, Any]], rate: float) -> dict[str, Any]:
     for row in rows:
         if row["groups"] != GOAL["groups"] or None in (row["max_fps"], row["p99_ms"]):
             continue
-        key = f"{row['model']}/{row['mode']}" if row.get("model") else row["mode"]
+        mode = row["mode"] if row.get("replicas", 1) == 1 else f"{row['mode']}x{row['replicas']}"
+        key = f"{row['model']}/{mode}" if row.get("model") else mode
         out["met"][key] = bool(
             row["max_fps"] >= GOAL["fps"]
             and row["paced_fps"] >= 0.95 * min(rate, GOAL["fps"])
@@ -299,13 +309,14 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 def format_table(rows: Sequence[dict[str, Any]], rate: float) -> str:
     """The rows as a Markdown table."""
     lines = [
-        f"| model | mode | groups | max fps | paced fps ({rate:g} Hz) | p50 ms | p99 ms | "
-        f"p99 from middle frame ms | lost |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"| model | mode | unmixer replicas | groups | max fps | paced fps ({rate:g} Hz) | "
+        f"p50 ms | p99 ms | p99 from middle frame ms | lost |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r.get('model') or 'as configured'} | {r['mode']} | {r['groups']} | "
+            f"| {r.get('model') or 'as configured'} | {r['mode']} | {r.get('replicas', 1)} | "
+            f"{r['groups']} | "
             f"{_fmt(r['max_fps'])} | {_fmt(r['paced_fps'])} | "
             f"{_fmt(r['p50_ms'])} | {_fmt(r['p99_ms'])} | {_fmt(r['p99_from_middle_ms'])} | "
             f"{'-' if r['lost'] is None else r['lost']} |"
@@ -320,6 +331,8 @@ def command_line(args: argparse.Namespace) -> str:
              f"--rate {args.rate:g}"]
     if args.models != (None,):
         parts.append(f"--models {','.join(args.models)}")
+    if args.replicas != (1,):
+        parts.append(f"--replicas {','.join(map(str, args.replicas))}")
     if Path(args.config).resolve() != DEFAULT_CONFIG:
         parts.append(f"--config {args.config}")
     parts += [f"--set {o}" for o in args.overrides]
@@ -329,8 +342,11 @@ def command_line(args: argparse.Namespace) -> str:
 def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Run every variant ``args.repeats`` times (interleaved); returns the results document."""
     raw = load_raw(args.config, args.overrides)
-    variants = [Variant(m, g, paced, model) for model in args.models for m in args.modes
-                for g in args.groups for paced in (False, True)]
+    variants = [Variant(m, g, paced, model, r) for model in args.models for m in args.modes
+                for r in args.replicas for g in args.groups for paced in (False, True)
+                if r == 1 or m == "processes"]  # (inline runs build one instance)
+    if not variants:
+        raise ConfigError("--replicas above 1 needs --modes processes")
     for v in variants:  # fail on a bad config before the first run, not after minutes
         chain_config(raw, v, args.frames, args.rate, args.config)
     machine = machine_info()
@@ -346,8 +362,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 raise RuntimeError(f"bench variant {v.name} failed: {result['error']}")
     machine["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     results = {
-        v.name: {"model": v.model, "mode": v.mode, "groups": v.groups, "paced": v.paced,
-                 **summarise(runs[v.name]), "runs": runs[v.name]}
+        v.name: {"model": v.model, "mode": v.mode, "replicas": v.replicas, "groups": v.groups,
+                 "paced": v.paced, **summarise(runs[v.name]), "runs": runs[v.name]}
         for v in variants
     }
     rows = table_rows(results, args.rate)

@@ -40,6 +40,13 @@ def test_a_model_variant_swaps_the_unmixer_model_and_its_weights():
     assert Variant("inline", 6, False, "derefnet").name == "derefnet/inline/6g/max"
 
 
+def test_a_replicas_variant_runs_the_unmixer_in_that_many_processes():
+    _, plans = chain_config(load_raw(LIVE), Variant("processes", 6, False, replicas=2), 50,
+                            25.0, "live")
+    assert {p.name: p.replicas for p in plans}["unmixer"] == 2
+    assert Variant("processes", 6, True, "derefnet", 2).name == "derefnet/processesx2/6g/paced"
+
+
 def _run(fps, p50, p99, lost=0):
     return {"fps": fps, "p50_ms": p50, "p99_ms": p99, "lost": lost, "dropped": lost,
             "seq_gaps": 0, "stage_p50_ms": {"unmixer": p50 / 2},
@@ -66,7 +73,8 @@ def test_summaries_are_medians_over_repeats():
 
 def test_goal_needs_speed_the_rate_no_losses_and_a_low_p99():
     rows = table_rows(_results(40.0, 25.0, 120.0), rate=25.0)
-    assert rows == [{"model": None, "mode": "processes", "groups": 6, "max_fps": 40.0,
+    assert rows == [{"model": None, "mode": "processes", "replicas": 1, "groups": 6,
+                     "max_fps": 40.0,
                      "paced_fps": 25.0,
                      "p50_ms": 30.0, "p99_ms": 120.0, "p99_from_middle_ms": 200.0, "lost": 0}]
     assert goal_check(rows, 25.0)["met"] == {"processes": True}
