@@ -214,6 +214,16 @@ def test_shipped_live_config_is_valid(capsys):
     assert [s["kind"] for s in printed["stages"]][:3] == ["simulator", "detector", "cropper"]
 
 
+def test_shipped_cluttered_config_is_the_live_chain_on_clutter(capsys):
+    assert main(["validate", str(REPO / "configs" / "cluttered.yaml")]) == 0
+    printed = {s["name"]: s for s in yaml.safe_load(capsys.readouterr().out)["stages"]}
+    assert printed["source"]["config"]["scene"] == "builtin"
+    assert printed["detector"]["config"]["local_window"] == 11
+    weights = printed["unmixer"]["config"]["weights"]
+    assert (REPO / weights).is_file() and (REPO / weights).with_suffix(".json").is_file()
+    assert printed["jsonl"]["config"]["path"].startswith("runs/cluttered/")
+
+
 def test_cli_run_smoke(tmp_path):
     """The real CLI in a subprocess: simulator + detector for 3 frames, report written."""
     config = write(tmp_path, """
