@@ -165,6 +165,12 @@ def _parser() -> argparse.ArgumentParser:
     soak.add_arguments(sub.add_parser(
         "soak", help="run the live chain for --minutes and sample every stage process's "
                      "memory, CPU and latency (writes benchmarks/soak.json)"))
+    from pipeline import linkbench
+
+    linkbench.add_arguments(sub.add_parser(
+        "linkbench", help="one-way latency of a message over ipc, tcp and tcp across a network "
+                          "namespace, and bytes per frame per link (writes "
+                          "benchmarks/scale.json)"))
     from pipeline import bench
 
     bench.add_arguments(sub.add_parser(
@@ -309,6 +315,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pipeline.bench import main as bench_main
 
         return bench_main(args)
+    if args.command == "linkbench":
+        from pipeline.linkbench import main as linkbench_main
+
+        return linkbench_main(args)
     if args.command == "soak":
         from pipeline.soak import main as soak_main
 
