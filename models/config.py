@@ -30,7 +30,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import pydantic
 import yaml
 
 
@@ -39,7 +38,11 @@ class ConfigError(ValueError):
 
 
 @functools.cache
-def _adapter(cls: type) -> pydantic.TypeAdapter:
+def _adapter(cls: type) -> Any:  # a pydantic.TypeAdapter
+    # imported here: a stage process only needs ConfigError from this module, and pydantic
+    # costs 0.3 s of start-up in each of a chain's processes
+    import pydantic
+
     return pydantic.TypeAdapter(cls)
 
 
@@ -159,6 +162,8 @@ def build_config(cls: type, values: Mapping[str, Any] | None = None, where: str 
     problems = raw_problems(cls, values)
     if problems:
         raise ConfigError(prefix + "; ".join(problems))
+    import pydantic
+
     try:
         return _adapter(cls).validate_python(dict(values))
     except pydantic.ValidationError as exc:

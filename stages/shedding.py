@@ -41,7 +41,6 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from sim.geometry import RATIO, WINDOW
 
@@ -167,6 +166,8 @@ class WindowShedder:
         -------
         ``maps``.
         """
+        from scipy import ndimage  # here: the unmixer imports this module, few runs shed load
+
         present = set(blob_ids)
         self._kept = {k: v for k, v in self._kept.items() if k in present}
         for i, blob_id in enumerate(blob_ids):
