@@ -308,6 +308,7 @@ def _spawn(plans: Sequence[StagePlan], run: RunConfig, ipc_dir: Path | None, mp:
     by instance name."""
     links = plan_links(plans, run, ipc_dir)
     limits = Limits(max_total_bytes=run.max_message_bytes)
+    stage_of = {name: plan.name for plan in plans for name in instances(plan)}
     procs, conns = {}, {}
     for i, plan in enumerate(plans):
         for name in instances(plan):
@@ -325,7 +326,7 @@ def _spawn(plans: Sequence[StagePlan], run: RunConfig, ipc_dir: Path | None, mp:
                 log_level=logging.getLogger().getEffectiveLevel(),
                 trace_dir=trace_dir if plan.inputs and plan.output is not None else None,
                 replay_inputs=plan.replay_inputs,
-                output_groups=tuple(key[2].split(".")[0] for key, _ in outputs),
+                output_groups=tuple(stage_of[key[2]] for key, _ in outputs),
                 input_groups=tuple(key[0] for key, _ in inputs),
                 replica=plan.replicas > 1,
             )
