@@ -7,13 +7,14 @@ import sys
 import numpy as np
 import pytest
 
+from stages.detection_metrics import truth_mask
 from stages.detector import Detector, DetectorConfig, detect
 from stages.scene import SceneConfig, SceneSimulator
 
 torch = pytest.importorskip("torch")
 
 from stages.irstd import infer, nets  # noqa: E402
-from stages.irstd.data import make_frames, normalise, sample_crops  # noqa: E402
+from stages.irstd.data import normalise, sample_crops  # noqa: E402
 from stages.irstd.losses import sls_loss, soft_iou_loss  # noqa: E402
 from stages.irstd.train import DEFAULTS, init_heads, supervised_loss  # noqa: E402
 
@@ -29,7 +30,7 @@ def one_thread():
 @pytest.mark.parametrize("kind", ["mshnet", "dnanet"])
 def test_shipped_architectures_map_odd_frames_to_full_resolution(kind):
     arch = DEFAULTS[kind]
-    net = nets.build(kind, arch["widths"], arch["blocks"], arch["s2d"]).eval()
+    net = nets.build(kind, arch["widths"], arch["blocks"], arch["s2d"], arch["refine"]).eval()
     x, (h, w) = nets.pad_to_stride(torch.randn(1, 1, 100, 84), net.stride)
     assert (h, w) == (100, 84)
     assert x.shape[-2] % net.stride == 0 and x.shape[-1] % net.stride == 0
@@ -64,8 +65,23 @@ def test_losses_reward_the_truth():
 
 
 @pytest.mark.parametrize("kind", ["mshnet", "dnanet"])
+def test_the_refinement_starts_as_the_identity(kind):
+    torch.manual_seed(0)
+    plain = nets.build(kind, (4, 8), 1, 2, refine=False).eval()
+    refined = nets.build(kind, (4, 8), 1, 2, refine=True).eval()
+    refined.load_state_dict(plain.state_dict(), strict=False)
+    x = torch.randn(1, 1, 16, 24)
+    with torch.inference_mode():
+        torch.testing.assert_close(refined(x), plain(x))
+
+
+@pytest.mark.parametrize("kind", ["mshnet", "dnanet"])
 def test_a_short_training_lowers_the_loss(kind):
-    images, masks = make_frames(2, seed=123, frames_per_scene=1)
+    config = SceneConfig(height=64, width=64, groups=3, min_separation=10, border=8)
+    frames = [SceneSimulator(config, seed=s).step() for s in (5, 6)]
+    images = np.stack([normalise(image)[0] for image, _ in frames])
+    masks = np.stack([truth_mask(truth, image.shape, config.psf_sigma).astype(np.uint8)
+                      for image, truth in frames])
     net = nets.build(kind, (4, 8), 1, 2)
     init_heads(net)
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
@@ -115,7 +131,7 @@ def test_a_missing_weights_file_is_named(tmp_path):
 def test_weights_of_another_kind_are_refused(tmp_path):
     path = tmp_path / "w.pt"
     net = nets.build("mshnet", (4, 8), 1, 2)
-    torch.save({"kind": "mshnet", "widths": [4, 8], "blocks": 1, "s2d": 2,
+    torch.save({"kind": "mshnet", "widths": [4, 8], "blocks": 1, "s2d": 2, "refine": True,
                 "state_dict": net.state_dict()}, path)
     with pytest.raises(ValueError, match="mshnet"):
         infer.load("dnanet", str(path))

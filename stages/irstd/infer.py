@@ -82,7 +82,8 @@ def load(kind: str, weights: str = "") -> torch.nn.Module:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if state.get("kind") != kind:
             raise ValueError(f"{path} holds a {state.get('kind')!r} detector, not {kind!r}")
-        net = build(kind, state["widths"], state["blocks"], state["s2d"])
+        net = build(kind, state["widths"], state["blocks"], state["s2d"],
+                    state.get("refine", False))
         net.load_state_dict(state["state_dict"])
         net.eval()
         _CACHE[key] = _freeze(net)

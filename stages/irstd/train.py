@@ -35,8 +35,8 @@ from stages.irstd.losses import sls_loss, soft_iou_loss
 from stages.irstd.nets import build
 
 #: Shipped architectures (see :mod:`stages.irstd.nets` for the papers' widths).
-DEFAULTS = {"mshnet": {"widths": [8, 16, 32, 64], "blocks": 1, "s2d": 4},
-            "dnanet": {"widths": [8, 16, 32], "blocks": 1, "s2d": 4}}
+DEFAULTS = {"mshnet": {"widths": [8, 16, 32, 64], "blocks": 1, "s2d": 4, "refine": True},
+            "dnanet": {"widths": [8, 16, 32], "blocks": 1, "s2d": 4, "refine": True}}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -56,6 +56,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--val-every", type=float, default=180.0, help="seconds between validations")
     p.add_argument("--val-frames", type=int, default=20, help="frames per validation set")
     p.add_argument("--widths", help="comma-separated channels per level (default: shipped)")
+    p.add_argument("--no-refine", action="store_true",
+                   help="without the full-resolution refinement (nets.Refine)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", help="checkpoint file (default: runs/irstd/KIND.ckpt)")
     p.add_argument("--resume", action="store_true")
@@ -117,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     arch = dict(DEFAULTS[args.kind])
     if args.widths:
         arch["widths"] = [int(w) for w in args.widths.split(",")]
-    net = build(args.kind, arch["widths"], arch["blocks"], arch["s2d"])
+    if args.no_refine:
+        arch["refine"] = False
+    net = build(args.kind, arch["widths"], arch["blocks"], arch["s2d"], arch["refine"])
     if args.crop % net.stride:
         print(f"error: --crop must be a multiple of {net.stride}", file=sys.stderr)
         return 2
