@@ -41,7 +41,9 @@ from stages.ratelimit import LimitedWarnings
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("tophat", "external")
+KINDS = ("tophat", "external", "mshnet", "dnanet")
+#: Kinds backed by a network (:mod:`stages.irstd`; torch is imported only for these).
+LEARNED_KINDS = ("mshnet", "dnanet")
 STATISTICS = ("robust", "meanstd")
 MAD_TO_STD = 1.4826  # σ = 1.4826 · MAD for Gaussian noise
 
@@ -71,6 +73,11 @@ class DetectorConfig:
     local_window : int
         Side of the window of the local threshold (px, odd; 0 = the global threshold only;
         11 for cluttered scenes).
+    weights : str
+        Learned kinds: the weights file ("" = the shipped ``models/weights/KIND.pt``).
+    prob_threshold : float
+        Learned kinds: a pixel is a target pixel where the network's probability exceeds
+        this (0 < p < 1).
     """
 
     kind: str = "tophat"
@@ -82,6 +89,8 @@ class DetectorConfig:
     max_blobs: int = 64
     sample_stride: int = 2
     local_window: int = 0
+    weights: str = ""
+    prob_threshold: float = 0.5
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -100,6 +109,8 @@ class DetectorConfig:
         if self.local_window and (self.local_window < 3 or self.local_window % 2 == 0):
             raise ValueError(f"local_window must be 0 or an odd size >= 3 px, got "
                              f"{self.local_window}")
+        if not 0 < self.prob_threshold < 1:
+            raise ValueError(f"prob_threshold must be within (0, 1), got {self.prob_threshold}")
         if self.max_blobs < 1 or self.sample_stride < 1:
             raise ValueError(
                 f"max_blobs and sample_stride must be >= 1, got {self.max_blobs} and "
@@ -173,7 +184,15 @@ def detect(image: np.ndarray, config: DetectorConfig = DetectorConfig()) -> tupl
         background), ``area`` (px) and ``snr`` = peak / noise spread. Sorted by decreasing SNR.
     mask : ndarray of shape (H, W), bool
         The pixels of the blobs kept (for the pixel metrics of :mod:`stages.detection_metrics`).
+
+    For ``kind`` "mshnet" or "dnanet" the mask is the network's thresholded probability map
+    and the columns are the same (:func:`stages.irstd.infer.detect_learned`; torch is
+    imported on the first such call).
     """
+    if config.kind in LEARNED_KINDS:
+        from stages.irstd.infer import detect_learned
+
+        return detect_learned(image, config)
     img = np.ascontiguousarray(image, dtype=np.float32)
     if img.ndim != 2:
         raise ValueError(f"image must have shape (H, W), got {img.shape}")
@@ -240,13 +259,18 @@ class Detector(Stage):
         #: External blobs dropped beyond ``max_blobs`` per frame.
         self.truncated = 0
         self.warnings = LimitedWarnings(logger)
+        if self.config.kind in LEARNED_KINDS:  # a missing weights file fails at start-up
+            from stages.irstd.infer import load
+
+            load(self.config.kind, self.config.weights)
 
     def process(self, msg: Message) -> Iterable[Message]:
-        if self.config.kind == "tophat":
+        if self.config.kind != "external":
             if not isinstance(msg, Frame):
                 raise ConfigError(
-                    f"a tophat detector takes Frame messages, got {type(msg).__name__}; "
-                    "subscribe it to the frames topic (or use kind: external for blobs)"
+                    f"a {self.config.kind} detector takes Frame messages, got "
+                    f"{type(msg).__name__}; subscribe it to the frames topic (or use kind: "
+                    "external for blobs)"
                 )
             blobs = blob_records(detect_blobs(msg.image, self.config))
             return [Blobs(seq=msg.seq, t_source_ns=msg.t_source_ns, blobs=blobs)]

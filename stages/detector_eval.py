@@ -5,6 +5,7 @@ frame, scores the detections with :mod:`stages.detection_metrics` and times the 
 (median ms per frame, one thread). Example::
 
     python -m stages.detector_eval --frames 300 --scene builtin --amplitude 40 --out det.json
+    python -m stages.detector_eval --scene builtin --amplitude 40 --set kind=dnanet
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 from models.config import ConfigError, build_config, parse_override, set_path
 from models.machine import cpu_model
 from stages.detection_metrics import DISTANCE, DetectionScore, group_centroids, truth_mask
-from stages.detector import DetectorConfig, detect
+from stages.detector import LEARNED_KINDS, DetectorConfig, detect
 from stages.scene import SceneConfig, SceneSimulator
 
 
@@ -84,6 +86,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     cv2.setNumThreads(1)
+    if detector.kind in LEARNED_KINDS:  # one thread, as the live chain's detector stage
+        import torch
+
+        torch.set_num_threads(1)
+        try:
+            detect(np.zeros((args.size, args.size), np.float32), detector)  # load, untimed
+        except FileNotFoundError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     result = evaluate(scene, detector, args.frames, args.seed, args.distance, args.scenes)
     doc = {"scene": {"size": args.size, "groups": args.groups, "noise": args.noise,
                      "scene": args.scene, "amplitude": args.amplitude, "drift": args.drift,
