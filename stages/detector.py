@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -38,6 +39,7 @@ from models.config import ConfigError
 from stages.base import Stage
 from stages.messages import Blob, Blobs, Frame, Message
 from stages.ratelimit import LimitedWarnings
+from stages.threads import use_torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -166,9 +168,79 @@ def local_threshold(response: np.ndarray, threshold: float, k: float, window: in
     return np.maximum(np.float32(threshold), mean + np.float32(k) * std)
 
 
+class Detection(NamedTuple):
+    """What :func:`detect_counted` finds in a frame: ``blobs`` (N, 5) and ``mask`` (H, W) as
+    :func:`detect` returns them, and ``over_cap``, the blobs left out by ``max_blobs``."""
+
+    blobs: np.ndarray
+    mask: np.ndarray
+    over_cap: int
+
+
+def tophat_response(image: np.ndarray, config: DetectorConfig
+                    ) -> tuple[np.ndarray, float, float]:
+    """White top-hat response (H, W) float32 of a frame, its global threshold and its noise
+    spread (:func:`tophat_threshold` on every ``sample_stride``-th pixel)."""
+    img = np.ascontiguousarray(image, dtype=np.float32)
+    if img.ndim != 2:
+        raise ValueError(f"image must have shape (H, W), got {img.shape}")
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (config.kernel, config.kernel))
+    response = cv2.morphologyEx(img, cv2.MORPH_TOPHAT, kernel)
+    step = config.sample_stride
+    threshold, spread = tophat_threshold(response[::step, ::step], config.k, config.statistic)
+    return response, threshold, spread
+
+
+def component_blobs(mask: np.ndarray, response: np.ndarray, spread: float,
+                    config: DetectorConfig, floor: float = 0.0) -> Detection:
+    """The blobs of a detection mask: its 8-connected components within the area gate, at
+    most ``max_blobs`` of them, highest SNR first.
+
+    Each blob's centroid weighs its pixels by ``max(response, 0) + floor`` (a learned mask
+    may hold pixels whose top-hat response is not positive), ``peak`` is its highest
+    response and ``snr`` = peak / ``spread``.
+    """
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8),
+                                                           connectivity=8)
+    if n <= 1:
+        return Detection(np.zeros((0, len(BLOB_COLUMNS))), np.zeros(mask.shape, bool), 0)
+    flat = np.flatnonzero(labels)  # pixels of some component
+    lab = labels.ravel()[flat]
+    value = np.maximum(response.ravel()[flat].astype(np.float64), 0.0)
+    weight = value + floor
+    rows, cols = np.divmod(flat, mask.shape[1])
+    total = np.bincount(lab, weights=weight, minlength=n)
+    row = np.bincount(lab, weights=weight * rows, minlength=n) / np.maximum(total, 1e-12)
+    col = np.bincount(lab, weights=weight * cols, minlength=n) / np.maximum(total, 1e-12)
+    peak = np.zeros(n)
+    np.maximum.at(peak, lab, value)
+    area = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
+    blobs = np.column_stack([row, col, peak, area, peak / spread])
+    ids = np.flatnonzero((area >= config.min_area) & (area <= config.max_area))
+    ids = ids[ids > 0]  # label 0 is the background
+    ids = ids[np.argsort(-blobs[ids, 4], kind="stable")]
+    over_cap = max(0, len(ids) - config.max_blobs)
+    ids = ids[: config.max_blobs]
+    kept = np.zeros(n, dtype=bool)
+    kept[ids] = True
+    return Detection(blobs[ids], kept[labels], over_cap)
+
+
+def detect_counted(image: np.ndarray, config: DetectorConfig = DetectorConfig()) -> Detection:
+    """:func:`detect`, with the number of blobs ``max_blobs`` left out."""
+    if config.kind in LEARNED_KINDS:
+        from stages.irstd.infer import detect_learned
+
+        return detect_learned(image, config)
+    response, threshold, spread = tophat_response(image, config)
+    if config.local_window:
+        threshold = local_threshold(response, threshold, config.k, config.local_window)
+    return component_blobs(response > threshold, response, spread, config)
+
+
 def detect(image: np.ndarray, config: DetectorConfig = DetectorConfig()) -> tuple[np.ndarray,
                                                                                   np.ndarray]:
-    """Top-hat blob detection in one frame: the blobs and the mask of their pixels.
+    """Blob detection in one frame: the blobs and the mask of their pixels.
 
     Parameters
     ----------
@@ -189,40 +261,8 @@ def detect(image: np.ndarray, config: DetectorConfig = DetectorConfig()) -> tupl
     and the columns are the same (:func:`stages.irstd.infer.detect_learned`; torch is
     imported on the first such call).
     """
-    if config.kind in LEARNED_KINDS:
-        from stages.irstd.infer import detect_learned
-
-        return detect_learned(image, config)
-    img = np.ascontiguousarray(image, dtype=np.float32)
-    if img.ndim != 2:
-        raise ValueError(f"image must have shape (H, W), got {img.shape}")
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (config.kernel, config.kernel))
-    response = cv2.morphologyEx(img, cv2.MORPH_TOPHAT, kernel)
-    step = config.sample_stride
-    threshold, spread = tophat_threshold(response[::step, ::step], config.k, config.statistic)
-    if config.local_window:
-        threshold = local_threshold(response, threshold, config.k, config.local_window)
-    mask = (response > threshold).astype(np.uint8)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    if n <= 1:
-        return np.zeros((0, len(BLOB_COLUMNS))), np.zeros(img.shape, dtype=bool)
-    flat = np.flatnonzero(labels)  # pixels of some component
-    lab = labels.ravel()[flat]
-    weight = response.ravel()[flat].astype(np.float64)
-    rows, cols = np.divmod(flat, img.shape[1])
-    total = np.bincount(lab, weights=weight, minlength=n)
-    row = np.bincount(lab, weights=weight * rows, minlength=n) / np.maximum(total, 1e-12)
-    col = np.bincount(lab, weights=weight * cols, minlength=n) / np.maximum(total, 1e-12)
-    peak = np.zeros(n)
-    np.maximum.at(peak, lab, weight)
-    area = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
-    blobs = np.column_stack([row, col, peak, area, peak / spread])
-    ids = np.flatnonzero((area >= config.min_area) & (area <= config.max_area))
-    ids = ids[ids > 0]  # label 0 is the background
-    ids = ids[np.argsort(-blobs[ids, 4], kind="stable")][: config.max_blobs]
-    kept = np.zeros(n, dtype=bool)
-    kept[ids] = True
-    return blobs[ids], kept[labels]
+    blobs, mask, _ = detect_counted(image, config)
+    return blobs, mask
 
 
 def detect_blobs(image: np.ndarray, config: DetectorConfig = DetectorConfig()) -> np.ndarray:
@@ -239,13 +279,17 @@ def blob_records(blobs: np.ndarray) -> tuple[Blob, ...]:
 
 
 class Detector(Stage):
-    """Frames → blobs (``kind="tophat"``), or outside blobs → blobs (``kind="external"``).
+    """Frames → blobs (``kind`` "tophat", "mshnet", "dnanet"), or outside blobs → blobs
+    (``kind="external"``).
 
     Emits one :class:`Blobs` message per input message, with the input's ``seq`` and
-    ``t_source_ns``. In external mode, invalid blobs (:meth:`Blob.is_valid`: a non-finite
-    field, an area ≤ 0, a position beyond ±10⁶ px) are dropped and counted in
-    :attr:`rejected`, and of the rest at most ``max_blobs``, highest SNR first, pass unchanged
-    (the others counted in :attr:`truncated`); both are logged through a rate limiter.
+    ``t_source_ns``. At most ``max_blobs`` blobs per frame go on, highest SNR first; the
+    others are counted in :attr:`truncated` and logged through a rate limiter (a flood of
+    false alarms, e.g. a detector threshold set too low on a cluttered scene). In external
+    mode, invalid blobs (:meth:`Blob.is_valid`: a non-finite field, an area ≤ 0, a position
+    beyond ±10⁶ px) are dropped first and counted in :attr:`rejected`. Blobs at the frame's
+    border are kept: the cropper pads the part of a window outside the frame with the
+    frame's median and flags the window (:class:`stages.cropper.CropWindow`).
     """
 
     Config = DetectorConfig
@@ -256,7 +300,7 @@ class Detector(Stage):
         super().__init__(config)
         #: External blobs dropped as invalid (:meth:`Blob.is_valid`).
         self.rejected = 0
-        #: External blobs dropped beyond ``max_blobs`` per frame.
+        #: Blobs left out beyond ``max_blobs`` per frame.
         self.truncated = 0
         self.warnings = LimitedWarnings(logger)
         if self.config.kind in LEARNED_KINDS:  # a missing weights file fails at start-up
@@ -265,6 +309,11 @@ class Detector(Stage):
             load(self.config.kind, self.config.weights)
 
     def process(self, msg: Message) -> Iterable[Message]:
+        if self.config.kind in LEARNED_KINDS:
+            use_torch_threads(1)  # one frame per call: a second thread costs more than it gains
+        return self._process(msg)
+
+    def _process(self, msg: Message) -> Iterable[Message]:
         if self.config.kind != "external":
             if not isinstance(msg, Frame):
                 raise ConfigError(
@@ -272,8 +321,11 @@ class Detector(Stage):
                     f"{type(msg).__name__}; subscribe it to the frames topic (or use kind: "
                     "external for blobs)"
                 )
-            blobs = blob_records(detect_blobs(msg.image, self.config))
-            return [Blobs(seq=msg.seq, t_source_ns=msg.t_source_ns, blobs=blobs)]
+            found = detect_counted(msg.image, self.config)
+            if found.over_cap:
+                self._truncated(msg.seq, found.over_cap, "")
+            return [Blobs(seq=msg.seq, t_source_ns=msg.t_source_ns,
+                          blobs=blob_records(found.blobs))]
         if not isinstance(msg, Blobs):
             raise ConfigError(
                 f"an external detector takes Blobs messages, got {type(msg).__name__}; "
@@ -285,18 +337,22 @@ class Detector(Stage):
             self.warnings.warn("invalid", f"seq {msg.seq}: dropped {len(msg.blobs) - len(valid)} "
                                           "invalid external blobs")
         if len(valid) > self.config.max_blobs:
-            self.truncated += len(valid) - self.config.max_blobs
-            self.warnings.warn("truncated", f"seq {msg.seq}: kept the {self.config.max_blobs} "
-                                            f"highest-SNR of {len(valid)} external blobs "
-                                            "(max_blobs)")
+            self._truncated(msg.seq, len(valid) - self.config.max_blobs, "external ")
             valid = sorted(valid, key=lambda b: -b.snr)[: self.config.max_blobs]
         return [Blobs(seq=msg.seq, t_source_ns=msg.t_source_ns, blobs=tuple(valid))]
+
+    def _truncated(self, seq: int, count: int, which: str) -> None:
+        self.truncated += count
+        self.warnings.warn("truncated", f"seq {seq}: kept the {self.config.max_blobs} "
+                                        f"highest-SNR of {self.config.max_blobs + count} "
+                                        f"{which}blobs (max_blobs)")
 
     def stop(self) -> None:
         self.warnings.flush()
 
-    def summary(self) -> dict[str, int] | None:
-        """External mode: the blobs dropped as invalid and beyond ``max_blobs``."""
-        if self.config.kind != "external":
-            return None
-        return {"rejected": self.rejected, "truncated": self.truncated}
+    def summary(self) -> dict[str, int]:
+        """The blobs left out beyond ``max_blobs`` and (external mode) dropped as invalid."""
+        out = {"truncated": self.truncated}
+        if self.config.kind == "external":
+            out["rejected"] = self.rejected
+        return out

@@ -85,7 +85,25 @@ def test_external_mode_keeps_at_most_max_blobs_highest_snr_first():
     (out,) = stage.process(Blobs(seq=0, t_source_ns=0, blobs=flood))
     assert [b.snr for b in out.blobs] == [49.0, 49.0, 49.0]
     assert stage.summary() == {"rejected": 0, "truncated": 4997}
-    assert Detector().summary() is None  # a tophat detector has nothing to count
+
+
+def test_a_frame_with_more_blobs_than_max_blobs_keeps_the_brightest_and_counts_the_rest():
+    rng = np.random.default_rng(5)
+    image = rng.normal(20.0, 1.0, (96, 96)).astype(np.float32)
+    peaks = {}
+    for i in range(5):  # five spots of rising brightness, one at the frame's border
+        row, col = (10 + 18 * i, 20) if i else (0, 50)
+        image[max(row - 1, 0):row + 2, col - 1:col + 2] += 40.0 + 20.0 * i
+        peaks[i] = (row, col)
+    stage = Detector(DetectorConfig(max_blobs=3))
+    (out,) = stage.process(Frame(seq=0, t_source_ns=0, image=image))
+    assert len(out.blobs) == 3 and stage.summary() == {"truncated": 2}
+    kept = sorted(round(b.row) for b in out.blobs)
+    assert kept == [peaks[i][0] for i in (2, 3, 4)]  # the three brightest
+    (out,) = Detector(DetectorConfig(max_blobs=8)).process(
+        Frame(seq=1, t_source_ns=0, image=image))
+    assert len(out.blobs) == 5  # the spot cut by the border is a blob like the others
+    assert min(b.row for b in out.blobs) < 1.0
 
 
 def test_bad_config_names_the_problem():

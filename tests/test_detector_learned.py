@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 
+from models.weights import WeightsError
 from stages.detection_metrics import truth_mask
 from stages.detector import Detector, DetectorConfig, detect
 from stages.scene import SceneConfig, SceneSimulator
@@ -122,9 +123,9 @@ def _frame(image):
 def test_a_missing_weights_file_is_named(tmp_path):
     missing = tmp_path / "nope.pt"
     config = DetectorConfig(kind="dnanet", weights=str(missing))
-    with pytest.raises(FileNotFoundError, match="nope.pt"):
+    with pytest.raises(WeightsError, match="nope.pt"):
         detect(np.zeros((64, 64), np.float32), config)
-    with pytest.raises(FileNotFoundError, match="nope.pt"):
+    with pytest.raises(WeightsError, match="nope.pt"):
         Detector(config)
 
 

@@ -26,11 +26,11 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
-from stages.detector import BLOB_COLUMNS, DetectorConfig, tophat_threshold
+from models.weights import WeightsError
+from stages.detector import Detection, DetectorConfig, component_blobs, tophat_response
 from stages.irstd.data import normalise
 from stages.irstd.nets import build, pad_to_stride
 
@@ -64,10 +64,9 @@ def load(kind: str, weights: str = "") -> torch.nn.Module:
 
     Raises
     ------
-    FileNotFoundError
-        The weights file is missing (the message names it).
-    ValueError
-        The file holds another kind of detector.
+    WeightsError
+        The weights file is missing (the message names it and the fix), or holds another
+        kind of detector: a user error, reported in one line.
     """
     path = weights_path(kind, weights)
     key = (kind, str(path.resolve()))
@@ -75,13 +74,14 @@ def load(kind: str, weights: str = "") -> torch.nn.Module:
         if key in _CACHE:
             return _CACHE[key]
         if not path.is_file():
-            raise FileNotFoundError(
+            raise WeightsError(
                 f"{kind} detector: weights file {path} not found (train one with "
                 f"python -m stages.irstd.train --kind {kind} --out {path}, or set "
                 "detector weights: PATH)")
         state = torch.load(path, map_location="cpu", weights_only=True)
         if state.get("kind") != kind:
-            raise ValueError(f"{path} holds a {state.get('kind')!r} detector, not {kind!r}")
+            raise WeightsError(f"{path} holds a {state.get('kind')!r} detector, not {kind!r}; "
+                               f"set the detector's weights to a {kind} weights file")
         net = build(kind, state["widths"], state["blocks"], state["s2d"],
                     state.get("refine", False))
         net.load_state_dict(state["state_dict"])
@@ -113,49 +113,21 @@ def probability(image: np.ndarray, net: torch.nn.Module) -> np.ndarray:
     return torch.sigmoid(logits[0, 0, :h, :w]).numpy()
 
 
-def blobs_from_mask(image: np.ndarray, mask: np.ndarray, config: DetectorConfig
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Blobs (N, 5) of :data:`stages.detector.BLOB_COLUMNS` and the kept pixels (H, W) bool of
-    a detection mask (see the module doc for the columns)."""
-    img = np.ascontiguousarray(image, dtype=np.float32)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8),
-                                                           connectivity=8)
-    if n <= 1:
-        return np.zeros((0, len(BLOB_COLUMNS))), np.zeros(img.shape, dtype=bool)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (config.kernel, config.kernel))
-    response = cv2.morphologyEx(img, cv2.MORPH_TOPHAT, kernel)
-    step = config.sample_stride
-    _, spread = tophat_threshold(response[::step, ::step], config.k, config.statistic)
-    flat = np.flatnonzero(labels)
-    lab = labels.ravel()[flat]
-    value = response.ravel()[flat].astype(np.float64)
-    weight = np.maximum(value, 0.0) + 1e-3
-    rows, cols = np.divmod(flat, img.shape[1])
-    total = np.bincount(lab, weights=weight, minlength=n)
-    row = np.bincount(lab, weights=weight * rows, minlength=n) / total.clip(1e-12)
-    col = np.bincount(lab, weights=weight * cols, minlength=n) / total.clip(1e-12)
-    peak = np.zeros(n)
-    np.maximum.at(peak, lab, np.maximum(value, 0.0))
-    area = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
-    blobs = np.column_stack([row, col, peak, area, peak / spread])
-    ids = np.flatnonzero((area >= config.min_area) & (area <= config.max_area))
-    ids = ids[ids > 0]
-    ids = ids[np.argsort(-blobs[ids, 4], kind="stable")][: config.max_blobs]
-    kept = np.zeros(n, dtype=bool)
-    kept[ids] = True
-    return blobs[ids], kept[labels]
-
-
 def detect_with_net(image: np.ndarray, net: torch.nn.Module,
-                    config: DetectorConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    config: DetectorConfig | None = None) -> Detection:
     """:func:`detect_learned` with a given network (training-time validation; ``config``
-    None = the defaults)."""
+    None = the defaults): the thresholded probability map's components as blobs
+    (:func:`stages.detector.component_blobs`; a pixel's centroid weight gets 1e-3 on top of
+    its clipped top-hat response, so a blob on a dark pixel still has a centre)."""
     config = config or DetectorConfig()
-    return blobs_from_mask(image, probability(image, net) > config.prob_threshold, config)
+    response, _, spread = tophat_response(image, config)
+    mask = probability(image, net) > config.prob_threshold
+    return component_blobs(mask, response, spread, config, floor=1e-3)
 
 
-def detect_learned(image: np.ndarray, config: DetectorConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Blobs (N, 5) and mask (H, W) bool of a frame for ``config.kind`` "mshnet"/"dnanet"."""
+def detect_learned(image: np.ndarray, config: DetectorConfig) -> Detection:
+    """Blobs (N, 5), mask (H, W) bool and the blobs over ``max_blobs`` of a frame for
+    ``config.kind`` "mshnet"/"dnanet"."""
     img = np.asarray(image)
     if img.ndim != 2:
         raise ValueError(f"image must have shape (H, W), got {img.shape}")

@@ -94,7 +94,7 @@ def validate(kind: str, net: torch.nn.Module, sets: dict) -> dict:
     for name, items in sets.items():
         score = DetectionScore()
         for image, truth, psf in items:
-            blobs, mask = detect_with_net(image, net)
+            blobs, mask, _ = detect_with_net(image, net)
             score.add(blobs[:, :2], blobs[:, 3], group_centroids(truth), image.size, mask,
                       truth_mask(truth, image.shape, psf))
         s = score.summary()
