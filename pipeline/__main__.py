@@ -4,6 +4,7 @@
 
     python -m pipeline run CONFIG [--frames N] [--record FILE] [--publish ENDPOINT] ...
     python -m pipeline validate CONFIG
+    python -m pipeline stage NAME[,NAME...] --config CONFIG [--set KEY=VALUE ...]
     python -m pipeline replay SOURCE [--config CONFIG] [--rate R] [--loop] [--lossless] ...
     python -m pipeline subscribe ENDPOINT [--topic T] [--json] [--count N] [--timeout S]
     python -m pipeline keys DIR [--client NAME ...]
@@ -47,11 +48,19 @@ logger = logging.getLogger("pipeline")
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "live.yaml"
 
 
+def _comma_list(text: str, example: str) -> tuple[str, ...]:
+    items = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not items:
+        raise argparse.ArgumentTypeError(f"give at least one, e.g. {example}")
+    return items
+
+
 def _topics(text: str) -> tuple[str, ...]:
-    topics = tuple(t.strip() for t in text.split(",") if t.strip())
-    if not topics:
-        raise argparse.ArgumentTypeError("give at least one topic, e.g. frames,blobs")
-    return topics
+    return _comma_list(text, "frames,blobs")
+
+
+def _instances(text: str) -> tuple[str, ...]:
+    return _comma_list(text, "unmixer.0,unmixer.1")
 
 
 def _rate(text: str) -> float:
@@ -100,6 +109,15 @@ def _parser() -> argparse.ArgumentParser:
     run_p.add_argument("--record", metavar="FILE", help="record to an MCAP file (run.record.path)")
     run_p.add_argument("--record-topics", type=_topics, metavar="T1,T2",
                        help="topics to record (default: all)")
+
+    stage_p = sub.add_parser(
+        "stage", help="run stage instances of a chain on this host; the conductor is the "
+                      "`run` command whose run.external names them")
+    stage_p.add_argument("names", type=_instances, metavar="NAME[,NAME...]",
+                         help="stage or instance names (unmixer, unmixer.1, _digest), or all")
+    stage_p.add_argument("--config", required=True,
+                         help="the chain's YAML, the same as the conductor's")
+    overrides(stage_p)
 
     validate_p = sub.add_parser("validate", help="check a config and print it with all defaults")
     validate_p.add_argument("config", help="pipeline YAML file")
@@ -338,6 +356,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "replay":
             return _replay(args)
         raw = load_raw(args.config, args.overrides)
+        if args.command == "stage":
+            from pipeline.run import remote
+
+            config, plans = validate(raw, args.config)
+            return remote.serve(remote.stage_specs(plans, config.run, args.names))
         _apply_run_options(raw, args)
         config, plans = validate(raw, args.config)
         config_yaml = yaml.safe_dump(effective(config, plans), sort_keys=False)

@@ -7,6 +7,8 @@ Shape of a config file::
       frames: 200            # stop after this many source messages (null: until the source ends)
       rate_hz: null          # pace the source (null: as fast as the chain allows)
       transport: ipc         # ipc (sockets in ipc_dir, default a temp dir) | tcp
+      control: null          # conductor endpoint for stages on other hosts, tcp://HOST:PORT
+      external: []           # instances started elsewhere with `python -m pipeline stage`
       queue: {policy: block, hwm: 4, depth: 2}   # default of every link
       report: null           # JSON report path
       record: {path: runs/live.mcap, topics: null}   # MCAP recording (null: none)
@@ -25,6 +27,7 @@ Shape of a config file::
       - name: unmixer
         kind: unmixer
         replicas: 2          # optional: processes sharing the stream (per-message stages only)
+        host: [10.0.0.2, 10.0.0.3]   # optional, tcp: address each instance binds its outputs on
 
 Every unknown key is an error that names the file, the key and the valid keys.
 """
@@ -58,7 +61,7 @@ STAGE_KINDS: dict[str, str] = {
     "external_input": "pipeline.attach.external:ExternalInput",
 }
 
-ENTRY_KEYS = ("name", "kind", "config", "inputs", "output", "queue", "replicas")
+ENTRY_KEYS = ("name", "kind", "config", "inputs", "output", "queue", "replicas", "host")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +130,14 @@ class PublishConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """How the chain runs (the ``run`` section; see the module docstring)."""
+    """How the chain runs (the ``run`` section; see the module docstring).
+
+    Across hosts (:mod:`pipeline.run.layout`): ``control`` is the conductor's ROUTER endpoint
+    (default: an ipc socket in the run's temp folder, which reaches this host only);
+    ``peer_timeout_s`` the silence after which the conductor takes a stage as lost and a stage
+    its conductor; ``external`` the instances the runner does not start itself (``all``, or
+    names such as ``unmixer.1``), each started with ``python -m pipeline stage``.
+    """
 
     mode: Literal["inline", "processes"] = "inline"
     frames: Annotated[int | None, Field(ge=1)] = None
@@ -146,6 +156,9 @@ class RunConfig:
     publish: PublishConfig | None = None
     curve: CurveKeys | None = None
     capacity_check: bool = True
+    control: Annotated[str | None, Field(pattern=r"^(tcp|ipc)://.+")] = None
+    peer_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    external: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +173,7 @@ class StageEntry:
     output: str | None = None
     queue: QueueConfig | None = None
     replicas: Annotated[int, Field(ge=1, le=64)] = 1
+    host: str | tuple[str, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -194,6 +208,9 @@ class StagePlan:
     replicas : int
         Processes that share the stage's input stream in processes mode
         (:mod:`pipeline.run.replicas`); inline runs build one.
+    hosts : tuple of str
+        With ``transport: tcp``: the address each instance binds its output links on (one per
+        replica); empty: ``run.tcp_host``.
     """
 
     name: str
@@ -205,6 +222,7 @@ class StagePlan:
     queue: QueueConfig
     replay_inputs: Any = None
     replicas: int = 1
+    hosts: tuple[str, ...] = ()
 
     def build(self) -> Any:
         """A new stage object."""
@@ -316,8 +334,25 @@ def plan_stages(config: PipelineConfig, source: str = "config") -> list[StagePla
                               f"see part of the stream; only these kinds can be replicated: "
                               f"{replicable}")
         plans.append(StagePlan(entry.name, entry.kind, cls, stage_config, inputs, output,
-                               entry.queue or config.run.queue, replicas=entry.replicas))
+                               entry.queue or config.run.queue, replicas=entry.replicas,
+                               hosts=_hosts(entry, config.run, where)))
     return plans
+
+
+def _hosts(entry: StageEntry, run: RunConfig, where: str) -> tuple[str, ...]:
+    """One bind address per instance of the stage, from its ``host`` key (see StagePlan)."""
+    if entry.host is None:
+        return ()
+    if run.transport != "tcp":
+        raise ConfigError(f"{where}.host: a stage on a host of its own needs "
+                          f"run.transport: tcp (now {run.transport!r})")
+    hosts = (entry.host,) if isinstance(entry.host, str) else entry.host
+    if len(hosts) == 1:
+        return hosts * entry.replicas
+    if len(hosts) != entry.replicas:
+        raise ConfigError(f"{where}.host: {len(hosts)} addresses for {entry.replicas} "
+                          f"replica(s); give one address, or one per replica")
+    return tuple(hosts)
 
 
 def validate(raw: Mapping[str, Any], source: str = "config") -> tuple[PipelineConfig,
@@ -355,4 +390,5 @@ def effective(config: PipelineConfig, plans: Sequence[StagePlan]) -> dict[str, A
         entry["output"] = plan.output
         entry["queue"] = config_dict(plan.queue)
         entry["replicas"] = plan.replicas
+        entry["host"] = list(plan.hosts) or None
     return data

@@ -28,7 +28,6 @@ import contextlib
 import logging
 import math
 import multiprocessing
-import multiprocessing.connection
 import os
 import re
 import shutil
@@ -41,21 +40,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import zmq
+
 from pipeline.config import ConfigError, RunConfig, StagePlan
-from pipeline.run import compose, stage_calls, worker
-from pipeline.run.flag import Flag
-from pipeline.run.replicas import instances, siblings
+from pipeline.run import compose, control, layout, remote, stage_calls, worker
+from pipeline.run.replicas import siblings
 from pipeline.run.report import StageStats, build_report
-from pipeline.wire.bus import Link
-from pipeline.wire.codec import Limits
-from stages.messages import Message, PipelineError, Stats
+from stages.messages import Message, PipelineError
 
 logger = logging.getLogger(__name__)
 
 #: How long aborted workers get to exit before they are terminated, then killed (s).
 ABORT_GRACE_S = 3.0
-#: Longest ipc socket path (the OS limit is 107 bytes).
-MAX_IPC_PATH = 100
 
 
 class StageFailed(PipelineError):
@@ -176,44 +172,18 @@ def run_inline(
 # Process mode.
 
 
-def plan_links(plans: Sequence[StagePlan], run: RunConfig, ipc_dir: Path | None) -> dict:
-    """One :class:`Link` per (topic, producer process, consumer process), keyed so; a stage
-    without replicas is one process of its own name (:func:`~pipeline.run.replicas.instances`).
-
-    Raises
-    ------
-    ConfigError
-        If an ipc socket path would be too long for the OS.
-    """
-    producer_of = {p.output: p for p in plans if p.output is not None}
-    links = {}
-    port = run.tcp_base_port
-    for plan in plans:
-        for topic in plan.inputs:
-            for producer in instances(producer_of[topic]):
-                for consumer in instances(plan):
-                    if run.transport == "tcp":
-                        endpoint = f"tcp://{run.tcp_host}:{port}"
-                        port += 1
-                    else:
-                        path = f"{ipc_dir}/{topic}--{producer}--{consumer}"
-                        if len(path) > MAX_IPC_PATH:
-                            raise ConfigError(f"ipc socket path {path!r} is longer than "
-                                              f"{MAX_IPC_PATH} bytes; set a shorter run.ipc_dir")
-                        endpoint = f"ipc://{path}"
-                    links[(topic, producer, consumer)] = Link(
-                        topic, endpoint, plan.queue.policy, plan.queue.hwm, plan.queue.depth)
-    return links
-
-
 class _Watch:
-    """The parent's view of the workers: what each reported and whether it is still alive."""
+    """The conductor's view of the stage instances: what each reported, and whether it still
+    runs. A local instance (spawned here) ends when its process exits; an external one (started
+    with ``python -m pipeline stage``, maybe on another host) when it reports its exit code, or
+    when it has been silent for ``run.peer_timeout_s``."""
 
-    def __init__(self, names: Sequence[str], procs: dict, conns: dict,
-                 replicas: dict[str, list[str]] | None = None,
+    def __init__(self, names: Sequence[str], conductor: control.Conductor, procs: dict,
+                 run: RunConfig, digest: str, replicas: dict[str, list[str]] | None = None,
                  on_lost: Callable[[str], None] | None = None) -> None:
         self.names = list(names)
-        self.procs, self.conns = procs, conns
+        self.conductor, self.procs = conductor, procs
+        self.peer_timeout_s, self.digest = run.peer_timeout_s, digest
         self.replicas = replicas or {}  # instance -> all instances of its stage
         self.on_lost = on_lost or (lambda _name: None)
         #: Replicas that died while a sibling ran on: instance -> how it ended.
@@ -221,12 +191,28 @@ class _Watch:
         self.ready: set[str] = set()
         self.done: dict[str, dict] = {}
         self.final: dict[str, dict] = {}  # the stats of stages that stopped unfinished
-        self.beats: dict[str, Stats] = {}
+        self.beats: dict[str, dict] = {}
         self.tracebacks: dict[str, str] = {}
+        self.hosts: dict[str, str] = {}  # instance -> "host pid N", from its hello
+        self.exits: dict[str, int] = {}  # exit codes reported by the instances
+        self.ended: set[str] = set()  # instances whose end is accounted for
         self.error: str | None = None
 
+    def _exit_code(self, name: str) -> int | str | None:
+        """An instance's exit code, "silent" for an external one that stopped answering, or
+        None while it runs."""
+        proc = self.procs.get(name)
+        if proc is not None:
+            return proc.exitcode
+        if name in self.exits:
+            return self.exits[name]
+        heard = self.conductor.heard.get(name)  # (silence counts once it is ready: building
+        if name in self.ready and time.monotonic() - heard > self.peer_timeout_s:  # a model
+            return "silent"  # may take longer)
+        return None
+
     def alive(self) -> list[str]:
-        return [n for n in self.names if self.procs[n].exitcode is None]
+        return [n for n in self.names if n not in self.ended and self._exit_code(n) is None]
 
     def fail(self, error: str) -> None:
         if self.error is None:
@@ -234,26 +220,18 @@ class _Watch:
             logger.error("%s", error)
 
     def poll(self, timeout_s: float) -> None:
-        """Wait up to ``timeout_s`` for reports or exits and account them."""
-        by_obj = {c: n for n, c in self.conns.items()}
-        by_obj.update({self.procs[n].sentinel: n for n in self.alive()})
-        for obj in multiprocessing.connection.wait(list(by_obj), timeout_s):
-            name = by_obj[obj]
-            if obj in self.conns.values():
-                self.read(name)
-            else:
-                self.procs[name].join(1.0)  # the sentinel can fire just before the exit
-                while name in self.conns and self.conns[name].poll():
-                    self.read(name)
+        """Wait up to ``timeout_s`` for reports, account them and the instances that ended."""
+        sentinels = [p.sentinel for n, p in self.procs.items() if n not in self.ended]
+        for report in self.conductor.poll(timeout_s, sentinels):
+            self.read(*report)
+        for name in self.names:
+            if name not in self.ended and self._exit_code(name) is not None:
                 self._exited(name)
 
-    def read(self, name: str) -> None:
-        try:
-            kind, payload = self.conns[name].recv()
-        except (EOFError, OSError):
-            self.conns.pop(name).close()
-            return
-        if kind == "ready":
+    def read(self, name: str, kind: str, payload: Any) -> None:
+        if kind == "hello":
+            self._hello(name, payload)
+        elif kind == "ready":
             self.ready.add(name)
         elif kind == "stats":
             self.beats[name] = payload
@@ -262,29 +240,47 @@ class _Watch:
             self.done[name] = payload
         elif kind == "final":
             self.final[name] = payload
+        elif kind == "exit":
+            self.exits[name] = payload
         elif kind == "error":
-            if payload["traceback"]:
+            if payload.get("traceback"):
                 self.tracebacks[name] = payload["traceback"]
-            self.fail(f"stage {name!r} failed: {payload['error']}")
+            self.fail(f"stage {name!r} failed: {payload.get('error')}")
+
+    def _hello(self, name: str, payload: dict) -> None:
+        where = f"{payload.get('host')} pid {payload.get('pid')}"
+        if name in self.hosts and self.hosts[name] != where:
+            logger.warning("stage %r started again (%s, was %s)", name, where, self.hosts[name])
+        self.hosts[name] = where
+        if payload.get("plan") != self.digest:
+            self.fail(f"stage {name!r} ({where}) was started with another chain layout (plan "
+                      f"{payload.get('plan')}, this run's {self.digest}); start every stage "
+                      f"with the same config file and --set options")
 
     def _exited(self, name: str) -> None:
-        proc = self.procs[name]
-        conn = self.conns.get(name)
-        if conn is not None and conn.poll(0):  # its last report (an error's cause) comes first
-            self.read(name)
-        if name in self.done or self.error is not None or proc.exitcode == worker.EXIT_ABORTED:
+        self.ended.add(name)
+        siblings_run = any(n != name and n in self.alive() for n in self.replicas.get(name, ()))
+        proc = self.procs.get(name)
+        code = self._exit_code(name)
+        if proc is not None and code >= 0:  # it exited by itself: its last reports are on
+            deadline = time.monotonic() + 1.0  # their way (its exit code comes last)
+            while name not in self.exits and time.monotonic() < deadline:
+                for report in self.conductor.poll(0.05):
+                    self.read(*report)
+        if name in self.done or self.error is not None or code == worker.EXIT_ABORTED:
             return
-        code = proc.exitcode
+        where = (f"pid {proc.pid}" if proc is not None else self.hosts.get(name, "never seen"))
         how = ("exited before finishing its stream" if code == 0
-               else f"was killed by signal {-code}" if code is not None and code < 0
+               else f"stopped answering for {self.peer_timeout_s:.0f} s" if code == "silent"
+               else f"was killed by signal {-code}" if code < 0
                else f"exited with code {code}")
-        if any(n != name and n in self.alive() for n in self.replicas.get(name, ())):
+        if siblings_run:
             self.lost[name] = how
-            logger.warning("replica %r (pid %d) %s; its queued messages are lost, the other "
-                           "replicas go on", name, proc.pid, how)
+            logger.warning("replica %r (%s) %s; its queued messages are lost, the other "
+                           "replicas go on", name, where, how)
             self.on_lost(name)
             return
-        self.fail(f"stage {name!r} (pid {proc.pid}) {how}")
+        self.fail(f"stage {name!r} ({where}) {how}")
 
     def stage_summary(self, name: str) -> dict[str, Any]:
         """The final statistics of a stage (also of one that stopped unfinished), or, for a
@@ -296,52 +292,26 @@ class _Watch:
         summary = StageStats(name).summary()
         beat = self.beats.get(name)
         if beat is not None:
-            summary.update(msgs_in=beat.msgs_in, msgs_out=beat.msgs_out, dropped=beat.dropped,
-                           decode_errors=beat.decode_errors, seq_gaps=beat.seq_gaps,
-                           p50_ms=beat.p50_ms, p99_ms=beat.p99_ms)
+            summary.update({k: beat[k] for k in ("msgs_in", "msgs_out", "dropped",
+                                                 "decode_errors", "seq_gaps", "p50_ms",
+                                                 "p99_ms")})
         return summary
 
 
-def _spawn(plans: Sequence[StagePlan], run: RunConfig, ipc_dir: Path | None, mp: Any,
-           control: worker.Control, trace_dir: str | None) -> tuple[dict, dict]:
-    """Start one worker process per stage instance; returns their processes and pipes, keyed
-    by instance name."""
-    links = plan_links(plans, run, ipc_dir)
-    limits = Limits(max_total_bytes=run.max_message_bytes)
-    stage_of = {name: plan.name for plan in plans for name in instances(plan)}
-    procs, conns = {}, {}
-    for i, plan in enumerate(plans):
-        for name in instances(plan):
-            inputs = [(key, link) for key, link in links.items() if key[2] == name]
-            outputs = [(key, link) for key, link in links.items() if key[1] == name]
-            spec = worker.WorkerSpec(
-                name=name, cls=plan.cls, config=plan.config,
-                inputs=tuple(link for _, link in inputs),
-                producers=tuple(key[1] for key, _ in inputs),
-                outputs=tuple(link for _, link in outputs),
-                consumers=tuple(key[2] for key, _ in outputs),
-                frames=run.frames if i == 0 else None, rate_hz=run.rate_hz if i == 0 else None,
-                limits=limits, ready_timeout_s=run.ready_timeout_s,
-                heartbeat_s=run.heartbeat_s,
-                log_level=logging.getLogger().getEffectiveLevel(),
-                trace_dir=trace_dir if plan.inputs and plan.output is not None else None,
-                replay_inputs=plan.replay_inputs,
-                output_groups=tuple(stage_of[key[2]] for key, _ in outputs),
-                input_groups=tuple(key[0] for key, _ in inputs),
-                replica=plan.replicas > 1,
-            )
-            reader, writer = mp.Pipe(duplex=False)
-            proc = mp.Process(target=worker.main, args=(spec, writer, control),
-                              name=f"csist-{name}")
-            proc.start()
-            writer.close()
-            procs[name], conns[name] = proc, reader
-    return procs, conns
+def _spawn(specs: dict[str, worker.WorkerSpec], mp: Any) -> dict:
+    """Start one worker process per spec; returns the processes, keyed by instance name."""
+    procs = {}
+    for name, spec in specs.items():
+        proc = mp.Process(target=worker.main, args=(spec,), name=f"csist-{name}")
+        proc.start()
+        procs[name] = proc
+    return procs
 
 
-def _supervise(watch: _Watch, run: RunConfig, control: worker.Control,
-               should_stop: Callable[[], bool], source: str) -> bool:
-    """Drive the workers from start-up to exit; returns True if a stop request cut the run."""
+def _supervise(watch: _Watch, run: RunConfig, should_stop: Callable[[], bool],
+               source: str) -> bool:
+    """Drive the instances from start-up to exit; returns True if a stop request cut the run."""
+    conductor = watch.conductor
     interrupted = False
     deadline = time.monotonic() + run.ready_timeout_s + 30.0  # + spawn and import time
     while len(watch.ready | watch.lost.keys()) < len(watch.names) and watch.error is None:
@@ -349,20 +319,23 @@ def _supervise(watch: _Watch, run: RunConfig, control: worker.Control,
         if should_stop():
             return True
         if time.monotonic() > deadline:
-            watch.fail(f"stages {sorted(set(watch.names) - watch.ready - watch.lost.keys())} were "
-                       f"not ready within "
-                       f"{run.ready_timeout_s + 30.0:.0f} s")
+            waiting = sorted(set(watch.names) - watch.ready - watch.lost.keys())
+            unseen = [n for n in waiting if n not in conductor.heard]
+            watch.fail(f"stages {waiting} were not ready within {run.ready_timeout_s + 30.0:.0f} "
+                       f"s" + (f" ({unseen} never contacted the conductor)" if unseen else ""))
     if watch.error is not None:
         return False
-    control.go.set()
+    conductor.set("go")
     logger.info("running %d stages in processes mode", len(watch.names))
     drain_deadline = math.inf
     while watch.alive() and watch.error is None:
         watch.poll(0.1)
-        if should_stop() and not control.stop.is_set():
+        stopping = "stop" in conductor.state.flags
+        if should_stop() and not stopping:
             interrupted = True
-            control.stop.set()
-        if (control.stop.is_set() or control.ended[source].is_set()) and drain_deadline == math.inf:
+            conductor.set("stop")
+        if ((stopping or conductor.state.is_set("ended", source))
+                and drain_deadline == math.inf):
             drain_deadline = time.monotonic() + run.drain_timeout_s
         if time.monotonic() > drain_deadline:
             watch.fail(f"the chain did not drain within run.drain_timeout_s = "
@@ -396,64 +369,77 @@ def sweep_stale_temp_dirs(root: str | Path | None = None) -> list[Path]:
 
 
 def _reap(watch: _Watch) -> None:
-    """Wait for every worker to exit; terminate, then kill, the ones that do not."""
+    """Wait for every instance to exit; terminate, then kill, the local ones that do not (an
+    external one that does not confirm is only logged: it aborts on its own once the conductor
+    is silent)."""
     deadline = time.monotonic() + ABORT_GRACE_S
     while watch.alive() and time.monotonic() < deadline:
         watch.poll(0.1)
     for name in watch.alive():
-        logger.warning("terminating stage %r (pid %d)", name, watch.procs[name].pid)
-        watch.procs[name].terminate()
-        watch.procs[name].join(1.0)
-        if watch.procs[name].exitcode is None:
-            watch.procs[name].kill()
-            watch.procs[name].join(1.0)
-    for name in list(watch.conns):  # the final statistics of the stages stopped now
-        while name in watch.conns and watch.conns[name].poll():
-            watch.read(name)
-    for conn in watch.conns.values():
-        conn.close()
+        proc = watch.procs.get(name)
+        if proc is None:
+            logger.warning("external stage %r (%s) did not confirm its exit", name,
+                           watch.hosts.get(name, "never seen"))
+            continue
+        logger.warning("terminating stage %r (pid %d)", name, proc.pid)
+        proc.terminate()
+        proc.join(1.0)
+        if proc.exitcode is None:
+            proc.kill()
+            proc.join(1.0)
+    watch.poll(0.05)  # the final statistics of the stages stopped now
 
 
 def run_processes(
     plans: Sequence[StagePlan], run: RunConfig, should_stop: Callable[[], bool] = _never,
     trace_dir: str | None = None, on_spawn: Callable[[dict[str, int]], None] | None = None,
 ) -> dict[str, Any]:
-    """Run one process per stage (see the module docstring); returns the report.
+    """Run one process per stage instance (see the module docstring); returns the report.
 
-    ``trace_dir``: every producing stage writes its input trace there (:mod:`pipeline.attach.trace`)
-    for the recorder. ``on_spawn``: called once with ``{stage name: pid}`` when every stage
-    process has started (for monitors such as :mod:`pipeline.soak`).
+    The instances named by ``run.external`` are not started here: the conductor waits for
+    them to connect (``python -m pipeline stage``, on any host). ``trace_dir``: every producing
+    stage writes its input trace there (:mod:`pipeline.attach.trace`) for the recorder.
+    ``on_spawn``: called once with ``{stage name: pid}`` when every local stage process has
+    started (for monitors such as :mod:`pipeline.soak`).
     """
     mp = multiprocessing.get_context("spawn")
-    names = [name for plan in plans for name in instances(plan)]
-    control = worker.Control(go=Flag(mp), stop=Flag(mp), abort=Flag(mp),
-                             ended={n: Flag(mp) for n in names},
-                             drained={n: Flag(mp) for n in names},
-                             dead={n: Flag(mp) for n in names})
-
-    def on_lost(name: str) -> None:  # its producers and consumers stop waiting for it
-        for flags in (control.dead, control.ended, control.drained):
-            flags[name].set()
-
+    names = layout.instance_names(plans)
+    external = layout.resolve_names(plans, run.external, "run.external")
     with contextlib.ExitStack() as stack:
         ipc_dir = None
-        if run.transport == "ipc":
+        if run.transport == "ipc" or run.control is None:
             if run.ipc_dir:
                 ipc_dir = Path(run.ipc_dir)
                 ipc_dir.mkdir(parents=True, exist_ok=True)
             else:
                 ipc_dir = Path(stack.enter_context(
                     tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-")))
-        procs, conns = _spawn(plans, run, ipc_dir, mp, control, trace_dir)
+        specs = layout.worker_specs(plans, run, ipc_dir, trace_dir)
+        endpoint = next(iter(specs.values())).control
+        ctx = zmq.Context()
+        stack.callback(ctx.term)
+        conductor = control.Conductor(ctx, endpoint, names)
+        stack.callback(conductor.close)
+        if external:
+            logger.warning("waiting for %s at %s: start each with `python -m pipeline stage "
+                           "NAME --config CONFIG` (same config and --set options)",
+                           ", ".join(external), endpoint)
+        procs = _spawn({n: s for n, s in specs.items() if n not in external}, mp)
         logger.info("stage processes: %s", ", ".join(f"{n} pid {p.pid}" for n, p in procs.items()))
         if on_spawn is not None:
             on_spawn({name: proc.pid for name, proc in procs.items()})
-        watch = _Watch(names, procs, conns, siblings(plans), on_lost)
+
+        def on_lost(name: str) -> None:  # its producers and consumers stop waiting for it
+            for flag in ("dead", "ended", "drained"):
+                conductor.set(flag, name)
+
+        watch = _Watch(names, conductor, procs, run, specs[names[0]].plan_digest,
+                       siblings(plans), on_lost)
         try:
-            interrupted = _supervise(watch, run, control, should_stop, plans[0].name)
+            interrupted = _supervise(watch, run, should_stop, plans[0].name)
         finally:
             if watch.alive():  # an error, an early stop or a second signal: stop everyone now
-                control.abort.set()
+                conductor.set("abort")
             _reap(watch)
     for name, text in watch.tracebacks.items():
         logger.error("traceback of stage %r:\n%s", name, text)
@@ -466,6 +452,8 @@ def run_processes(
         error=watch.error, interrupted=interrupted,
     )
     report["replicas_lost"] = watch.lost
+    if external:
+        report["hosts"] = watch.hosts
     return report
 
 
@@ -498,6 +486,8 @@ def run(
         The report of :func:`pipeline.run.report.build_report` plus ``outputs_digest`` and
         ``outputs`` (:func:`pipeline.run.compose.finish_report`).
     """
+    if run_config.external:
+        remote.check_external(run_config)
     replicated = [p.name for p in plans if p.replicas > 1]
     if replicated and run_config.mode == "processes" and run_config.record is not None:
         raise ConfigError(f"run.record: recording a run with replicated stages ({replicated}) "

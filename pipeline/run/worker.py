@@ -7,33 +7,37 @@ output link, report ``done`` with its statistics, and exit. Every wait is a poll
 :data:`~pipeline.wire.bus.POLL_MS` that also checks the shared ``abort`` event, so a failure
 anywhere stops every worker within a fraction of a second.
 
-The parent talks to the worker through multiprocessing events and one pipe (worker -> parent)
-carrying tuples ``(kind, payload)``: ``("ready", None)``, ``("stats", Stats)`` heartbeats,
-``("done", {"stats": ..., "summary": ...})`` and ``("error", {"error": "Type: message",
-"traceback": text, or None for an error that names its own fix})``.
+The worker talks to the conductor over the control plane (:mod:`pipeline.run.control`, a
+ZeroMQ DEALER to the runner's ``run.control`` endpoint, so the worker may live on another
+host): it reports ``hello``, ``ready``, ``stats`` heartbeats, ``done`` (``{"stats": ...,
+"summary": ...}``), ``final`` or ``error`` (``{"error": "Type: message", "traceback": text, or
+None for an error that names its own fix}``) and ``exit`` (its exit code), and reads the run's
+flags from it. The runner spawns workers with :func:`main`; ``python -m pipeline stage``
+runs one in its own process anywhere.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import multiprocessing
 import os
 import signal
+import socket
 import sys
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import zmq
 
 from pipeline.attach.trace import SeqTrace, write_trace
 from pipeline.run import stage_calls
+from pipeline.run.control import ControlClient
 from pipeline.run.report import StageStats, percentiles_ms
 from pipeline.wire.bus import POLL_MS, Inlet, Link, Outlet
 from pipeline.wire.codec import Limits
-from stages.messages import Message, Stats
+from stages.messages import Message
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +86,13 @@ class WorkerSpec:
         back into seq order); empty: each link its own group.
     replica : bool
         This process is one of its stage's replicas (its input carries a share of the stream).
+    control : str
+        The conductor's control endpoint (:mod:`pipeline.run.control`).
+    peer_timeout_s : float
+        Silence of the conductor after which the worker aborts.
+    plan_digest : str
+        Digest of the chain's plan; the conductor refuses a worker whose digest differs
+        (started with another config).
     """
 
     name: str
@@ -102,49 +113,9 @@ class WorkerSpec:
     output_groups: tuple[str, ...] = ()
     input_groups: tuple[str, ...] = ()
     replica: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class Control:
-    """Flags (:class:`pipeline.run.flag.Flag`, never ``multiprocessing.Event``: a worker
-    killed while holding an Event's lock would block everyone) shared by the parent and all
-    workers.
-
-    Attributes
-    ----------
-    go : Flag
-        Set by the parent once every worker is ready.
-    stop : Flag
-        Graceful stop: the source stops producing and the chain drains.
-    abort : Flag
-        Immediate stop: every worker leaves its loop without draining.
-    ended : mapping of str -> Flag
-        Set by a worker once it has sent (or tried to send) its EndOfStream markers; a
-        consumer whose marker was lost on a ``drop_oldest`` link ends that link on it.
-    drained : mapping of str -> Flag
-        Set by a worker once it has received everything on all its inputs; a producer keeps
-        its sockets open until every consumer is drained, so nothing queued is lost on exit.
-    dead : mapping of str -> Flag
-        Set by the parent for a replica that died while its siblings run on (with its
-        ``ended`` and ``drained``): its producers stop sending to it.
-    """
-
-    go: Any
-    stop: Any
-    abort: Any
-    ended: Mapping[str, Any]
-    drained: Mapping[str, Any]
-    dead: Mapping[str, Any]
-
-    def aborted(self) -> bool:
-        """True once ``abort`` is set, or the parent process is gone (then ``abort`` is set
-        too), so workers never outlive a killed runner."""
-        if not self.abort.is_set():
-            parent = multiprocessing.parent_process()
-            if parent is None or parent.is_alive():
-                return False
-            self.abort.set()
-        return True
+    control: str = ""
+    peer_timeout_s: float = 10.0
+    plan_digest: str = ""
 
 
 def input_counters(inlet: Inlet | None, stage: Any) -> list[dict[str, int]]:
@@ -158,9 +129,9 @@ class _Heartbeat:
     """Sends a ``stats`` heartbeat at most every ``interval_s``; its p50/p99 are those of the
     messages processed since the previous one (NaN when there were none)."""
 
-    def __init__(self, spec: WorkerSpec, conn: Any, stats: StageStats, inlet: Inlet | None,
-                 stage: Any):
-        self.spec, self.conn, self.stats, self.inlet = spec, conn, stats, inlet
+    def __init__(self, spec: WorkerSpec, control: ControlClient, stats: StageStats,
+                 inlet: Inlet | None, stage: Any):
+        self.spec, self.control, self.stats, self.inlet = spec, control, stats, inlet
         self.stage = stage
         self.count = 0
         self.mark = 0  # durations recorded before the previous heartbeat
@@ -174,13 +145,12 @@ class _Heartbeat:
         # the processing times since the previous heartbeat: what the stage does now
         p50, p99 = percentiles_ms(self.stats.durations.since(self.mark))
         self.mark = self.stats.durations.count
-        self.conn.send(("stats", Stats(
-            seq=self.count, t_source_ns=time.time_ns(), stage=self.spec.name,
-            msgs_in=self.stats.msgs_in, msgs_out=self.stats.msgs_out,
-            dropped=sum(c.get("dropped", 0) for c in links),
-            decode_errors=sum(c.get("decode_errors", 0) for c in links),
-            seq_gaps=sum(c.get("seq_gaps", 0) for c in links), p50_ms=p50, p99_ms=p99,
-        )))
+        self.control.report("stats", {
+            "beat": self.count, "msgs_in": self.stats.msgs_in, "msgs_out": self.stats.msgs_out,
+            **{k: sum(c.get(k, 0) for c in links)
+               for k in ("dropped", "decode_errors", "seq_gaps")},
+            "p50_ms": p50, "p99_ms": p99,
+        })
         self.count += 1
 
 
@@ -188,7 +158,7 @@ def _send_all(outlet: Outlet, msgs: list[Message], should_stop: Callable[[], boo
     return all(outlet.send(m, should_stop) for m in msgs)
 
 
-def _run_source(spec: WorkerSpec, stage: Any, outlet: Outlet, control: Control,
+def _run_source(spec: WorkerSpec, stage: Any, outlet: Outlet, control: ControlClient,
                 stats: StageStats, beat: _Heartbeat) -> None:
     source = iter(stage)
     for delay in stage_calls.pace(spec.rate_hz):
@@ -205,7 +175,7 @@ def _run_source(spec: WorkerSpec, stage: Any, outlet: Outlet, control: Control,
 
 
 def _run_stage(spec: WorkerSpec, stage: Any, inlet: Inlet, outlet: Outlet,
-               control: Control, stats: StageStats, beat: _Heartbeat,
+               control: ControlClient, stats: StageStats, beat: _Heartbeat,
                trace: SeqTrace | None) -> None:
     idle_polls = [0] * len(spec.inputs)
     while not inlet.ended:
@@ -247,16 +217,7 @@ def _exit_on_sigterm(signum: int, _frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
-def _send_final(conn: Any, stats: StageStats, inlet: Inlet | None, stage: Any) -> None:
-    """The statistics of a stage that stops without finishing its stream, so that the
-    report of a failed run holds its exact counts and times, not its last heartbeat's."""
-    try:
-        conn.send(("final", stats.summary(input_counters(inlet, stage))))
-    except (OSError, ValueError):
-        pass  # the parent is gone (or the pipe closed): nothing to report to
-
-
-def main(spec: WorkerSpec, conn: Any, control: Control) -> None:
+def main(spec: WorkerSpec, standalone: bool = False) -> None:
     """Entry point of a worker process (see the module docstring); exits 0 when its stream is
     done, 1 on failure, :data:`EXIT_ABORTED` when the run was aborted elsewhere, 143 on a
     SIGTERM of its own (after ``stop()``).
@@ -266,27 +227,36 @@ def main(spec: WorkerSpec, conn: Any, control: Control) -> None:
     stage left behind) made ten workers that stopped together on two cores take over 3 s
     to exit, so an aborted run outlived its grace period and got terminated.
     """
+    # Ctrl-C reaches every process of the terminal: a spawned worker leaves it to its runner,
+    # a stage started on its own (`python -m pipeline stage`) stops as on SIGTERM
+    signal.signal(signal.SIGINT, _exit_on_sigterm if standalone else signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    logging.basicConfig(level=spec.log_level, stream=sys.stderr,
+                        format=f"%(levelname)s [{spec.name}] %(name)s: %(message)s")
+    ctx = zmq.Context()
+    control = ControlClient(ctx, spec.control, spec.name, spec.peer_timeout_s,
+                            spec.ready_timeout_s)
     try:
-        _serve(spec, conn, control)
+        control.report("hello", {"plan": spec.plan_digest, "pid": os.getpid(),
+                                 "host": socket.gethostname()})
+        _serve(spec, control, ctx)
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     except BaseException:  # whatever it was, the process ends here
         traceback.print_exc()
         code = 1
+    control.report("exit", code)
+    control.close()
+    ctx.term()
     sys.stdout.flush()
     sys.stderr.flush()
     logging.shutdown()
     os._exit(code)
 
 
-def _serve(spec: WorkerSpec, conn: Any, control: Control) -> None:
+def _serve(spec: WorkerSpec, control: ControlClient, ctx: zmq.Context) -> None:
     """The body of :func:`main`; leaves by ``sys.exit`` with its exit code, or returns (0)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C for everyone
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    logging.basicConfig(level=spec.log_level, stream=sys.stderr,
-                        format=f"%(levelname)s [{spec.name}] %(name)s: %(message)s")
-    ctx = zmq.Context()
     stage, inlet, outlet, stats = None, None, None, None
     done = False
     try:
@@ -302,12 +272,12 @@ def _serve(spec: WorkerSpec, conn: Any, control: Control) -> None:
                 sys.exit(EXIT_ABORTED)
             raise RuntimeError(f"stage {spec.name!r}: output consumers did not connect within "
                                f"{spec.ready_timeout_s} s")
-        conn.send(("ready", None))
+        control.report("ready")
         while not control.go.wait(POLL_MS / 1000):
             if control.aborted():
                 sys.exit(EXIT_ABORTED)
         stats = StageStats(spec.name)
-        beat = _Heartbeat(spec, conn, stats, inlet, stage)
+        beat = _Heartbeat(spec, control, stats, inlet, stage)
         if inlet is None:
             _run_source(spec, stage, outlet, control, stats, beat)
         else:
@@ -328,7 +298,7 @@ def _serve(spec: WorkerSpec, conn: Any, control: Control) -> None:
         for link, dropped in zip(spec.outputs, outlet.send_dropped, strict=True):
             if dropped:
                 logger.warning("%d message(s) dropped sending on %s", dropped, link.endpoint)
-        conn.send(("done", {"stats": stats.summary(links), "summary": stage.summary()}))
+        control.report("done", {"stats": stats.summary(links), "summary": stage.summary()})
         done = True
     except Exception as exc:
         if control.abort.is_set():  # failing after the run was aborted: not the cause
@@ -338,18 +308,15 @@ def _serve(spec: WorkerSpec, conn: Any, control: Control) -> None:
         report = {"error": f"{type(exc).__name__}: {exc}",
                   "traceback": traceback.format_exc() if stage_calls.traceback_wanted(exc)
                   else None}
-        try:
-            conn.send(("error", report))
-        except OSError:
-            pass  # the parent is gone; the exit code still tells
+        control.report("error", report)
         sys.exit(1)
     finally:
         if stats is not None and not done:  # aborted, failed or terminated: exact figures
-            _send_final(conn, stats, inlet, stage)
+            # the exact figures of a stage that stops unfinished, not its last heartbeat's
+            control.report("final", stats.summary(input_counters(inlet, stage)))
         if stage is not None:
             stage.stop()
         if inlet is not None:
             inlet.close()
         if outlet is not None:
             outlet.close(linger_ms=0)  # consumers are drained (or the run is aborted)
-        ctx.term()

@@ -1,0 +1,221 @@
+"""A chain started stage by stage (``python -m pipeline stage``) behind a conductor
+(``python -m pipeline run`` with ``run.external``): the same outputs as one process, a killed
+replica survived, a stage with another config refused; and across real network boundaries
+(Linux network namespaces), where the kernel lets us make them. Real stages, real commands."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+def chain(tmp_path: Path, port: int, frames: int = 40, rate_hz: float | None = None,
+          hosts: dict[str, str | list[str]] | None = None, control: str | None = None,
+          external: tuple[str, ...] = ("unmixer",), peer_timeout_s: float = 10.0) -> Path:
+    """The standard chain (fastunmix, 2 unmixer replicas), lossless, over tcp; returns its
+    config file."""
+    hosts = hosts or {}
+    stages = [
+        {"name": "source", "kind": "simulator", "config": {"seed": 5}},
+        {"name": "detector", "kind": "detector"},
+        {"name": "cropper", "kind": "cropper"},
+        {"name": "unmixer", "kind": "unmixer", "replicas": 2, "config": {"model": "fastunmix"}},
+        {"name": "extractor", "kind": "extractor"},
+        {"name": "tracker", "kind": "tracker"},
+    ]
+    for entry in stages:
+        if entry["name"] in hosts:
+            entry["host"] = hosts[entry["name"]]
+    run = {"mode": "processes", "frames": frames, "rate_hz": rate_hz, "transport": "tcp",
+           "tcp_base_port": port, "control": control or f"tcp://127.0.0.1:{port - 1}",
+           "external": list(external), "capacity_check": False,
+           "peer_timeout_s": peer_timeout_s, "ready_timeout_s": 60}
+    path = tmp_path / f"chain-{port}.yaml"
+    path.write_text(yaml.safe_dump({"run": run, "stages": stages}))
+    return path
+
+
+def command(*args: str, netns: str | None = None) -> list[str]:
+    prefix = ["ip", "netns", "exec", netns] if netns else []
+    return [*prefix, sys.executable, "-m", "pipeline", *args]
+
+
+def start(*args: str, netns: str | None = None) -> subprocess.Popen:
+    return subprocess.Popen(command(*args, netns=netns), cwd=REPO, env=ENV, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def finish(proc: subprocess.Popen, timeout_s: float = 120) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout_s)
+    finally:
+        proc.kill()
+    return out
+
+
+def inline_digest(config: Path, tmp_path: Path) -> str:
+    report = tmp_path / "inline.json"
+    subprocess.run(command("run", str(config), "--mode", "inline", "--report", str(report),
+                           "--set", "run.external=[]"),
+                   cwd=REPO, env=ENV, check=True, capture_output=True, timeout=120)
+    return json.loads(report.read_text())["outputs_digest"]
+
+
+def test_a_chain_started_stage_by_stage_gives_the_outputs_of_one_process(tmp_path):
+    config = chain(tmp_path, 6811)
+    report = tmp_path / "r.json"
+    stage = start("stage", "unmixer", "--config", str(config))  # before its conductor: it waits
+    time.sleep(1.0)
+    conductor = start("run", str(config), "--report", str(report))
+    out = finish(conductor)
+    stage_out = finish(stage)
+    assert conductor.returncode == 0, out
+    assert stage.returncode == 0, stage_out
+    result = json.loads(report.read_text())
+    assert result["ok"] and result["frames_out"] == 40
+    assert set(result["hosts"]) >= {"unmixer.0", "unmixer.1"}
+    assert all(result["stages"][f"unmixer.{k}"]["msgs_in"] > 0 for k in (0, 1))
+    assert result["outputs_digest"] == inline_digest(config, tmp_path)
+
+
+def test_a_killed_external_replica_is_reported_lost_and_the_chain_goes_on(tmp_path):
+    config = chain(tmp_path, 6831, frames=100, rate_hz=25, peer_timeout_s=2.0)
+    report = tmp_path / "r.json"
+    replicas = [start("stage", f"unmixer.{k}", "--config", str(config)) for k in (0, 1)]
+    conductor = start("run", str(config), "--report", str(report))
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(x) for x in conductor.stdout])
+    reader.start()
+    try:
+        deadline = time.monotonic() + 90
+        while "stages in processes mode" not in lines.get(timeout=deadline - time.monotonic()):
+            pass  # until every stage is ready and the stream starts
+        time.sleep(1.5)  # ~ 35 frames in
+        replicas[1].send_signal(signal.SIGKILL)
+        conductor.wait(120)
+        reader.join(10)
+        out = "".join(lines.queue)
+    finally:
+        conductor.kill()
+        reader.join(10)
+        conductor.stdout.close()
+        for proc in replicas:
+            finish(proc, 30)
+    assert conductor.returncode == 0, out
+    result = json.loads(report.read_text())
+    assert result["ok"] and result["frames_in"] == 100
+    assert list(result["replicas_lost"]) == ["unmixer.1"]
+    assert "stopped answering" in result["replicas_lost"]["unmixer.1"]
+    # what the killed replica held is lost, and counted as gaps of the merged stream
+    assert result["frames_out"] + result["stages"]["extractor"]["seq_gaps"] == 100
+    assert result["stages"]["unmixer.0"]["msgs_in"] > result["stages"]["unmixer.1"]["msgs_in"]
+
+
+def test_a_stage_started_with_another_layout_is_refused(tmp_path):
+    config = chain(tmp_path, 6851)
+    stage = start("stage", "unmixer", "--config", str(config), "--set", "run.queue.hwm=9")
+    conductor = start("run", str(config))
+    out = finish(conductor)
+    finish(stage, 30)
+    assert conductor.returncode == 1
+    assert "was started with another chain layout" in out and "same config file" in out
+
+
+def test_stage_command_errors_name_the_fix(tmp_path, capsys):
+    from pipeline.__main__ import main
+
+    config = chain(tmp_path, 6871)
+    assert main(["stage", "unmixer.7", "--config", str(config)]) == 2
+    assert "no stage or instance named 'unmixer.7'" in capsys.readouterr().err
+    text = yaml.safe_load(config.read_text())
+    text["run"]["control"] = None
+    config.write_text(yaml.safe_dump(text))
+    assert main(["stage", "unmixer", "--config", str(config)]) == 2
+    assert "run.control" in capsys.readouterr().err
+    assert main(["run", str(config)]) == 2  # the conductor too: external stages need it
+    assert "run.control" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Across network namespaces: three "hosts" on one bridge, addresses only inside them.
+
+SUBNET = "10.213.77"
+
+
+def _ip(*args: str) -> None:
+    done = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise OSError(f"ip {' '.join(args)}: {done.stderr.strip()}")
+
+
+@contextlib.contextmanager
+def hosts(count: int) -> Iterator[list[tuple[str, str]]]:
+    """``count`` network namespaces joined by veth pairs to a bridge in a hub namespace;
+    yields ``(namespace, address)`` per host. Skips the test where the kernel refuses."""
+    if shutil.which("ip") is None or os.geteuid() != 0:
+        pytest.skip("network namespaces need root and iproute2's `ip`")
+    prefix = f"csist{os.getpid() % 100000}"
+    hub, made = f"{prefix}-hub", []
+    try:
+        try:
+            _ip("netns", "add", hub)
+            made.append(hub)
+            _ip("-n", hub, "link", "add", "br0", "type", "bridge")
+            _ip("-n", hub, "link", "set", "br0", "up")
+            out = []
+            for i in range(1, count + 1):
+                ns = f"{prefix}-{i}"
+                _ip("netns", "add", ns)
+                made.append(ns)
+                _ip("-n", hub, "link", "add", f"v{i}", "type", "veth", "peer", "name", "eth0",
+                    "netns", ns)
+                _ip("-n", hub, "link", "set", f"v{i}", "master", "br0", "up")
+                _ip("-n", ns, "addr", "add", f"{SUBNET}.{i}/24", "dev", "eth0")
+                _ip("-n", ns, "link", "set", "eth0", "up")
+                _ip("-n", ns, "link", "set", "lo", "up")
+                out.append((ns, f"{SUBNET}.{i}"))
+        except OSError as exc:
+            pytest.skip(f"the kernel refused network namespaces here: {exc}")
+        yield out
+    finally:
+        for ns in reversed(made):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+@pytest.mark.slow
+def test_a_chain_split_over_three_network_namespaces_gives_the_outputs_of_one_process(
+        tmp_path):
+    with hosts(3) as machines:
+        (ns1, a1), (ns2, a2), (ns3, a3) = machines
+        config = chain(tmp_path, 7001, control=f"tcp://{a1}:7000",
+                       hosts={"source": a1, "detector": a1, "cropper": a1, "unmixer": a2,
+                              "extractor": a3, "tracker": a3},
+                       external=("unmixer", "extractor", "tracker", "_digest"))
+        report = tmp_path / "r.json"
+        conductor = start("run", str(config), "--report", str(report), netns=ns1)
+        replicas = start("stage", "unmixer", "--config", str(config), netns=ns2)
+        tail = start("stage", "extractor,tracker,_digest", "--config", str(config), netns=ns3)
+        out = finish(conductor)
+        others = [finish(replicas, 30), finish(tail, 30)]
+        assert conductor.returncode == 0, out
+        assert replicas.returncode == 0 and tail.returncode == 0, others
+    result = json.loads(report.read_text())
+    assert result["ok"] and result["frames_out"] == 40
+    assert all(result["stages"][f"unmixer.{k}"]["msgs_in"] > 0 for k in (0, 1))
+    assert result["outputs_digest"] == inline_digest(config, tmp_path)
