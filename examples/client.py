@@ -19,8 +19,8 @@ DTYPES = {"|u1", "<u2", "<i2", "<i4", "<f4", "<f8"}  # the wire's allow-list: ne
 def decode(frames):
     """Frames -> (header map, {array name: read-only ndarray})."""
     header = msgpack.unpackb(frames[1], raw=False)
-    if header["version"] != 2:
-        raise ValueError(f"{header['schema']} version {header['version']}; this client reads 2")
+    if header["version"] != 3:
+        raise ValueError(f"{header['schema']} version {header['version']}; this client reads 3")
     arrays = {}
     for desc, buf in zip(header["buffers"], frames[2:], strict=True):
         if desc["dtype"] not in DTYPES:

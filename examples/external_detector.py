@@ -25,8 +25,8 @@ DTYPES = {"|u1", "<u2", "<i2", "<i4", "<f4", "<f8"}  # the wire's allow-list
 def frame_image(frames):
     """Header and image of a csist.Frame message [topic, header, image buffer]."""
     header = msgpack.unpackb(frames[1], raw=False)
-    if header["schema"] != "csist.Frame" or header["version"] != 2:
-        raise ValueError(f"expected csist.Frame version 2, got {header['schema']} "
+    if header["schema"] != "csist.Frame" or header["version"] != 3:
+        raise ValueError(f"expected csist.Frame version 3, got {header['schema']} "
                          f"{header['version']}")
     (desc,) = header["buffers"]
     if desc["dtype"] not in DTYPES:
@@ -85,8 +85,9 @@ def main():
         if schema != "csist.Frame":  # a Skipped notice or the tap's heartbeat (csist.Stats)
             continue
         frame, image = frame_image(frames)
-        header = {"schema": "csist.Blobs", "version": 2, "topic": "blobs", "seq": frame["seq"],
-                  "t_source_ns": frame["t_source_ns"], "stamps": {},
+        header = {"schema": "csist.Blobs", "version": 3, "topic": "blobs", "seq": frame["seq"],
+                  "t_source_ns": frame["t_source_ns"], "sensor": frame["sensor"],
+                  "sensor_seq": frame["sensor_seq"], "stamps": {},
                   "fields": {"blobs": detect(image, args.k)}, "buffers": []}
         blobs_out.send_multipart([b"blobs", msgpack.packb(header, use_bin_type=True)])
         handled += 1

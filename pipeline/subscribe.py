@@ -3,8 +3,8 @@
 One line per message: a summary (topic, seq, source time, then each field: arrays as shape and
 dtype, record lists as counts), or with ``--json`` one JSON object per line::
 
-    {"topic": "tracks", "schema": "csist.Tracks", "version": 2, "seq": 12,
-     "t_source_ns": 480000000, "stamps": {...},
+    {"topic": "tracks", "schema": "csist.Tracks", "version": 3, "seq": 12,
+     "t_source_ns": 480000000, "sensor": 0, "sensor_seq": 12, "stamps": {...},
      "fields": {"tracks": [{"track_id": 0, "row": 120.41, ...}]},
      "arrays": {"image": {"dtype": "<f4", "shape": [256, 256]}}}
 
@@ -36,19 +36,21 @@ import zmq
 from pipeline.run.report import json_safe
 from pipeline.wire.codec import DEFAULT_LIMITS, DecodeError, decode
 from pipeline.wire.curve import connect_client
-from stages.messages import EndOfStream, Message, Skipped, Stats
+from stages.messages import FRAME_FIELDS, EndOfStream, Message, Skipped, Stats, frame_header
 
 POLL_MS = 100
 
 
 def _field_names(msg: Message) -> list[str]:
-    header = {"seq", "t_source_ns", "stamps"}
+    header = {*FRAME_FIELDS, "stamps"}
     return [f.name for f in dataclasses.fields(msg) if f.name not in header]
 
 
 def summary_line(topic: str, msg: Message) -> str:
     """One human-readable line describing ``msg``."""
     parts = [f"{topic:<10} seq {msg.seq:>7}  t {msg.t_source_ns / 1e9:11.3f} s"]
+    if msg.sensor or msg.sensor_seq != msg.seq:  # a chain of several sensors
+        parts.append(f"sensor {msg.sensor} #{msg.sensor_seq}")
     for name in _field_names(msg):
         value = getattr(msg, name)
         if isinstance(value, np.ndarray):
@@ -74,7 +76,7 @@ def json_record(topic: str, msg: Message) -> dict[str, Any]:
         else:
             fields[name] = value
     return json_safe({"topic": topic, "schema": msg.SCHEMA, "version": msg.VERSION,
-                       "seq": msg.seq, "t_source_ns": msg.t_source_ns,
+                       **frame_header(msg),
                        "stamps": dict(msg.stamps), "fields": fields, "arrays": arrays})
 
 

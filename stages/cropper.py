@@ -40,14 +40,20 @@ paired by ``seq`` with :class:`~stages.base.SeqJoin`. For every paired frame:
    rejected: it would make the model's conditioning jump every 16 frames for a target whose
    appearance changes smoothly, while a long-lived group looks most like the late frames of
    a training trajectory (its sub-targets have drifted furthest apart).
+7. **Several sensors.** Blob tracks and ring buffers are kept per sensor (one
+   :class:`WindowCropper` per ``sensor`` of the messages), and frames are counted with the
+   messages' ``sensor_seq``: "frame t − 2" is the sensor's own frame two frames earlier. A
+   Windows message carries the seq, time and sensor of its middle frame; blob ids are unique
+   per sensor. The sensors must take turns (the simulator's round-robin), so that the
+   middle frames leave in increasing ``seq``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections import deque
-from collections.abc import Iterable
+from collections import defaultdict, deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,7 +62,7 @@ from sim.background_level import ring_levels
 from sim.geometry import PATCH, WINDOW
 from stages.association import gated_assignment
 from stages.base import SeqJoin, Stage
-from stages.messages import Blobs, Frame, Message, TruthPoint, WindowInfo, Windows
+from stages.messages import Blobs, Frame, Message, TruthPoint, WindowInfo, Windows, frame_header
 from stages.patches import crop
 
 logger = logging.getLogger(__name__)
@@ -164,7 +170,7 @@ class _BufferedFrame:
     seq: int
     image: np.ndarray  # (H, W) float32
     truth: tuple[TruthPoint, ...] | None
-    t_source_ns: int
+    header: Mapping[str, int]  # the frame message's frame fields (messages.frame_header)
     fill: float | None = None  # median, computed on first use
 
     def fill_value(self) -> float:
@@ -257,7 +263,7 @@ class WindowCropper:
         image: np.ndarray,
         centroids: np.ndarray,
         truth: tuple[TruthPoint, ...] | None = None,
-        t_source_ns: int = 0,
+        header: Mapping[str, int] | None = None,
     ) -> list[CropWindow]:
         """Add frame ``seq`` and its blob centroids; return the windows of frame ``seq − 2``.
 
@@ -269,8 +275,10 @@ class WindowCropper:
             The frame (any real dtype; kept as float32).
         centroids : ndarray of shape (N, 2)
             Blob (row, col) in frame pixels.
-        truth, t_source_ns
-            Kept with the frame for :meth:`frame`.
+        truth, header
+            Kept with the frame for :meth:`frame` (``header``: the frame message's
+            :func:`~stages.messages.frame_header`, which the cropper stage puts on the
+            frame's Windows message; default ``{}``).
 
         Returns
         -------
@@ -282,7 +290,7 @@ class WindowCropper:
         if self._first_seq is None:
             self._first_seq = seq
         image = np.asarray(image, dtype=np.float32)
-        self._frames.append(_BufferedFrame(seq, image, truth, t_source_ns))
+        self._frames.append(_BufferedFrame(seq, image, truth, header or {}))
         centroids = np.asarray(centroids, dtype=np.float64).reshape(-1, 2)
         lost = self._associate(seq, centroids)
         windows = self._windows(seq - MIDDLE)
@@ -308,7 +316,7 @@ class WindowCropper:
         return out
 
     def frame(self, seq: int) -> _BufferedFrame | None:
-        """The buffered frame ``seq`` (image, truth, t_source_ns), or None."""
+        """The buffered frame ``seq`` (image, truth, header), or None."""
         for buffered in self._frames:
             if buffered.seq == seq:
                 return buffered
@@ -396,10 +404,11 @@ def truth_in_crop(
 class Cropper(Stage):
     """Frames + blobs → one :class:`Windows` message per frame (middle frame = newest − 2).
 
-    Every paired frame n ≥ 2 whose middle frame n − 2 is buffered gives one Windows message
-    with ``seq = n − 2`` and that frame's ``t_source_ns`` (N = 0 when no track has a window);
-    at the end of the stream :meth:`flush` gives the last two frames' messages, so every frame
-    of a finite run leaves the cropper. A frame or blobs message whose partner never came is
+    Every paired frame n ≥ 2 of a sensor whose middle frame n − 2 (counted in the sensor's
+    ``sensor_seq``) is buffered gives one Windows message with that middle frame's header
+    fields (seq, ``t_source_ns``, sensor; N = 0 when no track has a window); at the end of
+    the stream :meth:`flush` gives each sensor's last two frames' messages, so every frame of
+    a finite run leaves the cropper. A frame or blobs message whose partner never came is
     dropped and counted in the run report (``summary()["join_dropped"]``).
     """
 
@@ -409,13 +418,16 @@ class Cropper(Stage):
 
     def __init__(self, config: CropperConfig | None = None) -> None:
         super().__init__(config)
-        self.core = WindowCropper(self.config)
+        #: sensor -> its blob tracks and ring buffer, made at the sensor's first frame
+        self.cores: defaultdict[int, WindowCropper] = defaultdict(
+            lambda: WindowCropper(self.config))
         self.join = SeqJoin((Frame, Blobs), self.config.max_pending)
-        self._saturation = math.inf
+        #: sensor -> clipping level of its latest frame (WindowInfo.saturation)
+        self._saturation: dict[int, float] = {}
 
     def reset(self) -> None:
-        """Forget all frames, tracks and pending messages."""
-        self.core.reset()
+        """Forget all frames, tracks and pending messages of every sensor."""
+        self.cores.clear()
         self.join = SeqJoin((Frame, Blobs), self.config.max_pending)
 
     def summary(self) -> dict[str, int]:
@@ -429,20 +441,25 @@ class Cropper(Stage):
             return []
         frame, blobs = parts[Frame], parts[Blobs]
         centroids = np.array([[b.row, b.col] for b in blobs.blobs]).reshape(-1, 2)
-        self._saturation = (saturation_level(frame.image.dtype) if self.config.saturation is None
-                            else float(self.config.saturation))
-        windows = self.core.update(
-            frame.seq, frame.image, centroids, frame.truth, frame.t_source_ns
-        )
-        middle = self.core.frame(frame.seq - MIDDLE)
-        return [] if middle is None else [self._message(middle, windows)]
+        self._saturation[frame.sensor] = (saturation_level(frame.image.dtype)
+                                          if self.config.saturation is None
+                                          else float(self.config.saturation))
+        core = self.cores[frame.sensor]
+        windows = core.update(frame.sensor_seq, frame.image, centroids, frame.truth,
+                              frame_header(frame))
+        middle = core.frame(frame.sensor_seq - MIDDLE)
+        return [] if middle is None else [self._message(frame.sensor, middle, windows)]
 
     def flush(self) -> Iterable[Message]:
-        """Windows messages of the stream's last two frames (:meth:`WindowCropper.finish`)."""
-        return [self._message(self.core.frame(seq), windows)
-                for seq, windows in self.core.finish()]
+        """Windows messages of every sensor's last two frames (:meth:`WindowCropper.finish`),
+        in ``seq`` order."""
+        messages = [self._message(sensor, core.frame(sensor_seq), windows)
+                    for sensor, core in self.cores.items()
+                    for sensor_seq, windows in core.finish()]
+        return sorted(messages, key=lambda m: m.seq)
 
-    def _message(self, middle: _BufferedFrame, windows: list[CropWindow]) -> Windows:
+    def _message(self, sensor: int, middle: _BufferedFrame,
+                 windows: list[CropWindow]) -> Windows:
         infos = tuple(
             WindowInfo(
                 blob_id=w.blob_id,
@@ -451,7 +468,7 @@ class Cropper(Stage):
                 frame_index=w.frame_index,
                 truth=truth_in_crop(middle.truth, w.origin),
                 background=w.background,
-                saturation=self._saturation,
+                saturation=self._saturation[sensor],
             )
             for w in windows
         )
@@ -460,5 +477,4 @@ class Cropper(Stage):
             if windows
             else np.zeros((0, WINDOW, PATCH, PATCH), dtype=np.float32)
         )
-        return Windows(seq=middle.seq, t_source_ns=middle.t_source_ns, windows=infos,
-                       patches=patches)
+        return Windows(**middle.header, windows=infos, patches=patches)

@@ -37,7 +37,7 @@ import numpy as np
 
 from models.config import ConfigError
 from stages.base import Stage
-from stages.messages import Blob, Blobs, Frame, Message
+from stages.messages import Blob, Blobs, Frame, Message, frame_header
 from stages.ratelimit import LimitedWarnings
 from stages.threads import use_torch_threads
 
@@ -324,8 +324,7 @@ class Detector(Stage):
             found = detect_counted(msg.image, self.config)
             if found.over_cap:
                 self._truncated(msg.seq, found.over_cap, "")
-            return [Blobs(seq=msg.seq, t_source_ns=msg.t_source_ns,
-                          blobs=blob_records(found.blobs))]
+            return [Blobs(**frame_header(msg), blobs=blob_records(found.blobs))]
         if not isinstance(msg, Blobs):
             raise ConfigError(
                 f"an external detector takes Blobs messages, got {type(msg).__name__}; "
@@ -339,7 +338,7 @@ class Detector(Stage):
         if len(valid) > self.config.max_blobs:
             self._truncated(msg.seq, len(valid) - self.config.max_blobs, "external ")
             valid = sorted(valid, key=lambda b: -b.snr)[: self.config.max_blobs]
-        return [Blobs(seq=msg.seq, t_source_ns=msg.t_source_ns, blobs=tuple(valid))]
+        return [Blobs(**frame_header(msg), blobs=tuple(valid))]
 
     def _truncated(self, seq: int, count: int, which: str) -> None:
         self.truncated += count

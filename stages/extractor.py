@@ -19,7 +19,7 @@ from models.config import ConfigError
 from models.extract import ExtractorConfig, extract_points
 from sim.geometry import HR, PATCH, WINDOW
 from stages.base import Stage
-from stages.messages import Maps, Message, Point, Points, WindowInfo
+from stages.messages import Maps, Message, Point, Points, WindowInfo, frame_header
 
 #: ``extract(maps (N, 33, 33), windows (N, 5, 11, 11), config) -> N arrays (n_i, 3)``
 #: of (row, col, score) in patch pixels.
@@ -94,7 +94,7 @@ class Extractor(Stage):
             )
         found = self.extract_windows(msg) if msg.windows else []
         points = to_frame_points(found, msg.windows)
-        return [Points(seq=msg.seq, t_source_ns=msg.t_source_ns, points=points)]
+        return [Points(**frame_header(msg), points=points)]
 
     def extract_windows(self, msg: Maps) -> Sequence[np.ndarray]:
         """Points (row, col, score) in patch pixels of every window of ``msg``."""

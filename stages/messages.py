@@ -10,6 +10,18 @@ Every message describes one frame of the stream and carries the same header fiel
   clock, so a replay reproduces a live run bit for bit.
 - ``stamps`` (dict str -> int): per-stage timestamps (``"<stage>.in"``, ``"<stage>.out"``, Unix
   time in ns) filled by the runner only; stages leave it empty.
+- ``sensor`` (int >= 0, default 0): the sensor that took the frame. A chain with several
+  sensors carries all of them on each topic, interleaved under one ``seq`` (the simulator with
+  ``sensors: N`` sends them round-robin: seq s is a frame of sensor s mod N).
+- ``sensor_seq`` (int >= 0, default ``seq``): the frame's number within its sensor's stream,
+  so frames n and n + 1 of one sensor are consecutive in time. Stages with memory over time
+  (the cropper's 5-frame windows, the tracker's motion model) keep one state per sensor and
+  count frames with it; ``seq`` alone cannot say which frames of a sensor are consecutive
+  without knowing how many sensors there are and how they interleave. With one sensor
+  ``sensor_seq == seq``.
+
+Every stage that derives a message from an input copies the input's four frame fields
+(:func:`frame_header`).
 
 Class attributes (not fields): ``SCHEMA`` (the wire name), ``VERSION`` (bumped on any
 incompatible change; :data:`VERSION_CHANGES` says what each bump changed), ``TOPIC`` (the
@@ -42,6 +54,8 @@ from sim.geometry import HR, PATCH, WINDOW
 VERSION_CHANGES: dict[int, str] = {
     2: "WindowInfo.track_id was renamed blob_id; Point.track_id became window_id, the index "
        "of the point's window in its frame's Windows message",
+    3: "new header keys sensor (the sensor that took the frame) and sensor_seq (the frame's "
+       "number within that sensor's stream), both required",
 }
 
 
@@ -243,6 +257,16 @@ def _check_records(owner: str, name: str, values: tuple, kind: type) -> None:
             )
 
 
+#: The header fields that say which frame a message describes (see the module docstring).
+FRAME_FIELDS = ("seq", "t_source_ns", "sensor", "sensor_seq")
+
+
+def frame_header(msg: Message) -> dict[str, int]:
+    """The frame fields of ``msg`` (:data:`FRAME_FIELDS`), to build a message about the same
+    frame: ``Points(**frame_header(maps), points=...)``."""
+    return {key: getattr(msg, key) for key in FRAME_FIELDS}
+
+
 @dataclass(frozen=True, kw_only=True, eq=False)
 class Message:
     """Header fields shared by every message (see the module docstring)."""
@@ -250,23 +274,28 @@ class Message:
     seq: int
     t_source_ns: int
     stamps: Mapping[str, int] = field(default_factory=dict)
+    sensor: int = 0
+    sensor_seq: int | None = None  # None: the same as seq
 
     SCHEMA: ClassVar[str] = ""
-    VERSION: ClassVar[int] = 2
+    VERSION: ClassVar[int] = 3
     TOPIC: ClassVar[str] = ""
     ARRAYS: ClassVar[tuple[str, ...]] = ()
     RECORDS: ClassVar[Mapping[str, type]] = {}
 
     def __post_init__(self) -> None:
         name = type(self).__name__
+        if self.sensor_seq is None:
+            object.__setattr__(self, "sensor_seq", self.seq)
         try:  # numpy integers are accepted and stored as int
-            object.__setattr__(self, "seq", operator.index(self.seq))
-            object.__setattr__(self, "t_source_ns", operator.index(self.t_source_ns))
+            for key in FRAME_FIELDS:
+                object.__setattr__(self, key, operator.index(getattr(self, key)))
         except TypeError as exc:
-            raise MessageError(f"{name}.seq and t_source_ns must be ints, got {self.seq!r} and "
-                               f"{self.t_source_ns!r}") from exc
-        if self.seq < 0:
-            raise MessageError(f"{name}.seq must be >= 0, got {self.seq}")
+            raise MessageError(f"{name}.{', '.join(FRAME_FIELDS)} must be ints, got "
+                               f"{frame_header(self)!r}") from exc
+        for key in ("seq", "sensor", "sensor_seq"):
+            if getattr(self, key) < 0:
+                raise MessageError(f"{name}.{key} must be >= 0, got {getattr(self, key)}")
         for key, kind in self.RECORDS.items():
             value = getattr(self, key)
             if value is not None:

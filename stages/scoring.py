@@ -37,15 +37,20 @@ averaged over the scored frames; "missed" is exactly the unmixing failure of mer
 **Tracking score.** The same GOSPA compares all true sub-targets with the confirmed *tracks*
 of the frame (the tracker's output, coasting tracks included), plus the number of **identity
 switches**: a true sub-target paired (closer than c) with a track id other than the one it was
-last paired with. A sub-target is identified by its group and its rank among the group's
-sub-targets in the frame's truth (the simulator lists them in a fixed order).
+last paired with. A sub-target is identified by its sensor, its group and its rank among the
+group's sub-targets in the frame's truth (the simulator lists them in a fixed order).
+
+**Several sensors.** Every figure is pooled over all frames of all sensors (the summary's
+top-level keys), and also kept per sensor: when frames of more than one sensor were scored,
+the summary holds ``per_sensor``, sensor id (a string, as JSON keys are) -> the same keys
+for that sensor's frames alone.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,7 +277,7 @@ class ScoreAccumulator:
         self._lost = 0
         self._gospa = _GospaMean()
         self._track_gospa = _GospaMean()
-        self._last_track: dict[tuple[int, int], int] = {}
+        self._last_track: dict[tuple[int, int, int], int] = {}  # (sensor, group, rank) -> id
         self._switches = 0
         self._tracks = 0
         self._groups = 0
@@ -287,8 +292,9 @@ class ScoreAccumulator:
         windows: Sequence[WindowInfo],
         points: Sequence[Point],
         tracks: Sequence[Track],
+        sensor: int = 0,
     ) -> GospaTerms:
-        """Score one frame; returns the GOSPA terms of its points."""
+        """Score one frame of ``sensor``; returns the GOSPA terms of its points."""
         refs = group_references(truth)
         detected = detected_groups(refs, windows)
         detecting = set(detected.values())
@@ -302,7 +308,7 @@ class ScoreAccumulator:
         self._all_truths.append(targets)
         terms = gospa(targets[:, :2], found[:, :2], self.c, self.p)
         self._gospa.add(terms)
-        self._score_tracks(truth, targets, tracks)
+        self._score_tracks(truth, targets, tracks, sensor)
         self._groups += len(refs)
         self._detected += len(detected)
         self._windows += len(windows)
@@ -322,7 +328,7 @@ class ScoreAccumulator:
         self._all_truths.append(_truth_array(truth))
 
     def _score_tracks(self, truth: Sequence[TruthPoint], targets: np.ndarray,
-                      tracks: Sequence[Track]) -> None:
+                      tracks: Sequence[Track], sensor: int) -> None:
         terms, pairs = gospa_pairs(
             targets[:, :2],
             np.array([[t.row, t.col] for t in tracks]),
@@ -331,7 +337,7 @@ class ScoreAccumulator:
         )
         self._track_gospa.add(terms)
         self._tracks += len(tracks)
-        keys = target_keys(truth)
+        keys = [(sensor, *key) for key in target_keys(truth)]
         for ti, ej in pairs:
             key, track_id = keys[ti], tracks[ej].track_id
             if self._last_track.get(key, track_id) != track_id:
@@ -393,8 +399,9 @@ class Scoring(Stage):
 
     Frames without truth (``truth is None``) cannot be scored and are counted in
     :attr:`skipped`; frames whose windows, points or tracks never came are scored as lost
-    (``frames_lost``, and in ``cso_map_end_to_end``). At the end of the stream the summary is
-    logged and, if ``output`` is set, written as JSON.
+    (``frames_lost``, and in ``cso_map_end_to_end``). Every frame is scored twice: in the
+    pooled scores and in its sensor's (see the module docstring). At the end of the stream the
+    summary is logged and, if ``output`` is set, written as JSON.
     """
 
     Config = ScoringConfig
@@ -403,11 +410,20 @@ class Scoring(Stage):
 
     def __init__(self, config: ScoringConfig | None = None) -> None:
         super().__init__(config)
-        self.scores = ScoreAccumulator(self.config.c, self.config.p, self.config.map_window)
+        self.scores = self._accumulator()
+        #: sensor -> the scores of its frames alone
+        self.sensor_scores: defaultdict[int, ScoreAccumulator] = defaultdict(self._accumulator)
         self.join = SeqJoin((Frame, Blobs, Windows, Points, Tracks), self.config.max_pending,
                             on_drop=self._lost)
         #: Frames that arrived without truth.
         self.skipped = 0
+
+    def _accumulator(self) -> ScoreAccumulator:
+        return ScoreAccumulator(self.config.c, self.config.p, self.config.map_window)
+
+    def _accumulators(self, sensor: int) -> tuple[ScoreAccumulator, ScoreAccumulator]:
+        """The pooled scores and those of ``sensor``: where a frame of it is scored."""
+        return self.scores, self.sensor_scores[sensor]
 
     def process(self, msg: Message) -> Iterable[Message]:
         parts = self.join.add(msg)
@@ -417,16 +433,17 @@ class Scoring(Stage):
         if frame.truth is None:
             self.skipped += 1
             return ()
-        self.scores.add(
-            frame.truth, parts[Windows].windows, parts[Points].points, parts[Tracks].tracks
-        )
-        self.scores.add_blobs(frame.truth, parts[Blobs].blobs, frame.image.size)
+        for scores in self._accumulators(frame.sensor):
+            scores.add(frame.truth, parts[Windows].windows, parts[Points].points,
+                       parts[Tracks].tracks, frame.sensor)
+            scores.add_blobs(frame.truth, parts[Blobs].blobs, frame.image.size)
         return ()
 
     def _lost(self, parts: dict) -> None:
         frame = parts.get(Frame)
         if frame is not None and frame.truth is not None:
-            self.scores.add_lost(frame.truth)
+            for scores in self._accumulators(frame.sensor):
+                scores.add_lost(frame.truth)
 
     def flush(self) -> Iterable[Message]:
         self.join.drain()
@@ -439,5 +456,11 @@ class Scoring(Stage):
         return ()
 
     def summary(self) -> dict:
-        """:meth:`ScoreAccumulator.summary` plus ``frames_without_truth``."""
-        return {**self.scores.summary(), "frames_without_truth": self.skipped}
+        """:meth:`ScoreAccumulator.summary` of all frames plus ``frames_without_truth``, and
+        ``per_sensor`` (sensor id as a string -> its own :meth:`ScoreAccumulator.summary`)
+        when frames of more than one sensor were scored."""
+        out = {**self.scores.summary(), "frames_without_truth": self.skipped}
+        if len(self.sensor_scores) > 1:
+            out["per_sensor"] = {str(sensor): self.sensor_scores[sensor].summary()
+                                 for sensor in sorted(self.sensor_scores)}
+        return out

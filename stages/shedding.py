@@ -30,6 +30,9 @@ The rule (:class:`WindowShedder`):
   5th-order spline (bilinear interpolation blurs the splats the extractor fits), zeros
   shifted in.
 - Tracks absent from a frame forget their map, so the state is bounded by the live tracks.
+  With several sensors, the maps are kept per sensor (blob ids are unique per sensor) and a
+  frame forgets only the absent tracks of its own sensor; the time credit and the cost
+  model are shared (one unmixer, one budget per frame of any sensor).
 
 The two rules under overload are compared in ``benchmarks/shedding.md``.
 """
@@ -101,12 +104,12 @@ class WindowShedder:
         #: Time (ms) the unmixer may still spend: + budget per frame, − each forward pass.
         self.credit_ms = 0.0
         self._warm = False
-        self._kept: dict[int, _Kept] = {}
+        self._kept: dict[int, dict[int, _Kept]] = {}  # sensor -> blob id -> its last map
         self.unmixed = 0
         self.reused = 0
 
-    def choose(self, blob_ids: list[int]) -> np.ndarray:
-        """Which windows of a frame to unmix: a boolean mask over ``blob_ids``.
+    def choose(self, blob_ids: list[int], sensor: int = 0) -> np.ndarray:
+        """Which windows of a frame of ``sensor`` to unmix: a boolean mask over ``blob_ids``.
 
         Each call adds one frame's budget to the time credit (capped at two frames' worth, or
         one window's cost when that is more).
@@ -117,8 +120,9 @@ class WindowShedder:
             (self.credit_ms - self.fixed_ms) / self.cost_ms)
         if allowed >= n:
             return np.ones(n, dtype=bool)
-        mask = np.array([blob_id not in self._kept for blob_id in blob_ids], dtype=bool)
-        stale = sorted(np.flatnonzero(~mask), key=lambda i: (-self._kept[blob_ids[i]].age,
+        kept = self._kept.get(sensor, {})
+        mask = np.array([blob_id not in kept for blob_id in blob_ids], dtype=bool)
+        stale = sorted(np.flatnonzero(~mask), key=lambda i: (-kept[blob_ids[i]].age,
                                                               blob_ids[i]))
         mask[stale[:max(0, allowed - int(mask.sum()))]] = True
         return mask
@@ -148,7 +152,7 @@ class WindowShedder:
         self.cost_ms, self.fixed_ms = float(ms.sum() / n.sum()), 0.0
 
     def complete(self, blob_ids: list[int], mask: np.ndarray, maps: np.ndarray,
-                 centres: np.ndarray) -> np.ndarray:
+                 centres: np.ndarray, sensor: int = 0) -> np.ndarray:
         """Fill the skipped windows' maps and remember the fresh ones.
 
         Parameters
@@ -161,6 +165,8 @@ class WindowShedder:
             Maps; rows outside ``mask`` are overwritten with predictions.
         centres : ndarray of shape (N, 2)
             Centres of light of the windows (:func:`centres_of_light`).
+        sensor : int
+            The frame's sensor: only its tracks' maps are looked up and forgotten.
 
         Returns
         -------
@@ -169,13 +175,14 @@ class WindowShedder:
         from scipy import ndimage  # here: the unmixer imports this module, few runs shed load
 
         present = set(blob_ids)
-        self._kept = {k: v for k, v in self._kept.items() if k in present}
+        kept_maps = {k: v for k, v in self._kept.get(sensor, {}).items() if k in present}
+        self._kept[sensor] = kept_maps
         for i, blob_id in enumerate(blob_ids):
             if mask[i]:
-                self._kept[blob_id] = _Kept(maps[i].copy(), centres[i].copy())
+                kept_maps[blob_id] = _Kept(maps[i].copy(), centres[i].copy())
                 self.unmixed += 1
                 continue
-            kept = self._kept[blob_id]
+            kept = kept_maps[blob_id]
             kept.age += 1
             shift = RATIO * (centres[i] - kept.centre)
             maps[i] = ndimage.shift(kept.map, shift, order=SPLINE_ORDER, mode="constant",

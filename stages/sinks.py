@@ -20,7 +20,7 @@ import numpy as np
 
 from sim.geometry import PATCH
 from stages.base import SeqJoin, Stage
-from stages.messages import Blobs, Frame, Message, Points, Tracks, Windows
+from stages.messages import Blobs, Frame, Message, Points, Tracks, Windows, frame_header
 from stages.overlay import draw_overlay
 
 # ---------------------------------------------------------------------------------------------
@@ -153,8 +153,9 @@ def frame_record(points: Points, tracks: Tracks, decimals: int = 3) -> dict:
     Returns
     -------
     dict
-        ``{"seq", "t_source_ns", "points": [{"row", "col", "score", "window_id"}],
-        "tracks": [{"id", "row", "col", "vrow", "vcol", "score", "age"}]}``.
+        ``{"seq", "t_source_ns", "sensor", "sensor_seq", "points": [{"row", "col", "score",
+        "window_id"}], "tracks": [{"id", "row", "col", "vrow", "vcol", "score", "age"}]}``
+        (a track is named by ``sensor`` and ``id``).
     """
 
     def pos(v: float) -> float:
@@ -164,8 +165,7 @@ def frame_record(points: Points, tracks: Tracks, decimals: int = 3) -> dict:
         return round(float(v), 2) + 0.0
 
     return {
-        "seq": points.seq,
-        "t_source_ns": points.t_source_ns,
+        **frame_header(points),
         "points": [
             {"row": pos(p.row), "col": pos(p.col), "score": score(p.score),
              "window_id": p.window_id}

@@ -3,8 +3,8 @@
 Each track is a :class:`filterpy.kalman.KalmanFilter` with state ``[r, c, vr, vc]`` (frame
 pixels, pixels per frame) observing ``[r, c]``. Per frame (one :class:`Points` message):
 
-1. every track is predicted to the frame (``dt`` = seq difference, so a lost frame is
-   bridged);
+1. every track is predicted to the frame (``dt`` = the difference of the frames'
+   ``sensor_seq``, so a lost frame is bridged);
 2. the cost of pairing track i with point j is the Euclidean distance between the predicted
    position and the point (``gating="euclidean"``, gate ``gate_px``) or the squared
    Mahalanobis distance under the innovation covariance S = H P Hᵀ + R
@@ -16,10 +16,16 @@ pixels, pixels per frame) observing ``[r, c]``. Per frame (one :class:`Points` m
    its first miss; unpaired points start tentative tracks.
 
 Public ids are consecutive integers in order of confirmation and never reused.
+
+**Several sensors.** The stage keeps one :class:`PointTracker` per sensor (the messages'
+``sensor``) and counts each sensor's frames with ``sensor_seq``: a sensor's tracks see only
+its own points, and track ids are unique per sensor (a track is named by the message's
+``sensor`` and its ``track_id``).
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -30,7 +36,7 @@ from filterpy.kalman import KalmanFilter
 from models.config import ConfigError
 from stages.association import gated_assignment
 from stages.base import Stage
-from stages.messages import Message, Points, Track, Tracks
+from stages.messages import Message, Points, Track, Tracks, frame_header
 
 GATINGS = ("mahalanobis", "euclidean")
 
@@ -205,7 +211,8 @@ class PointTracker:
 
 
 class Tracker(Stage):
-    """Points → confirmed sub-target tracks, one :class:`Tracks` message per frame."""
+    """Points → confirmed sub-target tracks, one :class:`Tracks` message per frame; one
+    :class:`PointTracker` per sensor (see the module docstring)."""
 
     Config = TrackerConfig
     INPUTS = ("points",)
@@ -213,11 +220,13 @@ class Tracker(Stage):
 
     def __init__(self, config: TrackerConfig | None = None) -> None:
         super().__init__(config)
-        self.core = PointTracker(self.config)
+        #: sensor -> its tracker, made at the sensor's first frame
+        self.cores: defaultdict[int, PointTracker] = defaultdict(
+            lambda: PointTracker(self.config))
 
     def reset(self) -> None:
-        """Forget every track."""
-        self.core.reset()
+        """Forget every track of every sensor."""
+        self.cores.clear()
 
     def process(self, msg: Message) -> Iterable[Message]:
         if not isinstance(msg, Points):
@@ -231,6 +240,6 @@ class Tracker(Stage):
                 track_id=int(tid), row=float(r), col=float(c), vrow=float(vr), vcol=float(vc),
                 score=float(s), age=int(age),
             )
-            for tid, r, c, vr, vc, s, age in self.core.step(msg.seq, pts)
+            for tid, r, c, vr, vc, s, age in self.cores[msg.sensor].step(msg.sensor_seq, pts)
         )
-        return [Tracks(seq=msg.seq, t_source_ns=msg.t_source_ns, tracks=tracks)]
+        return [Tracks(**frame_header(msg), tracks=tracks)]

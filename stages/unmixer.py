@@ -8,7 +8,8 @@ go through the model in one ``forward`` under :func:`torch.inference_mode`.
 that split into per-frame and per-window work (``shares_frame_features``: DeRefNet's unfolding
 stage does not depend on the window), the stage keeps each frame's features in a
 least-recently-used cache keyed by the frame patch's exact bytes, so a new window costs one
-frame's unfolding plus one window's alignment and reconstruction. The key is the data itself:
+frame's unfolding plus one window's alignment and reconstruction. The key is the data itself
+(so it needs no sensor: equal bytes give equal features whichever sensor took them):
 a patch cut at another origin or with another background subtracted is another key, so
 cached and recomputed maps are the same (the cropper's background is the median of a
 window's ring pixels, which on integer frames rarely changes from one window to the next).
@@ -38,7 +39,7 @@ import numpy as np
 from models.config import ConfigError
 from sim.geometry import HR, PATCH, WINDOW
 from stages.base import Stage
-from stages.messages import Maps, Message, Windows
+from stages.messages import Maps, Message, Windows, frame_header
 from stages.shedding import WindowShedder, centres_of_light
 from stages.threads import use_torch_threads
 
@@ -210,13 +211,13 @@ class Unmixer(Stage):
     def _unmix_within_budget(self, msg: Windows, index: np.ndarray) -> np.ndarray:
         """Maps of a frame's windows, some reused (:class:`~stages.shedding.WindowShedder`)."""
         ids = [w.blob_id for w in msg.windows]
-        mask = self.shedder.choose(ids)
+        mask = self.shedder.choose(ids, msg.sensor)
         tic = time.perf_counter()
         fresh = self.unmix(msg.patches[mask], index[mask])
         self.shedder.record_cost(1e3 * (time.perf_counter() - tic), int(mask.sum()))
         maps = np.zeros((len(ids), HR, HR), dtype=np.float32)
         maps[mask] = fresh
-        return self.shedder.complete(ids, mask, maps, centres_of_light(msg.patches))
+        return self.shedder.complete(ids, mask, maps, centres_of_light(msg.patches), msg.sensor)
 
     def process(self, msg: Message) -> Iterable[Message]:
         if not isinstance(msg, Windows):
@@ -231,8 +232,7 @@ class Unmixer(Stage):
             maps = self._unmix_within_budget(msg, index)
         return [
             Maps(
-                seq=msg.seq,
-                t_source_ns=msg.t_source_ns,
+                **frame_header(msg),
                 windows=msg.windows,
                 patches=msg.patches,
                 maps=np.ascontiguousarray(maps, dtype=np.float32),

@@ -180,8 +180,8 @@ def test_subscriber_tally_tells_chain_drops_from_its_own_losses():
 
 def blobs_frames(seq: int, rows=()) -> list[bytes]:
     """A Blobs message as an outside detector sends it: one blob per row."""
-    head = {"schema": "csist.Blobs", "version": 2, "topic": "blobs", "seq": seq,
-            "t_source_ns": 123, "stamps": {}, "buffers": [],
+    head = {"schema": "csist.Blobs", "version": 3, "topic": "blobs", "seq": seq,
+            "t_source_ns": 123, "sensor": 0, "sensor_seq": seq, "stamps": {}, "buffers": [],
             "fields": {"blobs": [{"row": r, "col": 2.0, "peak": 9.0, "area": 3, "snr": 5.0}
                                  for r in rows]}}
     return [b"blobs", msgpack.packb(head)]
@@ -271,6 +271,10 @@ def test_subscribe_line_formats():
                                                                 "shape": [4, 5]}}
     blobs = Blobs(seq=0, t_source_ns=0, blobs=[Blob(1.0, 2.0, 3.0, 4, 5.0)])
     assert "blobs 1" in summary_line("blobs", blobs)
+    second = Blobs(seq=9, t_source_ns=0, sensor=1, sensor_seq=4)
+    assert "  sensor 1 #4  blobs 0" in summary_line("blobs", second)
+    assert (json_record("blobs", second)["sensor"], json_record("blobs", second)["sensor_seq"],
+            json_record("blobs", blobs)["sensor"]) == (1, 4, 0)
 
 
 # ---------------------------------------------------------------------------------------------

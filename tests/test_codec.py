@@ -41,6 +41,7 @@ from stages.messages import (
     TruthPoint,
     WindowInfo,
     Windows,
+    frame_header,
 )
 
 SETTINGS = settings(max_examples=40, deadline=None,
@@ -64,8 +65,12 @@ truths = st.lists(records(TruthPoint), max_size=4).map(tuple)
 window_infos = records(WindowInfo, truth=truths)
 
 
+sensors = st.integers(0, 2**31)
+
+
 def header(cls):
-    return {"seq": seqs, "t_source_ns": ints, "stamps": stamps}
+    return {"seq": seqs, "t_source_ns": ints, "stamps": stamps, "sensor": sensors,
+            "sensor_seq": seqs}
 
 
 @st.composite
@@ -93,9 +98,9 @@ MESSAGES = {
     Stats: st.builds(Stats, **header(Stats), stage=st.text(max_size=10), msgs_in=ints,
                      p50_ms=st.floats(allow_nan=True)),
     EndOfStream: st.builds(EndOfStream, **header(EndOfStream)),
-    Skipped: st.builds(lambda seq, gap, t, stamps: Skipped(seq=seq, last=seq + gap,
-                                                           t_source_ns=t, stamps=stamps),
-                       seqs, st.integers(0, 100), ints, stamps),
+    Skipped: st.builds(lambda seq, gap, t, stamps, sensor: Skipped(
+                           seq=seq, last=seq + gap, t_source_ns=t, stamps=stamps, sensor=sensor),
+                       seqs, st.integers(0, 100), ints, stamps, sensors),
 }
 
 
@@ -132,14 +137,14 @@ def test_round_trip(cls):
 
 
 def test_header_layout_is_the_documented_one():
-    msg = Frame(seq=7, t_source_ns=280_000_000, stamps={"source.out": 5},
-                image=np.arange(6, dtype=np.uint16).reshape(2, 3),
+    msg = Frame(seq=7, t_source_ns=280_000_000, stamps={"source.out": 5}, sensor=1,
+                sensor_seq=3, image=np.arange(6, dtype=np.uint16).reshape(2, 3),
                 truth=(TruthPoint(group=1, row=0.5, col=1.25, brightness=230.0),))
     topic, head, buf = encode(msg)
     assert topic == b"frames"
     assert msgpack.unpackb(head) == {
-        "schema": "csist.Frame", "version": 2, "topic": "frames", "seq": 7,
-        "t_source_ns": 280_000_000, "stamps": {"source.out": 5},
+        "schema": "csist.Frame", "version": 3, "topic": "frames", "seq": 7,
+        "t_source_ns": 280_000_000, "sensor": 1, "sensor_seq": 3, "stamps": {"source.out": 5},
         "fields": {"truth": [{"group": 1, "row": 0.5, "col": 1.25, "brightness": 230.0}]},
         "buffers": [{"name": "image", "dtype": "<u2", "shape": [2, 3]}],
     }
@@ -157,7 +162,7 @@ def test_peek_checks_the_header_and_keeps_the_frames_for_forwarding():
     end = peek(encode(EndOfStream(seq=3, t_source_ns=0)))  # decoded: receivers act on it
     assert isinstance(end, EndOfStream) and end.seq == 3
     header = msgpack.unpackb(frames[1])
-    for key, value in (("seq", -1), ("version", 1), ("schema", "csist.Nope")):
+    for key, value in (("seq", -1), ("version", 1), ("schema", "csist.Nope"), ("sensor", -1)):
         bad = msgpack.packb({**header, key: value})
         with pytest.raises(DecodeError):
             peek([frames[0], bad, frames[2]])
@@ -168,8 +173,8 @@ def test_peek_checks_the_header_and_keeps_the_frames_for_forwarding():
 def test_external_client_message_decodes():
     """What a detector written in another language would send: plain msgpack + no buffers."""
     head = msgpack.packb({
-        "schema": "csist.Blobs", "version": 2, "topic": "blobs", "seq": 3, "t_source_ns": 0,
-        "stamps": {}, "buffers": [],
+        "schema": "csist.Blobs", "version": 3, "topic": "blobs", "seq": 3, "t_source_ns": 0,
+        "sensor": 0, "sensor_seq": 3, "stamps": {}, "buffers": [],
         "fields": {"blobs": [{"row": 10, "col": 20.5, "peak": 200.0, "area": 4, "snr": 9.0}]},
     })
     msg = decode([b"blobs", head])
@@ -225,10 +230,14 @@ def bad_frames():
         "topic mismatch": [b"frames", *good[1:]],
         "unknown schema": with_header(good, schema="csist.Nope"),
         "schema not str": with_header(good, schema=3),
-        "wrong version": with_header(good, version=3),
+        "wrong version": with_header(good, version=4),
         "version bool": with_header(good, version=True),
         "negative seq": with_header(good, seq=-1),
         "seq float": with_header(good, seq=1.0),
+        "negative sensor": with_header(good, sensor=-1),
+        "sensor bool": with_header(good, sensor=True),
+        "sensor_seq float": with_header(good, sensor_seq=2.0),
+        "negative sensor_seq": with_header(good, sensor_seq=-3),
         "stamps int keys": [good[0], msgpack.packb({**head, "stamps": {1: 2}}), good[2]],
         "stamps str values": with_header(good, stamps={"a": "b"}),
         "missing key": [good[0], msgpack.packb({k: v for k, v in head.items() if k != "fields"}),
@@ -320,8 +329,8 @@ msgpack_values = st.recursive(
 
 
 @SETTINGS
-@given(st.sampled_from(["schema", "version", "topic", "seq", "t_source_ns", "stamps", "fields",
-                        "buffers"]), msgpack_values)
+@given(st.sampled_from(["schema", "version", "topic", "seq", "t_source_ns", "sensor",
+                        "sensor_seq", "stamps", "fields", "buffers"]), msgpack_values)
 def test_any_header_value_only_raises_decode_error(key, value):
     frames = with_header([bytes(f) for f in encode(valid_windows())], **{key: value})
     try:
@@ -382,6 +391,30 @@ def test_a_previous_wire_version_is_rejected_with_what_changed():
     msg = Points(seq=0, t_source_ns=0, points=[Point(1.0, 2.0, 3.0, 0)])
     topic, head, *rest = encode(msg)
     old = msgpack.packb({**msgpack.unpackb(head), "version": 1})
-    with pytest.raises(DecodeError, match=r"version 1 but this receiver speaks version 2; "
-                                          r"version 2: WindowInfo.track_id was renamed blob_id"):
+    with pytest.raises(DecodeError, match=r"version 1 but this receiver speaks version 3; "
+                                          r"version 2: WindowInfo.track_id was renamed blob_id"
+                                          r".*; version 3: new header keys sensor"):
         decode([topic, old, *rest])
+
+
+def test_a_version_2_message_without_the_sensor_keys_is_rejected_naming_them():
+    """What a version-2 peer sends: its own version and no sensor keys. The version is
+    checked first, so the error says what changed rather than which keys are missing."""
+    topic, head, *rest = encode(Points(seq=4, t_source_ns=0))
+    header = msgpack.unpackb(head)
+    del header["sensor"], header["sensor_seq"]
+    old = msgpack.packb({**header, "version": 2})
+    with pytest.raises(DecodeError, match=r"version 2 but this receiver speaks version 3; "
+                                          r"version 3: new header keys sensor .* and "
+                                          r"sensor_seq"):
+        decode([topic, old, *rest])
+
+
+def test_sensor_fields_round_trip_and_default_to_one_sensor():
+    msg = Points(seq=9, t_source_ns=5, sensor=2, sensor_seq=4, points=[Point(1.0, 2.0, 3.0)])
+    got = decode(encode(msg))
+    assert (got.seq, got.t_source_ns, got.sensor, got.sensor_seq) == (9, 5, 2, 4)
+    assert decode_record(encode_record(msg))[1].sensor == 2
+    single = Points(seq=9, t_source_ns=5)
+    assert (single.sensor, single.sensor_seq) == (0, 9)
+    assert frame_header(got) == {"seq": 9, "t_source_ns": 5, "sensor": 2, "sensor_seq": 4}

@@ -49,7 +49,7 @@ def test_ids_stay_stable_over_a_moving_group():
                 ids_per_group.setdefault(group, set()).add(info.blob_id)
     assert len(ids_per_group) == 2
     assert all(len(ids) == 1 for ids in ids_per_group.values())
-    assert cropper.core.blob_ids == sorted({i for ids in ids_per_group.values() for i in ids})
+    assert cropper.cores[0].blob_ids == sorted({i for ids in ids_per_group.values() for i in ids})
 
 
 def test_five_patches_share_one_origin_and_equal_the_frames_crops():

@@ -103,6 +103,20 @@ def test_a_track_that_disappears_forgets_its_map():
     assert shedder.choose([1, 2]).tolist() == [True, False]  # 1 is new again
 
 
+def test_maps_are_kept_per_sensor():
+    """Blob ids are per sensor: a frame of sensor 1 neither reuses nor forgets sensor 0's
+    maps of the same ids."""
+    shedder = WindowShedder(10.0)
+    _with_maps(shedder, [])
+    shedder.record_cost(100.0, 1)
+    maps, centres = np.zeros((2, 33, 33), np.float32), np.zeros((2, 2))
+    shedder.complete([1, 2], np.ones(2, bool), maps, centres, sensor=0)
+    shedder.credit_ms = -100.0
+    assert shedder.choose([1, 2], sensor=1).tolist() == [True, True]  # new for sensor 1
+    shedder.complete([5], np.ones(1, bool), maps[:1], centres[:1], sensor=1)
+    assert shedder.choose([1, 2], sensor=0).tolist() == [False, False]  # still kept
+
+
 class _SlowModel:
     """Stands in for a model: maps full of 1s, 20 ms per window on a fake clock."""
 

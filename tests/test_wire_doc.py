@@ -32,9 +32,10 @@ FPS = 25.0  # configs/live.yaml's simulator
 # ---------------------------------------------------------------------------------------------
 # The document's rules.
 
-HEADER_KEYS = {"schema", "version", "topic", "seq", "t_source_ns", "stamps", "fields", "buffers"}
+HEADER_KEYS = {"schema", "version", "topic", "seq", "t_source_ns", "sensor", "sensor_seq",
+               "stamps", "fields", "buffers"}
 DTYPES = {"|u1", "<u2", "<i2", "<i4", "<f4", "<f8"}
-VERSION = 2
+VERSION = 3
 #: schema -> (fields keys, {buffer name: allowed dtypes}) from the message table
 SCHEMAS = {
     "csist.Frame": ({"truth"}, {"image": {"|u1", "<u2", "<f4"}}),
@@ -89,6 +90,9 @@ def decode_header(header: dict, buffers: list[bytes]) -> tuple[dict, dict[str, n
     seq, t_ns = header["seq"], header["t_source_ns"]
     assert isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0
     assert isinstance(t_ns, int) and not isinstance(t_ns, bool)
+    for key in ("sensor", "sensor_seq"):  # one sensor: sensor 0, sensor_seq == seq
+        assert isinstance(header[key], int) and not isinstance(header[key], bool)
+        assert header[key] >= 0
     assert all(isinstance(k, str) and isinstance(v, int) for k, v in header["stamps"].items())
     assert set(header["fields"]) == fields_keys
     for field, value in header["fields"].items():
@@ -222,6 +226,7 @@ def test_tap_stream_and_recording_match_the_document(tmp_path):
         assert published[topic] == FRAMES, topic
     for seq, header in by_topic["frames"].items():
         assert header["t_source_ns"] == round(seq * 1e9 / FPS)  # the simulator's clock
+        assert (header["sensor"], header["sensor_seq"]) == (0, seq)  # one sensor
         assert header["fields"]["truth"]  # the simulator sends its truth
     for seq, header in by_topic["points"].items():
         windows = by_topic["windows"][seq]["fields"]["windows"]

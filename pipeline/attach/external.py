@@ -35,7 +35,7 @@ from zmq.utils.monitor import recv_monitor_message
 from pipeline.wire.codec import DEFAULT_LIMITS, DecodeError, decode
 from pipeline.wire.curve import CurveKeys, close_served, serve
 from stages.base import Stage
-from stages.messages import MESSAGE_TYPES, Blobs, Message
+from stages.messages import MESSAGE_TYPES, Blobs, Message, frame_header
 from stages.ratelimit import LimitedWarnings
 
 logger = logging.getLogger(__name__)
@@ -192,10 +192,10 @@ class ExternalInput(Stage):
         answer = self._wait_for(msg.seq)
         if answer is not None:
             self.counts["received"] += 1
-            return [dataclasses.replace(answer, t_source_ns=msg.t_source_ns, stamps={})]
+            return [dataclasses.replace(answer, **frame_header(msg), stamps={})]
         self._count("missed", f"nothing for seq {msg.seq} within {self.config.timeout_s} s")
         try:
-            return [MESSAGE_TYPES[self.config.schema](seq=msg.seq, t_source_ns=msg.t_source_ns)]
+            return [MESSAGE_TYPES[self.config.schema](**frame_header(msg))]
         except TypeError:  # the schema has required fields (arrays): nothing to emit
             return []
 

@@ -57,16 +57,22 @@ class ReplayTiming:
 
 
 def looped(one_pass: Callable[[], Iterator[Message]], loop: bool) -> Iterator[Message]:
-    """The messages of ``one_pass()``, repeated with shifted seq and time when ``loop``."""
+    """The messages of ``one_pass()``, repeated with shifted seq and time when ``loop`` (each
+    sensor's ``sensor_seq`` shifted by its own span, so every sensor's frames go on
+    counting)."""
     seq_shift = t_shift = 0
+    sensor_shift: dict[int, int] = {}
     while True:
         seqs, times = [], []
+        sensor_seqs: dict[int, list[int]] = {}
         for msg in one_pass():
             seqs.append(msg.seq)
             times.append(msg.t_source_ns)
+            sensor_seqs.setdefault(msg.sensor, []).append(msg.sensor_seq)
             if seq_shift:
-                msg = dataclasses.replace(msg, seq=msg.seq + seq_shift,
-                                          t_source_ns=msg.t_source_ns + t_shift)
+                msg = dataclasses.replace(
+                    msg, seq=msg.seq + seq_shift, t_source_ns=msg.t_source_ns + t_shift,
+                    sensor_seq=msg.sensor_seq + sensor_shift.get(msg.sensor, 0))
             yield msg
         if not loop or not seqs:
             return
@@ -75,6 +81,8 @@ def looped(one_pass: Callable[[], Iterator[Message]], loop: bool) -> Iterator[Me
         period = duration // seq_span if seq_span else 0
         seq_shift += seq_span + 1
         t_shift += duration + period
+        for sensor, values in sensor_seqs.items():
+            sensor_shift[sensor] = sensor_shift.get(sensor, 0) + max(values) - min(values) + 1
 
 
 def paced(messages: Iterator[Message], rate: float) -> Iterator[Message]:

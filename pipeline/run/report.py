@@ -164,12 +164,34 @@ def throughput(stages: Mapping[str, Mapping[str, Any]], source: str,
             "dropped_at": {name: s["dropped"] for name, s in stages.items() if s["dropped"]}}
 
 
+def _points_map(summary: Any, key: str) -> float | None:
+    """The points-mode CSO-mAP (a fraction) in one stage summary under ``key``, or None."""
+    score = summary.get(key) if isinstance(summary, Mapping) else None
+    if isinstance(score, Mapping) and score.get("mode") == "points":
+        return score.get("mAP")
+    return None
+
+
 def points_cso_map(summaries: Mapping[str, Any], key: str = "cso_map") -> float | None:
     """The points-mode CSO-mAP (a fraction) a scoring sink reported under ``key``, or None."""
     for summary in summaries.values():
-        score = summary.get(key) if isinstance(summary, Mapping) else None
-        if isinstance(score, Mapping) and score.get("mode") == "points":
-            return score.get("mAP")
+        score = _points_map(summary, key)
+        if score is not None:
+            return score
+    return None
+
+
+def per_sensor_scores(summaries: Mapping[str, Any]) -> dict[str, dict[str, Any]] | None:
+    """The headline scores per sensor, from a scoring sink that scored several sensors (its
+    ``per_sensor``): sensor id -> ``frames``, ``cso_map`` and ``cso_map_end_to_end``
+    (points mode, fractions); None when no sink scored more than one sensor."""
+    for summary in summaries.values():
+        sensors = summary.get("per_sensor") if isinstance(summary, Mapping) else None
+        if isinstance(sensors, Mapping):
+            return {sensor: {"frames": scores.get("frames"),
+                             "cso_map": _points_map(scores, "cso_map"),
+                             "cso_map_end_to_end": _points_map(scores, "cso_map_end_to_end")}
+                    for sensor, scores in sensors.items()}
     return None
 
 
@@ -210,7 +232,9 @@ def build_report(
         ``fps_out`` (frames out per second), the :func:`throughput` keys, ``stages``,
         ``end_to_end``, ``scores``, ``cso_map`` (points-mode CSO-mAP of a scoring sink, a
         fraction, or None), ``cso_map_end_to_end`` (its end-to-end figure, lost frames
-        counted as missed; see :mod:`stages.scoring`), ``mode``, ``ok``, ``error``, ``interrupted``.
+        counted as missed; see :mod:`stages.scoring`), ``per_sensor`` (:func:`per_sensor_scores`:
+        those figures per sensor in a chain of several sensors, else None; the full per-sensor
+        scores are under ``scores``), ``mode``, ``ok``, ``error``, ``interrupted``.
     """
     frames = stages[source]["msgs_out"]
     firsts = [s["first_ns"] for s in stages.values() if s["first_ns"] is not None]
@@ -236,6 +260,7 @@ def build_report(
         "scores": dict(summaries),
         "cso_map": points_cso_map(summaries),
         "cso_map_end_to_end": points_cso_map(summaries, "cso_map_end_to_end"),
+        "per_sensor": per_sensor_scores(summaries),
     }
 
 

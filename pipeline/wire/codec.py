@@ -9,6 +9,8 @@ Frame layout of one multipart message (see ``docs/wire-format.md``)::
                      topic        str   same as frame 0
                      seq          int   frame seq the content describes (>= 0)
                      t_source_ns  int   source timestamp of that frame (ns)
+                     sensor       int   sensor that took the frame (>= 0)
+                     sensor_seq   int   the frame's number within that sensor's stream (>= 0)
                      stamps       map   str -> int, per-stage times (Unix ns) set by the runner
                      fields       map   every other field; lists of records are lists of maps
                      buffers      list  one {name, dtype, shape} map per array field, in order
@@ -40,16 +42,19 @@ import msgpack
 import numpy as np
 
 from stages.messages import (
+    FRAME_FIELDS,
     MESSAGE_TYPES,
     VERSION_CHANGES,
     EndOfStream,
     Message,
     PipelineError,
+    frame_header,
 )
 
 #: numpy type strings allowed in a buffer descriptor (explicit little-endian).
 DTYPES = frozenset({"|u1", "<u2", "<i2", "<i4", "<f4", "<f8"})
-HEADER_KEYS = ("schema", "version", "topic", "seq", "t_source_ns", "stamps", "fields", "buffers")
+HEADER_KEYS = ("schema", "version", "topic", "seq", "t_source_ns", "sensor", "sensor_seq",
+               "stamps", "fields", "buffers")
 MAX_NDIM = 8
 #: Largest length of one array axis (numpy's own limit is 2**63 - 1).
 MAX_DIM = 2**31 - 1
@@ -119,7 +124,7 @@ def _spec(cls: type) -> tuple[_Field, ...]:
         return _SPECS[cls]
     arrays = getattr(cls, "ARRAYS", ())
     records = cls.RECORDS
-    header = {"seq", "t_source_ns", "stamps"} if issubclass(cls, Message) else set()
+    header = {*FRAME_FIELDS, "stamps"} if issubclass(cls, Message) else set()
     specs = []
     for f in dataclasses.fields(cls):
         if f.name in header:
@@ -191,8 +196,7 @@ def _encode_header(msg: Message, topic: str | None) -> tuple[dict[str, Any], lis
         "schema": cls.SCHEMA,
         "version": cls.VERSION,
         "topic": topic,
-        "seq": operator.index(msg.seq),
-        "t_source_ns": operator.index(msg.t_source_ns),
+        **{key: operator.index(value) for key, value in frame_header(msg).items()},
         "stamps": {str(k): operator.index(v) for k, v in msg.stamps.items()},
         "fields": fields,
         "buffers": descs,
@@ -398,7 +402,7 @@ def _checked_header(frames: Sequence[Any], limits: Limits) -> tuple[str, dict, l
         raise _fail(where, f"header has {views[1].nbytes} bytes, over the limit of "
                            f"{limits.max_header_bytes}")
     header = _unpack(f"{where} header", views[1])
-    _check_keys(f"{where} header", header, HEADER_KEYS)
+    _check_header_keys(f"{where} header", header, HEADER_KEYS)
     if header["topic"] != topic:
         raise _fail(where, f"header topic {_show(header['topic'])} differs from frame 0")
     return where, header, views[2:]
@@ -464,10 +468,11 @@ def peek(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message | Wi
         As :func:`decode`, for the rules of the frames and the header.
     """
     where, header, buffers = _checked_header(frames, limits)
-    cls, where, seq, t_source, stamps = _checked_header_fields(where, header)
+    cls, where, frame, stamps = _checked_header_fields(where, header)
     if cls is EndOfStream:
         return _decode_message(where, header, buffers, limits)
-    return WireMessage(tuple(frames), header["schema"], seq, t_source, stamps, limits)
+    return WireMessage(tuple(frames), header["schema"], frame["seq"], frame["t_source_ns"],
+                       stamps, limits)
 
 
 @_only_decode_errors
@@ -500,7 +505,7 @@ def decode_record(data: Any, limits: Limits = DEFAULT_LIMITS) -> tuple[str, Mess
         raise DecodeError(f"record has {header_bytes} header bytes besides its data buffers, "
                           f"over the limit of {limits.max_header_bytes}")
     record = _unpack("record", view)
-    _check_keys("record", record, (*HEADER_KEYS, "data"))
+    _check_header_keys("record", record, (*HEADER_KEYS, "data"))
     topic = record.pop("topic")
     if not isinstance(topic, str) or len(topic.encode()) > MAX_TOPIC_BYTES:
         raise DecodeError(f"record topic must be a str of at most {MAX_TOPIC_BYTES} bytes")
@@ -510,9 +515,8 @@ def decode_record(data: Any, limits: Limits = DEFAULT_LIMITS) -> tuple[str, Mess
     return topic, _decode_message(f"topic {_show(topic)}", record, buffers, limits)
 
 
-def _checked_header_fields(where: str, header: dict) -> tuple[type, str, int, int, dict]:
-    """Check a header's schema, version, seq, t_source_ns and stamps: (message class, where,
-    seq, t_source_ns, stamps)."""
+def _checked_version(where: str, header: dict) -> tuple[type, str]:
+    """Check a header's schema and version: (message class, where)."""
     schema = header["schema"]
     cls = MESSAGE_TYPES.get(schema) if isinstance(schema, str) else None
     if cls is None:
@@ -524,21 +528,38 @@ def _checked_header_fields(where: str, header: dict) -> tuple[type, str, int, in
                           if _is_int(version) and version < v <= cls.VERSION)
         raise _fail(where, f"version {_show(version)} but this receiver speaks version "
                            f"{cls.VERSION}{changes} (docs/wire-format.md, 'Versions')")
-    seq, t_source = header["seq"], header["t_source_ns"]
-    if not (_is_int(seq) and seq >= 0 and _is_int(t_source)):
-        raise _fail(where, f"seq and t_source_ns must be ints, seq >= 0 (got {_show(seq)}, "
-                           f"{_show(t_source)})")
+    return cls, where
+
+
+def _check_header_keys(where: str, header: Any, expected: Sequence[str]) -> None:
+    """:func:`_check_keys` for a header; a header of another version (whose keys differ when
+    a version added or removed one) fails naming the versions and what changed instead."""
+    if isinstance(header, dict) and {"schema", "version"} <= header.keys():
+        if header.keys() != set(expected):
+            _checked_version(where, header)
+    _check_keys(where, header, expected)
+
+
+def _checked_header_fields(where: str, header: dict) -> tuple[type, str, dict[str, int], dict]:
+    """Check a header's schema, version, frame fields (seq, t_source_ns, sensor, sensor_seq)
+    and stamps: (message class, where, the frame fields, stamps)."""
+    cls, where = _checked_version(where, header)
+    frame = {key: header[key] for key in FRAME_FIELDS}
+    if not (all(_is_int(v) for v in frame.values())
+            and min(frame["seq"], frame["sensor"], frame["sensor_seq"]) >= 0):
+        raise _fail(where, f"seq, t_source_ns, sensor and sensor_seq must be ints, seq, sensor "
+                           f"and sensor_seq >= 0 (got {_show(frame)})")
     stamps = header["stamps"]
     if not isinstance(stamps, dict) or not all(
         isinstance(k, str) and _is_int(v) for k, v in stamps.items()
     ):
         raise _fail(where, "stamps must be a map of str -> int")
-    return cls, where, seq, t_source, stamps
+    return cls, where, frame, stamps
 
 
 def _decode_message(where: str, header: dict, buffers: Sequence[Any], limits: Limits) -> Message:
     """Check a parsed header (the topic already checked) and its buffers; build the message."""
-    cls, where, seq, t_source, stamps = _checked_header_fields(where, header)
+    cls, where, frame, stamps = _checked_header_fields(where, header)
     specs = _spec(cls)
     arrays = [s.name for s in specs if s.kind == "array"]
     descs = header["buffers"]
@@ -557,7 +578,7 @@ def _decode_message(where: str, header: dict, buffers: Sequence[Any], limits: Li
     for s in scalar_specs:
         values[s.name] = _decode_value(where, s, fields[s.name])
     try:
-        return cls(seq=seq, t_source_ns=t_source, stamps=stamps, **values)
+        return cls(**frame, stamps=stamps, **values)
     except (TypeError, ValueError) as exc:
         raise _fail(where, str(exc)) from exc
 
