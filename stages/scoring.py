@@ -48,6 +48,7 @@ for that sensor's frames alone.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections import defaultdict, deque
@@ -399,9 +400,9 @@ class Scoring(Stage):
 
     Frames without truth (``truth is None``) cannot be scored and are counted in
     :attr:`skipped`; frames whose windows, points or tracks never came are scored as lost
-    (``frames_lost``, and in ``cso_map_end_to_end``). Every frame is scored twice: in the
-    pooled scores and in its sensor's (see the module docstring). At the end of the stream the
-    summary is logged and, if ``output`` is set, written as JSON.
+    (``frames_lost``, and in ``cso_map_end_to_end``). With several sensors every frame is
+    scored twice: in the pooled scores and in its sensor's (see the module docstring). At the
+    end of the stream the summary is logged and, if ``output`` is set, written as JSON.
     """
 
     Config = ScoringConfig
@@ -411,8 +412,9 @@ class Scoring(Stage):
     def __init__(self, config: ScoringConfig | None = None) -> None:
         super().__init__(config)
         self.scores = self._accumulator()
-        #: sensor -> the scores of its frames alone
+        #: sensor -> the scores of its frames alone (kept once a second sensor shows up)
         self.sensor_scores: defaultdict[int, ScoreAccumulator] = defaultdict(self._accumulator)
+        self._first_sensor: int | None = None
         self.join = SeqJoin((Frame, Blobs, Windows, Points, Tracks), self.config.max_pending,
                             on_drop=self._lost)
         #: Frames that arrived without truth.
@@ -421,8 +423,16 @@ class Scoring(Stage):
     def _accumulator(self) -> ScoreAccumulator:
         return ScoreAccumulator(self.config.c, self.config.p, self.config.map_window)
 
-    def _accumulators(self, sensor: int) -> tuple[ScoreAccumulator, ScoreAccumulator]:
-        """The pooled scores and those of ``sensor``: where a frame of it is scored."""
+    def _accumulators(self, sensor: int) -> tuple[ScoreAccumulator, ...]:
+        """Where a frame of ``sensor`` is scored: the pooled scores and, once frames of a
+        second sensor came, that sensor's own (the first sensor's start as a copy of the pooled
+        ones, which held its frames alone until then)."""
+        if self._first_sensor is None:
+            self._first_sensor = sensor
+        if not self.sensor_scores:
+            if sensor == self._first_sensor:
+                return (self.scores,)
+            self.sensor_scores[self._first_sensor] = copy.deepcopy(self.scores)
         return self.scores, self.sensor_scores[sensor]
 
     def process(self, msg: Message) -> Iterable[Message]:
@@ -460,7 +470,7 @@ class Scoring(Stage):
         ``per_sensor`` (sensor id as a string -> its own :meth:`ScoreAccumulator.summary`)
         when frames of more than one sensor were scored."""
         out = {**self.scores.summary(), "frames_without_truth": self.skipped}
-        if len(self.sensor_scores) > 1:
+        if self.sensor_scores:
             out["per_sensor"] = {str(sensor): self.sensor_scores[sensor].summary()
                                  for sensor in sorted(self.sensor_scores)}
         return out
