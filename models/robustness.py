@@ -216,12 +216,15 @@ def run(args: argparse.Namespace) -> int:
     json_path = out.with_suffix(".json")
     doc = json.loads(json_path.read_text()) if json_path.exists() else {"results": {}}
     root = Path(args.data_root)
-    command = (f"python -m models robustness --models {','.join(models)} --sets "
-               f"{','.join(wanted)} --data-root {root} --trajectories {args.trajectories}"
+    # the table shows every model and set of the JSON; its command reproduces all of it
+    shown = list(dict.fromkeys([*doc.get("models", []), *models]))
+    sets = [s.key for s in SETS if s.key in wanted or s.key in doc["results"]]
+    command = (f"python -m models robustness --models {','.join(shown)} --sets "
+               f"{','.join(sets)} --data-root {root} --trajectories {args.trajectories}"
                + (f" --limit-trajectories {args.limit_trajectories}"
                   if args.limit_trajectories else "")
                + "".join(f" --weights {w}" for w in args.weights))
-    doc.update(command=command, models=models, data_root=str(root),
+    doc.update(command=command, models=shown, data_root=str(root),
                trajectories=args.trajectories,
                machine={"cpu": cpu_model(),
                         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
