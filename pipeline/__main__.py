@@ -318,6 +318,8 @@ def _keys(args: argparse.Namespace) -> int:
     print(f"server public key (give to clients): {paths['server_public']}")
     print(f"server key pair (run.curve.secret_key): {paths['server_secret']}")
     print(f"allow-list folder (run.curve.allowed): {paths['allowed']}")
+    print(f"the chain's own key pair (run.chain_key; copy to every host of the chain, and "
+          f"nowhere else): {paths['chain_secret']}")
     for name, path in paths.items():
         if name.startswith("client:"):
             print(f"client {name[7:]} key pair (give to that client only): {path}")

@@ -9,6 +9,7 @@ Shape of a config file::
       transport: ipc         # ipc (sockets in ipc_dir, default a temp dir) | tcp
       control: null          # conductor endpoint for stages on other hosts, tcp://HOST:PORT
       external: []           # instances started elsewhere with `python -m pipeline stage`
+      chain_key: null        # CURVE on links and control: keys/chain.key_secret on every host
       queue: {policy: block, hwm: 4, depth: 2}   # default of every link
       report: null           # JSON report path
       record: {path: runs/live.mcap, topics: null}   # MCAP recording (null: none)
@@ -136,7 +137,10 @@ class RunConfig:
     (default: an ipc socket in the run's temp folder, which reaches this host only);
     ``peer_timeout_s`` the silence after which the conductor takes a stage as lost and a stage
     its conductor; ``external`` the instances the runner does not start itself (``all``, or
-    names such as ``unmixer.1``), each started with ``python -m pipeline stage``.
+    names such as ``unmixer.1``), each started with ``python -m pipeline stage``;
+    ``chain_key`` the chain's CURVE key pair file (``python -m pipeline keys DIR`` writes
+    ``DIR/chain.key_secret``), which encrypts and authenticates every link and the control
+    plane (:class:`pipeline.wire.curve.ChainCurve`).
     """
 
     mode: Literal["inline", "processes"] = "inline"
@@ -159,6 +163,7 @@ class RunConfig:
     control: Annotated[str | None, Field(pattern=r"^(tcp|ipc)://.+")] = None
     peer_timeout_s: Annotated[float, Field(gt=0)] = 10.0
     external: tuple[str, ...] = ()
+    chain_key: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

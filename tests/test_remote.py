@@ -219,3 +219,74 @@ def test_a_chain_split_over_three_network_namespaces_gives_the_outputs_of_one_pr
     assert result["ok"] and result["frames_out"] == 40
     assert all(result["stages"][f"unmixer.{k}"]["msgs_in"] > 0 for k in (0, 1))
     assert result["outputs_digest"] == inline_digest(config, tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# CURVE on the chain's own links and control plane (run.chain_key).
+
+
+def test_a_link_with_the_chain_key_is_unreadable_without_it(tmp_path):
+    import zmq
+
+    from pipeline.wire.bus import Inlet, Link, Outlet
+    from pipeline.wire.curve import ChainCurve, create_keys
+    from stages.messages import Stats
+
+    ours = create_keys(tmp_path / "ours")["chain_secret"]
+    theirs = create_keys(tmp_path / "theirs")["chain_secret"]
+    link = Link("stats", "tcp://127.0.0.1:6891", "block", 4, 2)
+    ctx = zmq.Context()
+    curves = [ChainCurve(ctx, ours)]
+    sockets = []
+    try:
+        outlet = Outlet(ctx, [link], curve=curves[0])
+        sockets.append(outlet)
+        intruder = ctx.socket(zmq.PULL)  # no key at all
+        intruder.connect(link.endpoint)
+        sockets.append(intruder)
+        time.sleep(0.3)
+        assert not outlet.wait_ready(0.5)  # no handshake: not a peer
+        other_ctx = zmq.Context()
+        curves.append(ChainCurve(other_ctx, theirs))  # another chain's key
+        stranger = Inlet(other_ctx, [link], curve=curves[1])
+        sockets.append(stranger)
+        assert not outlet.wait_ready(0.5)
+        member = Inlet(ctx, [link], curve=curves[0])
+        sockets.append(member)
+        assert outlet.wait_ready(5.0)
+        assert outlet.send(Stats(seq=0, t_source_ns=0, stage="x"))
+        got = member.recv(2000)
+        assert got is not None and got[1].stage == "x"
+        assert stranger.recv(300) is None and not intruder.poll(300)
+    finally:
+        for sock in reversed(sockets):
+            sock.close()
+        for curve in curves:
+            curve.stop()
+        ctx.term()
+        if len(curves) > 1:
+            other_ctx.term()
+
+
+def test_with_the_chain_key_only_its_holders_join_the_run(tmp_path):
+    from pipeline.wire.curve import create_keys
+
+    ours = create_keys(tmp_path / "ours")["chain_secret"]
+    theirs = create_keys(tmp_path / "theirs")["chain_secret"]
+    config = chain(tmp_path, 6911)
+    text = yaml.safe_load(config.read_text())
+    text["run"].update(chain_key=str(ours), ready_timeout_s=15)
+    config.write_text(yaml.safe_dump(text))
+    report = tmp_path / "r.json"
+    stage = start("stage", "unmixer", "--config", str(config))
+    out = finish(start("run", str(config), "--report", str(report)))
+    finish(stage, 30)
+    result = json.loads(report.read_text())
+    assert result["ok"], out
+    assert result["outputs_digest"] == inline_digest(config, tmp_path)
+    # a stage holding another key is not admitted: the conductor never hears it
+    stage = start("stage", "unmixer", "--config", str(config), "--set",
+                  f"run.chain_key={theirs}")
+    out = finish(start("run", str(config)))
+    finish(stage, 60)
+    assert "never contacted the conductor" in out and "unmixer.0" in out

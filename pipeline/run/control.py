@@ -34,6 +34,7 @@ import msgpack
 import numpy as np
 import zmq
 
+from pipeline.wire.curve import ChainCurve
 from stages.ratelimit import LimitedWarnings
 
 logger = logging.getLogger(__name__)
@@ -129,9 +130,12 @@ class Conductor:
         Where to bind the ROUTER (``ipc://…`` or ``tcp://host:port``).
     names : sequence of str
         The instance names of the chain; reports from any other name are counted and dropped.
+    curve : ChainCurve, optional
+        CURVE with the chain's key pair (``run.chain_key``).
     """
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, names: list[str]) -> None:
+    def __init__(self, ctx: zmq.Context, endpoint: str, names: list[str],
+                 curve: ChainCurve | None = None) -> None:
         self.names = set(names)
         self.state = RunState()
         self.heard: dict[str, float] = {}  # instance -> monotonic time of its last message
@@ -142,6 +146,8 @@ class Conductor:
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_BYTES)
         self._sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted stage takes its name back
+        if curve is not None:
+            curve.server(self._sock)
         try:
             self._sock.bind(endpoint)
         except zmq.ZMQError as exc:
@@ -282,10 +288,12 @@ class ControlClient:
         Silence of the conductor after which the stage aborts.
     first_contact_s : float
         How long to wait for the conductor's first answer before aborting.
+    curve : ChainCurve, optional
+        CURVE with the chain's key pair (``run.chain_key``).
     """
 
     def __init__(self, ctx: zmq.Context, endpoint: str, name: str, peer_timeout_s: float,
-                 first_contact_s: float) -> None:
+                 first_contact_s: float, curve: ChainCurve | None = None) -> None:
         self.name = name
         self.state = RunState()
         self.peer_timeout_s, self.first_contact_s = peer_timeout_s, first_contact_s
@@ -299,6 +307,8 @@ class ControlClient:
         self._sock.setsockopt(zmq.ROUTING_ID, name.encode())
         self._sock.setsockopt(zmq.LINGER, REPORT_LINGER_MS)
         self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_BYTES)
+        if curve is not None:
+            curve.client(self._sock)
         self._sock.connect(endpoint)
         self._endpoint = endpoint
         self._started = time.monotonic()

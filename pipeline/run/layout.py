@@ -158,5 +158,6 @@ def worker_specs(plans: Sequence[StagePlan], run: RunConfig, ipc_dir: Path | Non
                 input_groups=tuple(key[0] for key, _ in inputs),
                 replica=plan.replicas > 1,
                 control=control, peer_timeout_s=run.peer_timeout_s, plan_digest=digest,
+                chain_key=run.chain_key,
             )
     return specs

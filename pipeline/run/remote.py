@@ -21,6 +21,7 @@ from typing import Any
 
 from pipeline.config import ConfigError, RunConfig, StagePlan
 from pipeline.run import compose, layout, worker
+from pipeline.wire.curve import check_chain_key
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ def stage_specs(plans: Sequence[StagePlan], run: RunConfig,
         See :func:`check_external`; or a name the chain does not have.
     """
     check_external(run)
+    if run.chain_key is not None:
+        check_chain_key(run.chain_key)
     plans = compose.add_services(plans, run)
     chosen = layout.resolve_names(plans, names, "pipeline stage")
     specs = layout.worker_specs(plans, run, Path(run.ipc_dir) if run.ipc_dir else None)

@@ -46,6 +46,7 @@ from pipeline.config import ConfigError, RunConfig, StagePlan
 from pipeline.run import compose, control, layout, remote, stage_calls, worker
 from pipeline.run.replicas import siblings
 from pipeline.run.report import StageStats, build_report
+from pipeline.wire.curve import ChainCurve
 from stages.messages import Message, PipelineError
 
 logger = logging.getLogger(__name__)
@@ -320,10 +321,13 @@ def _supervise(watch: _Watch, run: RunConfig, should_stop: Callable[[], bool],
             return True
         if time.monotonic() > deadline:
             waiting = sorted(set(watch.names) - watch.ready - watch.lost.keys())
-            unseen = [n for n in waiting if n not in conductor.heard]
             watch.fail(f"stages {waiting} were not ready within {run.ready_timeout_s + 30.0:.0f} "
-                       f"s" + (f" ({unseen} never contacted the conductor)" if unseen else ""))
+                       f"s")
     if watch.error is not None:
+        unseen = [n for n in watch.names if n not in conductor.heard]
+        if unseen:
+            logger.error("%s never contacted the conductor: are they started, with the same "
+                         "run.control and run.chain_key?", unseen)
         return False
     conductor.set("go")
     logger.info("running %d stages in processes mode", len(watch.names))
@@ -418,7 +422,10 @@ def run_processes(
         endpoint = next(iter(specs.values())).control
         ctx = zmq.Context()
         stack.callback(ctx.term)
-        conductor = control.Conductor(ctx, endpoint, names)
+        curve = ChainCurve(ctx, run.chain_key) if run.chain_key else None
+        if curve is not None:
+            stack.callback(curve.stop)
+        conductor = control.Conductor(ctx, endpoint, names, curve)
         stack.callback(conductor.close)
         if external:
             logger.warning("waiting for %s at %s: start each with `python -m pipeline stage "

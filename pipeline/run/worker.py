@@ -37,6 +37,7 @@ from pipeline.run.control import ControlClient
 from pipeline.run.report import StageStats, percentiles_ms
 from pipeline.wire.bus import POLL_MS, Inlet, Link, Outlet
 from pipeline.wire.codec import Limits
+from pipeline.wire.curve import ChainCurve
 from stages.messages import Message
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,9 @@ class WorkerSpec:
     plan_digest : str
         Digest of the chain's plan; the conductor refuses a worker whose digest differs
         (started with another config).
+    chain_key : str or None
+        The chain's CURVE key pair file (``run.chain_key``): CURVE on every link and on the
+        control link; None: plain.
     """
 
     name: str
@@ -116,6 +120,7 @@ class WorkerSpec:
     control: str = ""
     peer_timeout_s: float = 10.0
     plan_digest: str = ""
+    chain_key: str | None = None
 
 
 def input_counters(inlet: Inlet | None, stage: Any) -> list[dict[str, int]]:
@@ -234,12 +239,13 @@ def main(spec: WorkerSpec, standalone: bool = False) -> None:
     logging.basicConfig(level=spec.log_level, stream=sys.stderr,
                         format=f"%(levelname)s [{spec.name}] %(name)s: %(message)s")
     ctx = zmq.Context()
+    curve = ChainCurve(ctx, spec.chain_key) if spec.chain_key else None
     control = ControlClient(ctx, spec.control, spec.name, spec.peer_timeout_s,
-                            spec.ready_timeout_s)
+                            spec.ready_timeout_s, curve)
     try:
         control.report("hello", {"plan": spec.plan_digest, "pid": os.getpid(),
                                  "host": socket.gethostname()})
-        _serve(spec, control, ctx)
+        _serve(spec, control, ctx, curve)
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
@@ -248,6 +254,8 @@ def main(spec: WorkerSpec, standalone: bool = False) -> None:
         code = 1
     control.report("exit", code)
     control.close()
+    if curve is not None:
+        curve.stop()
     ctx.term()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -255,7 +263,8 @@ def main(spec: WorkerSpec, standalone: bool = False) -> None:
     os._exit(code)
 
 
-def _serve(spec: WorkerSpec, control: ControlClient, ctx: zmq.Context) -> None:
+def _serve(spec: WorkerSpec, control: ControlClient, ctx: zmq.Context,
+           curve: ChainCurve | None) -> None:
     """The body of :func:`main`; leaves by ``sys.exit`` with its exit code, or returns (0)."""
     stage, inlet, outlet, stats = None, None, None, None
     done = False
@@ -263,9 +272,9 @@ def _serve(spec: WorkerSpec, control: ControlClient, ctx: zmq.Context) -> None:
         stage = spec.cls(spec.config)
         stage.start()
         outlet = Outlet(ctx, spec.outputs, spec.output_groups or None,
-                        lambda i: control.dead[spec.consumers[i]].is_set())
+                        lambda i: control.dead[spec.consumers[i]].is_set(), curve)
         inlet = (Inlet(ctx, spec.inputs, spec.limits, spec.input_groups or None,
-                       [spec.replica] * len(spec.inputs), raw=spec.cls.RAW_INPUT)
+                       [spec.replica] * len(spec.inputs), raw=spec.cls.RAW_INPUT, curve=curve)
                  if spec.inputs else None)
         if not outlet.wait_ready(spec.ready_timeout_s, control.aborted):
             if control.aborted():  # a peer failed while we waited for it: it reports the cause

@@ -51,6 +51,7 @@ from pipeline.wire.codec import (
     encode,
     peek,
 )
+from pipeline.wire.curve import ChainCurve
 from stages.messages import EndOfStream, Message
 from stages.ratelimit import LimitedWarnings
 
@@ -157,11 +158,14 @@ class Outlet:
     dead : callable, optional
         ``dead(index)`` is True once link ``index``'s consumer is gone for good (a killed
         replica): nothing more is sent or waited for on that link.
+    curve : ChainCurve, optional
+        Encrypt and authenticate the links with the chain's key pair (``run.chain_key``).
     """
 
     def __init__(self, ctx: zmq.Context, links: Sequence[Link],
                  groups: Sequence[str] | None = None,
-                 dead: Callable[[int], bool] | None = None) -> None:
+                 dead: Callable[[int], bool] | None = None,
+                 curve: ChainCurve | None = None) -> None:
         self.links = tuple(links)
         self.sent = 0
         self.send_dropped = [0] * len(self.links)
@@ -180,6 +184,8 @@ class Outlet:
                 sock.setsockopt(zmq.SNDHWM, link.hwm)
                 if not lossless:
                     sock.setsockopt(zmq.XPUB_NODROP, 1)
+                if curve is not None:
+                    curve.server(sock)
                 sock.bind(link.endpoint)
         except zmq.ZMQError:
             self.close(linger_ms=0)
@@ -346,12 +352,14 @@ class Inlet:
         Return :class:`~pipeline.wire.codec.WireMessage` objects (:func:`~pipeline.wire.codec.peek`:
         the header checked, fields and buffers left encoded) instead of decoded messages, for a
         consumer that only forwards them.
+    curve : ChainCurve, optional
+        Connect as a CURVE client with the chain's key pair (``run.chain_key``).
     """
 
     def __init__(
         self, ctx: zmq.Context, links: Sequence[Link], limits: Limits = DEFAULT_LIMITS,
         groups: Sequence[str] | None = None, shared: Sequence[bool] | None = None,
-        raw: bool = False,
+        raw: bool = False, curve: ChainCurve | None = None,
     ) -> None:
         self.links = tuple(links)
         self.limits = limits
@@ -381,6 +389,8 @@ class Inlet:
                 sock.setsockopt(zmq.MAXMSGSIZE, limits.max_total_bytes)
                 if not lossless:
                     sock.setsockopt(zmq.SUBSCRIBE, link.topic.encode())
+                if curve is not None:
+                    curve.client(sock)
                 sock.connect(link.endpoint)
         except zmq.ZMQError:
             self.close()

@@ -13,6 +13,13 @@ A bound socket with CURVE (:func:`serve`) encrypts its traffic and, through a ZA
 clients whose public key is in the allow-list folder (read once, when the socket is set up).
 A client without a listed key completes no handshake and receives nothing. Remove a file from
 ``allowed/`` and restart the pipeline to revoke a client.
+
+The chain's own sockets (the links between stages and the control plane, which cross hosts
+when stages run apart) use one shared key pair instead, ``DIR/chain.key_secret``, named by
+``run.chain_key`` (:class:`ChainCurve`): every bound socket is a CURVE server and every
+connecting socket a CURVE client with that pair, and a ZAP handler admits only clients that
+hold it. Copy the file to every host of the chain (and nowhere else): whoever lacks it can
+neither read a link nor join the run.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from models.config import ConfigError
 
 SERVER = "server"
+CHAIN = "chain"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +63,8 @@ def create_keys(folder: str | Path, clients: Sequence[str] = ("client",)) -> dic
     Returns
     -------
     dict of str -> Path
-        ``server_public``, ``server_secret``, ``allowed`` and ``client:NAME`` (secret file).
+        ``server_public``, ``server_secret``, ``allowed``, ``chain_secret`` (the chain's own
+        pair, :class:`ChainCurve`) and ``client:NAME`` (secret file).
     """
     if not clients:
         raise ConfigError("name at least one client (e.g. --client viewer)")
@@ -64,7 +73,9 @@ def create_keys(folder: str | Path, clients: Sequence[str] = ("client",)) -> dic
     for sub in (folder, client_dir, allowed):
         sub.mkdir(parents=True, exist_ok=True)
     public, secret = zmq.auth.create_certificates(folder, SERVER)
-    out = {"server_public": Path(public), "server_secret": Path(secret), "allowed": allowed}
+    _, chain_secret = zmq.auth.create_certificates(folder, CHAIN)
+    out = {"server_public": Path(public), "server_secret": Path(secret), "allowed": allowed,
+           "chain_secret": Path(chain_secret)}
     for name in clients:
         if not name or "/" in name or name.startswith("."):
             raise ConfigError(f"client name {name!r} must be a plain file name")
@@ -141,3 +152,51 @@ def close_served(sock: zmq.Socket | None, auth, ctx: zmq.Context | None) -> None
         auth.stop()
     if ctx is not None:
         ctx.term()
+
+
+def check_chain_key(path: str | Path) -> None:
+    """Raise :class:`ConfigError` unless ``path`` is a key pair file (``run.chain_key``)."""
+    _load(path, need_secret=True)
+
+
+class _ChainMembers:
+    """ZAP credentials check: only the chain's own public key is let in."""
+
+    def __init__(self, public: bytes) -> None:
+        self.public = public
+
+    def callback(self, _domain: str, key: bytes) -> bool:
+        return key == self.public
+
+
+class ChainCurve:
+    """CURVE on the chain's own links and control sockets, from one shared key pair
+    (``run.chain_key``; see the module docstring). One per ZeroMQ context: it runs that
+    context's ZAP handler.
+
+    Raises
+    ------
+    ConfigError
+        The key file is missing or holds no secret key.
+    """
+
+    def __init__(self, ctx: zmq.Context, secret_file: str | Path) -> None:
+        self.public, self.secret = _load(secret_file, need_secret=True)
+        self._auth = ThreadAuthenticator(ctx)
+        self._auth.start()
+        self._auth.configure_curve_callback(domain="*",
+                                            credentials_provider=_ChainMembers(self.public))
+
+    def server(self, sock: zmq.Socket) -> None:
+        """Make ``sock`` (before its bind) a CURVE server of the chain."""
+        sock.curve_secretkey, sock.curve_publickey = self.secret, self.public
+        sock.curve_server = True
+
+    def client(self, sock: zmq.Socket) -> None:
+        """Make ``sock`` (before its connect) a CURVE client of the chain."""
+        sock.curve_serverkey = self.public
+        sock.curve_secretkey, sock.curve_publickey = self.secret, self.public
+
+    def stop(self) -> None:
+        """Stop the ZAP handler (before the context is terminated)."""
+        self._auth.stop()
