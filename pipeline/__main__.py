@@ -3,7 +3,7 @@
 ::
 
     python -m pipeline run CONFIG [--frames N] [--record FILE] [--publish ENDPOINT] ...
-    python -m pipeline validate CONFIG
+    python -m pipeline validate CONFIG [--links]
     python -m pipeline stage NAME[,NAME...] --config CONFIG [--set KEY=VALUE ...]
     python -m pipeline replay SOURCE [--config CONFIG] [--rate R] [--loop] [--lossless] ...
     python -m pipeline subscribe ENDPOINT [--topic T] [--json] [--count N] [--timeout S]
@@ -121,6 +121,9 @@ def _parser() -> argparse.ArgumentParser:
 
     validate_p = sub.add_parser("validate", help="check a config and print it with all defaults")
     validate_p.add_argument("config", help="pipeline YAML file")
+    validate_p.add_argument("--links", action="store_true",
+                            help="print every link and endpoint of a multi-process run "
+                                 "instead (for firewall rules across hosts)")
     overrides(validate_p)
 
     replay_p = sub.add_parser(
@@ -311,6 +314,20 @@ def _replay(args: argparse.Namespace) -> int:
     return _execute(config, plans)
 
 
+def _links_table(config: Any, plans: list) -> str:
+    """Every endpoint of a multi-process run: the conductor's, then one line per link."""
+    from pipeline.run import compose, layout
+
+    run = config.run
+    plans = compose.add_services(plans, run)
+    ipc_dir = Path(run.ipc_dir) if run.ipc_dir else Path("<temp dir>")
+    lines = [f"control {layout.control_endpoint(run, ipc_dir)}  (the conductor binds)"]
+    for (topic, producer, consumer), link in layout.plan_links(plans, run, ipc_dir).items():
+        lines.append(f"{topic:8s} {producer} -> {consumer}  {link.endpoint}  ({link.policy}; "
+                     f"{producer} binds)")
+    return "\n".join(lines) + "\n"
+
+
 def _keys(args: argparse.Namespace) -> int:
     from pipeline.wire.curve import create_keys
 
@@ -367,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config, plans = validate(raw, args.config)
         config_yaml = yaml.safe_dump(effective(config, plans), sort_keys=False)
         if args.command == "validate":
-            print(config_yaml, end="")
+            print(_links_table(config, plans) if args.links else config_yaml, end="")
             return 0
         return _execute(config, plans, config_yaml)
     except (ConfigError, RecordingError) as exc:

@@ -9,11 +9,15 @@ report (:func:`pipeline.run.report.build_report`):
     move on, so a stage reading two topics (e.g. frames and blobs) sees a frame before the blobs
     computed from it. No sockets, no threads: used for tests, replay and evaluation.
 ``processes``
-    One spawned process per stage, or per replica of a replicated stage
-    (:mod:`pipeline.run.replicas`; :mod:`pipeline.run.worker`), one ZeroMQ link per (topic,
-    producer process, consumer process), ipc sockets in a temp dir or tcp ports. Start-up is
-    a readiness handshake (every worker reports ``ready`` once its output consumers are
-    connected, then the parent sets ``go``), so a lossless run loses nothing to slow joiners.
+    One process per stage, or per replica of a replicated stage (:mod:`pipeline.run.replicas`;
+    :mod:`pipeline.run.worker`), one ZeroMQ link per (topic, producer process, consumer
+    process), ipc sockets in a temp dir or tcp ports (:mod:`pipeline.run.layout`). This
+    process is the *conductor*: it drives the instances over the control plane
+    (:mod:`pipeline.run.control`) and spawns every one that ``run.external`` does not name;
+    those are started with ``python -m pipeline stage`` on any host
+    (:mod:`pipeline.run.remote`). Start-up is a readiness handshake (every instance reports
+    ``ready`` once its output consumers are connected, then the conductor sets ``go``), so a
+    lossless run loses nothing to slow joiners.
 
 Stopping: the run ends when the source is exhausted or ``run.frames`` messages were produced.
 A stop request (``should_stop()``, SIGINT/SIGTERM under :func:`run`) stops the source and lets

@@ -4,7 +4,7 @@ Life of a worker: build and ``start()`` the stage, open its links, wait until ev
 has its consumer, report ``ready`` and wait for ``go``; then loop (source: iterate; other
 stages: receive, process, send) until the stream ends, ``flush()``, send EndOfStream on every
 output link, report ``done`` with its statistics, and exit. Every wait is a poll of at most
-:data:`~pipeline.wire.bus.POLL_MS` that also checks the shared ``abort`` event, so a failure
+:data:`~pipeline.wire.bus.POLL_MS` that also checks the run's ``abort`` flag, so a failure
 anywhere stops every worker within a fraction of a second.
 
 The worker talks to the conductor over the control plane (:mod:`pipeline.run.control`, a
