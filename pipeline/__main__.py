@@ -11,6 +11,7 @@
     python -m pipeline bench [--out FILE] [--frames N] [--repeats R]
     python -m pipeline fuzz --messages N [--out FILE]
     python -m pipeline soak --minutes M [--out FILE] [--sample-s S]
+    python -m pipeline linkbench | replicabench [--out FILE]
 
 Exit codes: 0 success (also after a SIGINT/SIGTERM that drained cleanly), 1 the run failed (a
 stage raised or died, or the chain did not drain) or ``subscribe`` got fewer messages than
@@ -192,6 +193,11 @@ def _parser() -> argparse.ArgumentParser:
         "linkbench", help="one-way latency of a message over ipc, tcp and tcp across a network "
                           "namespace, and bytes per frame per link (writes "
                           "benchmarks/scale.json)"))
+    from pipeline import replicabench
+
+    replicabench.add_arguments(sub.add_parser(
+        "replicabench", help="unmixer throughput with 1 and 2 replicas, lossless and unpaced "
+                             "(writes the replicas section of benchmarks/scale.json)"))
     from pipeline import bench
 
     bench.add_arguments(sub.add_parser(
@@ -352,6 +358,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pipeline.bench import main as bench_main
 
         return bench_main(args)
+    if args.command == "replicabench":
+        from pipeline.replicabench import main as replicabench_main
+
+        return replicabench_main(args)
     if args.command == "linkbench":
         from pipeline.linkbench import main as linkbench_main
 

@@ -290,3 +290,11 @@ def test_with_the_chain_key_only_its_holders_join_the_run(tmp_path):
     out = finish(start("run", str(config)))
     finish(stage, 60)
     assert "never contacted the conductor" in out and "unmixer.0" in out
+
+
+def test_replicabench_runs_the_unmixer_behind_replicas_and_counts_every_message():
+    from pipeline.replicabench import WARM_UP, one_run
+
+    result = one_run("fastunmix", 2, frames=WARM_UP + 6, groups=2)
+    assert result["messages"] == WARM_UP + 6  # lossless: every message through
+    assert result["rate"] > 0 and result["unmixer_p50_ms"] > 0
