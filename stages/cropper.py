@@ -32,7 +32,14 @@ paired by ``seq`` with :class:`~stages.base.SeqJoin`. For every paired frame:
    preserve brightness (a pedestal of 20 grey levels over 121 pixels weighs as much as ten
    targets). With ``subtract_background`` (default) the median of the outer ring of pixels
    of the 5 patches (200 pixels, away from the blob at the centre) is subtracted from the
-   whole window; the value is kept in :attr:`CropWindow.background`.
+   whole window; the value is kept in :attr:`CropWindow.background`. That removes a
+   scene's level, not its texture: with ``scene_background`` (a staring sensor over a
+   cluttered scene) the cropper first subtracts, pixel by pixel, the scene's background
+   learned where no blob is (:class:`~stages.scene_background.SceneBackground`), then the
+   ring median of what remains. ``background`` then holds the ring median plus the scene's
+   level at the window's clipped pixels (the highest, so that ``saturation − background``,
+   the extractor's clipping level, lies at or below every clipped pixel after the
+   subtraction; the median of the scene crop when nothing clipped).
 6. **Time index.** DeRefNet's time encoder saw middle-frame indices 2 … 17 of 20-frame
    trajectories. A live track is unbounded, so its index is ``t − f0`` (f0: the track's
    first frame) clamped to 2 … ``max_frame_index`` (17): the index grows with the track like
@@ -64,6 +71,7 @@ from stages.association import gated_assignment
 from stages.base import SeqJoin, Stage
 from stages.messages import Blobs, Frame, Message, TruthPoint, WindowInfo, Windows, frame_header
 from stages.patches import crop
+from stages.scene_background import SceneBackground
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +106,14 @@ class CropperConfig:
         (``WindowInfo.saturation``) so the extractor can ignore clipped pixels. None: from
         the frame's dtype (:func:`saturation_level`: 255 for uint8, 65535 for uint16, no
         clipping for float frames).
+    scene_background : bool
+        Learn the scene's background pixel by pixel and subtract it from every patch
+        before the ring median (a staring sensor over a cluttered scene; not for a panning
+        camera). See :mod:`stages.scene_background`.
+    scene_alpha : float
+        Smallest weight of a new frame in a pixel's background estimate.
+    scene_mask_px : float
+        Radius (px) around each blob whose pixels do not update the estimate.
     """
 
     gate_px: float = 5.0
@@ -107,6 +123,9 @@ class CropperConfig:
     max_pending: int = 64
     subtract_background: bool = True
     saturation: float | None = None
+    scene_background: bool = False
+    scene_alpha: float = 0.05
+    scene_mask_px: float = 3.0
 
     def __post_init__(self) -> None:
         if self.gate_px <= 0 or self.max_misses < 1 or self.max_pending < 1:
@@ -215,6 +234,9 @@ class WindowCropper:
         self._tracks: list[_BlobTrack] = []
         self._next_id = 0
         self._first_seq: int | None = None
+        self._saturation = math.inf
+        self._scene = (SceneBackground(self.config.scene_alpha, self.config.scene_mask_px)
+                       if self.config.scene_background else None)
 
     @property
     def blob_ids(self) -> list[int]:
@@ -264,6 +286,7 @@ class WindowCropper:
         centroids: np.ndarray,
         truth: tuple[TruthPoint, ...] | None = None,
         header: Mapping[str, int] | None = None,
+        saturation: float = math.inf,
     ) -> list[CropWindow]:
         """Add frame ``seq`` and its blob centroids; return the windows of frame ``seq − 2``.
 
@@ -279,6 +302,8 @@ class WindowCropper:
             Kept with the frame for :meth:`frame` (``header``: the frame message's
             :func:`~stages.messages.frame_header`, which the cropper stage puts on the
             frame's Windows message; default ``{}``).
+        saturation : float
+            Raw level at which the frame's pixels clip (see ``scene_background``).
 
         Returns
         -------
@@ -289,10 +314,15 @@ class WindowCropper:
             raise ValueError(f"seq must increase: got {seq} after {self._frames[-1].seq}")
         if self._first_seq is None:
             self._first_seq = seq
+        self._saturation = saturation
         image = np.asarray(image, dtype=np.float32)
         self._frames.append(_BufferedFrame(seq, image, truth, header or {}))
         centroids = np.asarray(centroids, dtype=np.float64).reshape(-1, 2)
         lost = self._associate(seq, centroids)
+        if self._scene is not None:  # masked: this frame's blobs and every live track's
+            # position in it (a blob the detector missed this frame is still masked)
+            tracks = np.array([t.history[-1][1:3] for t in self._tracks]).reshape(-1, 2)
+            self._scene.update(image, np.concatenate([centroids, tracks]))
         windows = self._windows(seq - MIDDLE)
         self._tracks = [t for t in self._tracks if t not in lost]
         return windows
@@ -343,6 +373,7 @@ class WindowCropper:
         frames = self._window_frames(middle, middle + MIDDLE if newest is None else newest)
         if frames is None:
             return []
+        scene = self._scene.estimate() if self._scene is not None else None
         windows = []
         for track in self._tracks:
             if track.born > middle:
@@ -360,9 +391,17 @@ class WindowCropper:
             patches = np.stack(
                 [crop(f.image, origin, PATCH, v) for f, v in zip(frames, fills, strict=True)]
             )
+            scene_level = 0.0
+            if scene is not None:
+                scene_crop = crop(scene, origin, PATCH, float(np.median(scene)) if padded else 0.0)
+                clipped = (patches >= self._saturation).any(axis=0)
+                scene_level = float(scene_crop[clipped].max() if clipped.any()
+                                    else np.median(scene_crop))
+                patches -= scene_crop
             background = (float(ring_levels(patches[None])[0])
                           if self.config.subtract_background else 0.0)
             patches -= np.float32(background)
+            background += scene_level
             windows.append(
                 CropWindow(
                     blob_id=track.blob_id,
@@ -446,7 +485,7 @@ class Cropper(Stage):
                                           else float(self.config.saturation))
         core = self.cores[frame.sensor]
         windows = core.update(frame.sensor_seq, frame.image, centroids, frame.truth,
-                              frame_header(frame))
+                              frame_header(frame), self._saturation[frame.sensor])
         middle = core.frame(frame.sensor_seq - MIDDLE)
         return [] if middle is None else [self._message(frame.sensor, middle, windows)]
 

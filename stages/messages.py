@@ -147,7 +147,9 @@ class WindowInfo:
         source has no truth.
     background : float
         Level (grey levels) the cropper subtracted from the window's patches: raw intensity =
-        patch value + background. 0 when nothing was subtracted.
+        patch value + background. 0 when nothing was subtracted. With the cropper's
+        ``scene_background`` the subtracted level varies from pixel to pixel and this is its
+        value at the window's clipped pixels (the highest), so the clipping rule below holds.
     saturation : float
         Raw level at which the frame's pixels clip (255 for 8-bit frames; ``inf`` when they
         do not clip): a patch pixel at ``saturation − background`` or above is clipped.
@@ -358,7 +360,8 @@ class Windows(Message):
         Window i holds the 11×11 crops of frames seq−2 … seq+2 (oldest first) at one origin,
         in grey levels above the window's background: the cropper subtracts
         ``windows[i].background`` by default (the unmixers were trained on patches whose
-        background is 0), so raw intensity = patch + background.
+        background is 0), so raw intensity = patch + background (with a learned scene
+        background, patch + that pixel's background: see :class:`WindowInfo`).
     """
 
     windows: tuple[WindowInfo, ...]
