@@ -220,10 +220,12 @@ def test_external_input_counts_the_connection_an_oversize_message_cost(tmp_path,
 
 def test_keys_cli_writes_the_layout(tmp_path, capsys):
     assert main(["keys", str(tmp_path), "--client", "a", "--client", "b"]) == 0
-    assert "run.curve.secret_key" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "run.curve.secret_key" in out and "run.chain_key" in out
     names = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
-    assert names == ["allowed/a.key", "allowed/b.key", "clients/a.key", "clients/a.key_secret",
-                     "clients/b.key", "clients/b.key_secret", "server.key", "server.key_secret"]
+    assert names == ["allowed/a.key", "allowed/b.key", "chain.key", "chain.key_secret",
+                     "clients/a.key", "clients/a.key_secret", "clients/b.key",
+                     "clients/b.key_secret", "server.key", "server.key_secret"]
 
 
 def test_external_input_pairs_answers_by_seq(tmp_path):
