@@ -37,6 +37,7 @@ import zmq
 
 from models.machine import cpu_model
 from pipeline.config import QueueConfig, StagePlan, load
+from pipeline.run.report import write_section
 from pipeline.run.runner import run_inline
 from pipeline.wire.codec import decode, encode
 from stages.base import TopicSink
@@ -220,11 +221,7 @@ def main(args: argparse.Namespace) -> int:
         "latency": latencies((6, 24), args.count, args.interval_ms / 1e3),
         "bytes_per_frame_per_link": bytes_per_frame((6, 24)),
     }
-    out = Path(args.out)
-    doc = json.loads(out.read_text()) if out.exists() else {}
-    doc["links"] = links
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2) + "\n")
+    out = write_section(args.out, "links", links)
     for transport, rows in links["latency"].items():
         for key, row in rows.items():
             if isinstance(row, dict) and row.get("p50_ms") is not None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import statistics
 import time
@@ -29,6 +28,7 @@ from typing import Any
 
 from models.machine import cpu_model
 from pipeline.config import QueueConfig, RunConfig, StagePlan, load
+from pipeline.run.report import write_section
 from pipeline.run.runner import run_inline, run_processes
 from stages.base import Source, Stage
 from stages.messages import Windows
@@ -172,11 +172,7 @@ def main(args: argparse.Namespace) -> int:
         "models": bench(models, args.frames, args.groups, args.repeats),
     }
     result["machine"]["load_average_after"] = list(os.getloadavg())
-    out = Path(args.out)
-    doc = json.loads(out.read_text()) if out.exists() else {}
-    doc["replicas"] = result
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2) + "\n")
+    out = write_section(args.out, "replicas", result)
     for model, rows in result["models"].items():
         print(f"{model}: 1 replica {rows['replicas_1']['messages_per_s']:.1f}/s, 2 replicas "
               f"{rows['replicas_2']['messages_per_s']:.1f}/s: x{rows['speedup_2_over_1']:.2f}")

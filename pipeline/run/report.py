@@ -277,6 +277,17 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def write_section(path: str | Path, key: str, section: Any) -> Path:
+    """Set ``key`` of the JSON object in ``path`` to ``section``, keeping its other keys (the
+    benchmarks that share one file, e.g. ``benchmarks/scale.json``); returns the path."""
+    path = Path(path)
+    doc = json.loads(path.read_text()) if path.exists() else {}
+    doc[key] = section
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    return path
+
+
 def write_report(report: Mapping[str, Any], path: str | Path) -> Path:
     """Write the report as strict JSON (NaN written as null); returns the path."""
     path = Path(path)
