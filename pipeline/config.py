@@ -136,8 +136,10 @@ class RunConfig:
     Across hosts (:mod:`pipeline.run.layout`): ``control`` is the conductor's ROUTER endpoint
     (default: an ipc socket in the run's temp folder, which reaches this host only);
     ``peer_timeout_s`` the silence after which the conductor takes a stage as lost and a stage
-    its conductor; ``external`` the instances the runner does not start itself (``all``, or
-    names such as ``unmixer.1``), each started with ``python -m pipeline stage``;
+    its conductor; ``rejoin_timeout_s`` how long a lost external stage may take to be started
+    again before the run fails (0: it fails at once; see :class:`pipeline.run.runner._Watch`);
+    ``external`` the instances the runner does not start itself (``all``, or names such as
+    ``unmixer.1``), each started with ``python -m pipeline stage``;
     ``chain_key`` the chain's CURVE key pair file (``python -m pipeline keys DIR`` writes
     ``DIR/chain.key_secret``), which encrypts and authenticates every link and the control
     plane (:class:`pipeline.wire.curve.ChainCurve`).
@@ -162,6 +164,7 @@ class RunConfig:
     capacity_check: bool = True
     control: Annotated[str | None, Field(pattern=r"^(tcp|ipc)://.+")] = None
     peer_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    rejoin_timeout_s: Annotated[float, Field(ge=0)] = 0.0
     external: tuple[str, ...] = ()
     chain_key: str | None = None
 

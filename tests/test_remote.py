@@ -127,6 +127,46 @@ def test_a_killed_external_replica_is_reported_lost_and_the_chain_goes_on(tmp_pa
     assert result["stages"]["unmixer.0"]["msgs_in"] > result["stages"]["unmixer.1"]["msgs_in"]
 
 
+def test_a_lost_stage_that_is_started_again_rejoins_and_the_run_goes_on(tmp_path):
+    config = chain(tmp_path, 6931, frames=100, rate_hz=25, peer_timeout_s=2.0,
+                   external=("extractor",))
+    text = yaml.safe_load(config.read_text())
+    text["run"]["rejoin_timeout_s"] = 60
+    config.write_text(yaml.safe_dump(text))
+    report = tmp_path / "r.json"
+    first = start("stage", "extractor", "--config", str(config))
+    conductor = start("run", str(config), "--report", str(report))
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(x) for x in conductor.stdout])
+    reader.start()
+    second = None
+    try:
+        deadline = time.monotonic() + 90
+        while "stages in processes mode" not in lines.get(timeout=deadline - time.monotonic()):
+            pass
+        time.sleep(1.0)
+        first.send_signal(signal.SIGKILL)
+        finish(first, 10)
+        time.sleep(3.0)  # lost (2 s of silence), the chain waiting on its links
+        second = start("stage", "extractor", "--config", str(config))
+        conductor.wait(120)
+        reader.join(10)
+        out = "".join(lines.queue)
+    finally:
+        conductor.kill()
+        reader.join(10)
+        conductor.stdout.close()
+        if second is not None:
+            finish(second, 30)
+    assert conductor.returncode == 0, out
+    assert "waiting up to 60 s for it to rejoin" in out
+    result = json.loads(report.read_text())
+    assert result["ok"] and result["rejoined"] == {"extractor": 1}
+    assert result["frames_in"] == 100
+    # the frames the extractor held when it was killed are gaps for the tracker, which ran on
+    assert result["stages"]["tracker"]["seq_gaps"] > 0 and 0 < result["frames_out"] < 100
+
+
 def test_a_stage_started_with_another_layout_is_refused(tmp_path):
     config = chain(tmp_path, 6851)
     stage = start("stage", "unmixer", "--config", str(config), "--set", "run.queue.hwm=9")

@@ -202,7 +202,7 @@ class Conductor:
             return None
         first = name not in self.heard
         self.heard[name] = time.monotonic()
-        if first:
+        if first or kind == "hello":  # (a restarted stage says hello again)
             self._send_state(name)
         return name, kind, payload
 

@@ -181,7 +181,12 @@ class _Watch:
     """The conductor's view of the stage instances: what each reported, and whether it still
     runs. A local instance (spawned here) ends when its process exits; an external one (started
     with ``python -m pipeline stage``, maybe on another host) when it reports its exit code, or
-    when it has been silent for ``run.peer_timeout_s``."""
+    when it has been silent for ``run.peer_timeout_s``.
+
+    An external instance other than the source and a replica with live siblings may *rejoin*:
+    when it is lost, the run waits up to ``run.rejoin_timeout_s`` for the same name to say
+    hello again (a restarted process; the other stages keep their state and wait on their
+    links), and fails only if none does."""
 
     def __init__(self, names: Sequence[str], conductor: control.Conductor, procs: dict,
                  run: RunConfig, digest: str, replicas: dict[str, list[str]] | None = None,
@@ -189,6 +194,11 @@ class _Watch:
         self.names = list(names)
         self.conductor, self.procs = conductor, procs
         self.peer_timeout_s, self.digest = run.peer_timeout_s, digest
+        self.rejoin_timeout_s = run.rejoin_timeout_s
+        #: Lost instances the run waits for: instance -> (deadline, how it was lost).
+        self.waiting: dict[str, tuple[float, str]] = {}
+        #: Instances that rejoined: instance -> how many times.
+        self.rejoined: dict[str, int] = {}
         self.replicas = replicas or {}  # instance -> all instances of its stage
         self.on_lost = on_lost or (lambda _name: None)
         #: Replicas that died while a sibling ran on: instance -> how it ended.
@@ -232,6 +242,11 @@ class _Watch:
         for name in self.names:
             if name not in self.ended and self._exit_code(name) is not None:
                 self._exited(name)
+        for name, (deadline, how) in list(self.waiting.items()):
+            if time.monotonic() > deadline:
+                del self.waiting[name]
+                self.fail(f"stage {name!r} {how} and did not rejoin within "
+                          f"run.rejoin_timeout_s = {self.rejoin_timeout_s} s")
 
     def read(self, name: str, kind: str, payload: Any) -> None:
         if kind == "hello":
@@ -254,8 +269,13 @@ class _Watch:
 
     def _hello(self, name: str, payload: dict) -> None:
         where = f"{payload.get('host')} pid {payload.get('pid')}"
-        if name in self.hosts and self.hosts[name] != where:
+        if name in self.hosts and self.hosts[name] != where:  # a new process: it starts over
             logger.warning("stage %r started again (%s, was %s)", name, where, self.hosts[name])
+            self.ready.discard(name)
+            self.exits.pop(name, None)
+            self.ended.discard(name)
+            self.waiting.pop(name, None)
+            self.rejoined[name] = self.rejoined.get(name, 0) + 1
         self.hosts[name] = where
         if payload.get("plan") != self.digest:
             self.fail(f"stage {name!r} ({where}) was started with another chain layout (plan "
@@ -284,6 +304,12 @@ class _Watch:
             logger.warning("replica %r (%s) %s; its queued messages are lost, the other "
                            "replicas go on", name, where, how)
             self.on_lost(name)
+            return
+        if proc is None and self.rejoin_timeout_s > 0 and name != self.names[0]:
+            self.waiting[name] = (time.monotonic() + self.rejoin_timeout_s, f"({where}) {how}")
+            logger.warning("stage %r (%s) %s; waiting up to %g s for it to rejoin (start it "
+                           "again); the other stages keep their state", name, where, how,
+                           self.rejoin_timeout_s)
             return
         self.fail(f"stage {name!r} ({where}) {how}")
 
@@ -336,7 +362,7 @@ def _supervise(watch: _Watch, run: RunConfig, should_stop: Callable[[], bool],
     conductor.set("go")
     logger.info("running %d stages in processes mode", len(watch.names))
     drain_deadline = math.inf
-    while watch.alive() and watch.error is None:
+    while (watch.alive() or watch.waiting) and watch.error is None:
         watch.poll(0.1)
         stopping = "stop" in conductor.state.flags
         if should_stop() and not stopping:
@@ -463,6 +489,7 @@ def run_processes(
         error=watch.error, interrupted=interrupted,
     )
     report["replicas_lost"] = watch.lost
+    report["rejoined"] = watch.rejoined
     if external:
         report["hosts"] = watch.hosts
     return report
