@@ -106,30 +106,48 @@ def test_a_chain_started_stage_by_stage_gives_the_outputs_of_one_process(tmp_pat
     assert result["outputs_digest"] == inline_digest(config, tmp_path)
 
 
+class Conductor:
+    """``python -m pipeline run CONFIG --report REPORT`` with its output read as it comes:
+    :meth:`wait_running` returns once the stream has started; :meth:`finish` waits for the
+    end and returns the output."""
+
+    def __init__(self, config: Path, report: Path) -> None:
+        self.proc = start("run", str(config), "--report", str(report))
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.reader = threading.Thread(
+            target=lambda: [self.lines.put(x) for x in self.proc.stdout])
+        self.reader.start()
+
+    def wait_running(self, timeout_s: float = 90) -> None:
+        deadline = time.monotonic() + timeout_s
+        while "stages in processes mode" not in self.lines.get(
+                timeout=deadline - time.monotonic()):
+            pass  # until every stage is ready and the stream starts
+
+    def finish(self, timeout_s: float = 120) -> str:
+        try:
+            self.proc.wait(timeout_s)
+        finally:
+            self.proc.kill()
+            self.reader.join(10)
+            self.proc.stdout.close()
+        return "".join(self.lines.queue)
+
+
 def test_a_killed_external_replica_is_reported_lost_and_the_chain_goes_on(tmp_path):
     config = chain(tmp_path, 6831, frames=100, rate_hz=25, peer_timeout_s=2.0)
     report = tmp_path / "r.json"
     replicas = [start("stage", f"unmixer.{k}", "--config", str(config)) for k in (0, 1)]
-    conductor = start("run", str(config), "--report", str(report))
-    lines: queue.Queue[str] = queue.Queue()
-    reader = threading.Thread(target=lambda: [lines.put(x) for x in conductor.stdout])
-    reader.start()
+    conductor = Conductor(config, report)
     try:
-        deadline = time.monotonic() + 90
-        while "stages in processes mode" not in lines.get(timeout=deadline - time.monotonic()):
-            pass  # until every stage is ready and the stream starts
+        conductor.wait_running()
         time.sleep(1.5)  # ~ 35 frames in
         replicas[1].send_signal(signal.SIGKILL)
-        conductor.wait(120)
-        reader.join(10)
-        out = "".join(lines.queue)
     finally:
-        conductor.kill()
-        reader.join(10)
-        conductor.stdout.close()
+        out = conductor.finish()
         for proc in replicas:
             finish(proc, 30)
-    assert conductor.returncode == 0, out
+    assert conductor.proc.returncode == 0, out
     result = json.loads(report.read_text())
     assert result["ok"] and result["frames_in"] == 100
     assert list(result["replicas_lost"]) == ["unmixer.1"]
@@ -147,30 +165,20 @@ def test_a_lost_stage_that_is_started_again_rejoins_and_the_run_goes_on(tmp_path
     config.write_text(yaml.safe_dump(text))
     report = tmp_path / "r.json"
     first = start("stage", "extractor", "--config", str(config))
-    conductor = start("run", str(config), "--report", str(report))
-    lines: queue.Queue[str] = queue.Queue()
-    reader = threading.Thread(target=lambda: [lines.put(x) for x in conductor.stdout])
-    reader.start()
+    conductor = Conductor(config, report)
     second = None
     try:
-        deadline = time.monotonic() + 90
-        while "stages in processes mode" not in lines.get(timeout=deadline - time.monotonic()):
-            pass
+        conductor.wait_running()
         time.sleep(1.0)
         first.send_signal(signal.SIGKILL)
         finish(first, 10)
         time.sleep(3.0)  # lost (2 s of silence), the chain waiting on its links
         second = start("stage", "extractor", "--config", str(config))
-        conductor.wait(120)
-        reader.join(10)
-        out = "".join(lines.queue)
     finally:
-        conductor.kill()
-        reader.join(10)
-        conductor.stdout.close()
+        out = conductor.finish()
         if second is not None:
             finish(second, 30)
-    assert conductor.returncode == 0, out
+    assert conductor.proc.returncode == 0, out
     assert "waiting up to 60 s for it to rejoin" in out
     result = json.loads(report.read_text())
     assert result["ok"] and result["rejoined"] == {"extractor": 1}
