@@ -183,8 +183,8 @@ class _Watch:
     with ``python -m pipeline stage``, maybe on another host) when it reports its exit code, or
     when it has been silent for ``run.peer_timeout_s``.
 
-    An external instance other than the source and a replica with live siblings may *rejoin*:
-    when it is lost, the run waits up to ``run.rejoin_timeout_s`` for the same name to say
+    An external instance (not the source, not a replica the run went on without) may
+    *rejoin*: when it is lost, the run waits up to ``run.rejoin_timeout_s`` for the same name to say
     hello again (a restarted process; the other stages keep their state and wait on their
     links), and fails only if none does."""
 
@@ -270,7 +270,14 @@ class _Watch:
     def _hello(self, name: str, payload: dict) -> None:
         where = f"{payload.get('host')} pid {payload.get('pid')}"
         if name in self.hosts and self.hosts[name] != where:  # a new process: it starts over
-            logger.warning("stage %r started again (%s, was %s)", name, where, self.hosts[name])
+            if not self._may_rejoin(name):
+                self.fail(f"stage {name!r} was started again ({where}, was {self.hosts[name]}) "
+                          f"in a running chain; only an external stage may rejoin (not the "
+                          f"source, not a replica the run went on without), with "
+                          f"run.rejoin_timeout_s > 0")
+                return
+            logger.warning("stage %r started again (%s, was %s): it rejoins", name, where,
+                           self.hosts[name])
             self.ready.discard(name)
             self.exits.pop(name, None)
             self.ended.discard(name)
@@ -281,6 +288,12 @@ class _Watch:
             self.fail(f"stage {name!r} ({where}) was started with another chain layout (plan "
                       f"{payload.get('plan')}, this run's {self.digest}); start every stage "
                       f"with the same config file and --set options")
+
+    def _may_rejoin(self, name: str) -> bool:
+        """Whether ``name`` may be started again in a running chain (see the class
+        docstring)."""
+        return (self.rejoin_timeout_s > 0 and name not in self.procs and name != self.names[0]
+                and name not in self.lost)
 
     def _exited(self, name: str) -> None:
         self.ended.add(name)
@@ -305,7 +318,7 @@ class _Watch:
                            "replicas go on", name, where, how)
             self.on_lost(name)
             return
-        if proc is None and self.rejoin_timeout_s > 0 and name != self.names[0]:
+        if self._may_rejoin(name):
             self.waiting[name] = (time.monotonic() + self.rejoin_timeout_s, f"({where}) {how}")
             logger.warning("stage %r (%s) %s; waiting up to %g s for it to rejoin (start it "
                            "again); the other stages keep their state", name, where, how,
