@@ -14,6 +14,13 @@ default an ipc socket in the run's temp folder):
 - the conductor sends the *run state* ``{go, stop, abort, ended, drained, dead}`` to every
   stage it has heard from, whenever it changes and every :data:`KEEPALIVE_S` otherwise.
 
+The flags: ``go`` (every instance is ready: start), ``stop`` (graceful: the source stops and
+the chain drains), ``abort`` (every instance leaves at once), and per instance ``ended`` (it
+has sent, or tried to send, its EndOfStream markers: a consumer whose marker was lost on a
+``drop_oldest`` link ends that link on it), ``drained`` (it has received everything on its
+inputs: its producers keep their sockets open until then, so nothing queued is lost on exit)
+and ``dead`` (a replica the run goes on without: its producers stop sending to it).
+
 Every flag goes from unset to set only, so a stage keeps the union of every state it received
 and of its own flags: messages may cross, nothing is ever unset. Silence is failure: the
 conductor takes a stage that has said nothing for ``run.peer_timeout_s`` as lost, and a stage
