@@ -8,7 +8,11 @@ What a message costs on the wire between two stage processes, per transport:
   namespace the benchmark creates: what two hosts on a LAN look like to the kernel, minus the
   wire). The send time travels in the message's ``t_source_ns``; both ends read the same
   clock. Messages go one at a time every ``--interval-ms``, so queueing does not count.
-  Reported: p50 and p99 (ms) per transport and size, and each transport's p50 minus ipc's.
+  The transports take turns: ``--rounds`` rounds, each sending ``--count / --rounds``
+  messages of each size over each transport, so a noisy neighbour on the shared host
+  weighs on all of them alike (one transport after the other, ipc once measured slower than
+  tcp). Reported: p50 and p99 (ms) of all rounds' messages per transport and size, and each
+  transport's p50 minus ipc's.
   The namespace part needs root (``ip netns``); without it the row says why it is missing.
 - **bytes per frame per link**: the encoded size of each topic's message of one frame, at 6
   and 24 groups, from a short inline run of ``configs/live.yaml`` (what each link of the
@@ -60,9 +64,9 @@ def windows_message(n: int, seq: int = 0) -> Windows:
     return Windows(seq=seq, t_source_ns=0, windows=infos, patches=patches)
 
 
-def receive(endpoint: str, count: int, timeout_s: float) -> dict[str, float]:
-    """Receiver side: bind a PULL on ``endpoint``, take ``count`` messages, return one-way
-    latency percentiles (ms) from their ``t_source_ns``."""
+def receive(endpoint: str, count: int, timeout_s: float) -> list[float]:
+    """Receiver side: bind a PULL on ``endpoint``, take ``count`` messages, return their
+    one-way latencies (ms) from their ``t_source_ns``."""
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PULL)
     sock.setsockopt(zmq.LINGER, 0)
@@ -79,39 +83,40 @@ def receive(endpoint: str, count: int, timeout_s: float) -> dict[str, float]:
     finally:
         sock.close()
         ctx.term()
+    return lags
+
+
+def _send(endpoint: str, n: int, count: int, interval_s: float,
+          receiver: list[str]) -> list[float]:
+    """Start ``receiver`` (a command binding ``endpoint``), send it ``count`` messages of
+    ``n`` windows, one every ``interval_s``; returns the latencies it measured (ms)."""
+    proc = subprocess.Popen([*receiver, "--receive", endpoint, "--count", str(count)],
+                            stdout=subprocess.PIPE, text=True, cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.PUSH)
+        sock.setsockopt(zmq.LINGER, 2000)
+        sock.connect(endpoint)
+        msg = windows_message(n)
+        time.sleep(0.3)  # the connection is up before the first timed message
+        for seq in range(count):
+            stamped = Windows(seq=seq, t_source_ns=time.time_ns(), windows=msg.windows,
+                              patches=msg.patches)
+            sock.send_multipart(encode(stamped))
+            time.sleep(interval_s)
+        sock.close()
+        ctx.term()
+        return json.loads(proc.communicate(timeout=60)[0].splitlines()[-1])
+    finally:
+        proc.kill()
+
+
+def _summary(lags: list[float], n: int) -> dict[str, Any]:
     return {"received": len(lags), "p50_ms": statistics.median(lags) if lags else None,
-            "p99_ms": float(np.percentile(lags, 99)) if lags else None}
-
-
-def _send(endpoint: str, sizes: tuple[int, ...], count: int, interval_s: float,
-          receiver: list[str]) -> dict[str, Any]:
-    """Start ``receiver`` (a command binding ``endpoint``), send ``count`` messages of each
-    size to it, one every ``interval_s``; returns its percentiles per size."""
-    out = {}
-    for n in sizes:
-        proc = subprocess.Popen([*receiver, "--receive", endpoint, "--count", str(count)],
-                                stdout=subprocess.PIPE, text=True, cwd=REPO,
-                                env={**os.environ, "PYTHONPATH": str(REPO)})
-        try:
-            assert proc.stdout.readline().strip() == "ready"
-            ctx = zmq.Context()
-            sock = ctx.socket(zmq.PUSH)
-            sock.setsockopt(zmq.LINGER, 2000)
-            sock.connect(endpoint)
-            msg = windows_message(n)
-            time.sleep(0.3)  # the connection is up before the first timed message
-            for seq in range(count):
-                stamped = Windows(seq=seq, t_source_ns=time.time_ns(), windows=msg.windows,
-                                  patches=msg.patches)
-                sock.send_multipart(encode(stamped))
-                time.sleep(interval_s)
-            sock.close()
-            ctx.term()
-            result = json.loads(proc.communicate(timeout=60)[0].splitlines()[-1])
-        finally:
-            proc.kill()
-        out[f"{n}_windows"] = {**result, "bytes": sum(len(bytes(f)) for f in encode(msg))}
-    return out
+            "p99_ms": float(np.percentile(lags, 99)) if lags else None,
+            "bytes": sum(len(bytes(f)) for f in encode(windows_message(n)))}
 
 
 def _netns_up() -> str | None:
@@ -143,22 +148,31 @@ def _netns_down() -> None:
     subprocess.run(["ip", "netns", "del", NAMESPACE], capture_output=True)
 
 
-def latencies(sizes: tuple[int, ...], count: int, interval_s: float) -> dict[str, Any]:
-    """One-way latency per transport (see the module docstring)."""
+def latencies(sizes: tuple[int, ...], count: int, interval_s: float,
+              rounds: int) -> dict[str, Any]:
+    """One-way latency per transport, the transports taking turns (see the module
+    docstring)."""
     me = [sys.executable, "-m", "pipeline.linkbench"]
-    with tempfile.TemporaryDirectory(prefix="csist-linkbench-") as tmp:
-        out: dict[str, Any] = {
-            "ipc": _send(f"ipc://{tmp}/link", sizes, count, interval_s, me),
-            "tcp_loopback": _send(f"tcp://127.0.0.1:{PORT}", sizes, count, interval_s, me),
-        }
     why = _netns_up()
-    if why is None:
-        try:
-            out["tcp_across_netns"] = _send(f"tcp://{VETH_NET[1]}:{PORT}", sizes, count,
-                                            interval_s, ["ip", "netns", "exec", NAMESPACE, *me])
-        finally:
+    out: dict[str, Any] = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="csist-linkbench-") as tmp:
+            transports = {"ipc": (f"ipc://{tmp}/link", me),
+                          "tcp_loopback": (f"tcp://127.0.0.1:{PORT}", me)}
+            if why is None:
+                transports["tcp_across_netns"] = (f"tcp://{VETH_NET[1]}:{PORT}",
+                                                  ["ip", "netns", "exec", NAMESPACE, *me])
+            lags = {(t, n): [] for t in transports for n in sizes}
+            for _ in range(rounds):
+                for (transport, n), got in lags.items():
+                    endpoint, receiver = transports[transport]
+                    got += _send(endpoint, n, count // rounds, interval_s, receiver)
+    finally:
+        if why is None:
             _netns_down()
-    else:
+    for (transport, n), got in lags.items():
+        out.setdefault(transport, {})[f"{n}_windows"] = _summary(got, n)
+    if why is not None:
         out["tcp_across_netns"] = {"skipped": why}
     for rows in out.values():
         for key, row in rows.items():
@@ -206,6 +220,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=str(DEFAULT_OUT), help="JSON file (key 'links' updated)")
     p.add_argument("--count", type=int, default=500, help="messages per transport and size")
     p.add_argument("--interval-ms", type=float, default=2.0, help="gap between messages")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="rounds in which the transports take turns (default 5)")
     p.add_argument("--receive", help=argparse.SUPPRESS)
 
 
@@ -215,10 +231,10 @@ def main(args: argparse.Namespace) -> int:
         return 0
     links = {
         "command": f"python -m pipeline linkbench --count {args.count} "
-                   f"--interval-ms {args.interval_ms:g}",
+                   f"--interval-ms {args.interval_ms:g} --rounds {args.rounds}",
         "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(),
                     "load_average": list(os.getloadavg())},
-        "latency": latencies((6, 24), args.count, args.interval_ms / 1e3),
+        "latency": latencies((6, 24), args.count, args.interval_ms / 1e3, args.rounds),
         "bytes_per_frame_per_link": bytes_per_frame((6, 24)),
     }
     out = write_section(args.out, "links", links)

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import sys
 
-from pipeline.linkbench import _send, bytes_per_frame, windows_message
+from pipeline.linkbench import _send, _summary, bytes_per_frame, windows_message
 from pipeline.wire.codec import encode
 
 
 def test_one_way_latency_over_ipc_is_measured_in_a_receiver_process(tmp_path):
-    rows = _send(f"ipc://{tmp_path}/link", (6,), count=20, interval_s=0.002,
+    lags = _send(f"ipc://{tmp_path}/link", 6, count=20, interval_s=0.002,
                  receiver=[sys.executable, "-m", "pipeline.linkbench"])
-    row = rows["6_windows"]
+    row = _summary(lags, 6)
     assert row["received"] == 20 and 0 < row["p50_ms"] <= row["p99_ms"] < 1000
     assert row["bytes"] == sum(len(bytes(f)) for f in encode(windows_message(6)))
 
