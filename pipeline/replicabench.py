@@ -46,17 +46,19 @@ class WindowsReplayConfig:
     seed: int = 0
 
 
-class _Keep(Stage):
-    """Inline helper: keeps the Windows messages it receives."""
+@dataclasses.dataclass(frozen=True)
+class _KeepConfig:
+    kept: list  # the Windows messages, filled by the sink
 
+
+class _Keep(Stage):
+    """Inline sink appending the Windows messages it receives to its config's ``kept``."""
+
+    Config = _KeepConfig
     INPUTS = ("windows",)
 
-    def __init__(self, config: Any = None) -> None:
-        super().__init__(config)
-        self.kept: list[Windows] = []
-
     def process(self, msg: Windows) -> tuple:
-        self.kept.append(msg)
+        self.config.kept.append(msg)
         return ()
 
 
@@ -67,9 +69,8 @@ def make_windows(frames: int, groups: int, seed: int) -> list[Windows]:
         "run.mode=inline", f"run.frames={frames}", "run.rate_hz=null",
         f"stages.source.groups={groups}", f"stages.source.seed={seed}"])
     chain = [p for p in plans if p.name in ("source", "detector", "cropper")]
-    keep = _Keep()
-    chain.append(StagePlan("keep", "keep", lambda _config: keep, None, ("windows",), None,
-                           QueueConfig()))
+    keep = _KeepConfig(kept=[])
+    chain.append(StagePlan("keep", "keep", _Keep, keep, ("windows",), None, QueueConfig()))
     run_inline(chain, config.run)
     return keep.kept
 

@@ -3,7 +3,9 @@ dropped, and silence taken as loss."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 
 import zmq
 
@@ -19,13 +21,47 @@ def _poll_until(conductor: Conductor, want, timeout_s: float = 5.0) -> list:
     return seen
 
 
-def test_reports_arrive_and_flags_travel_both_ways(tmp_path):
+@contextlib.contextmanager
+def conducting(tmp_path, names: list[str], peers) -> Iterator[tuple[Conductor, list]]:
+    """A conductor for ``names`` and ``peers(ctx, endpoint)`` (its stage-side sockets), all
+    closed at the end."""
     ctx = zmq.Context()
     endpoint = f"ipc://{tmp_path}/control"
-    conductor = Conductor(ctx, endpoint, ["a", "b"])
-    clients = [ControlClient(ctx, endpoint, n, peer_timeout_s=10, first_contact_s=10)
-               for n in ("a", "b")]
+    conductor = Conductor(ctx, endpoint, names)
+    sockets = []
     try:
+        sockets = peers(ctx, endpoint)
+        yield conductor, sockets
+    finally:
+        for sock in sockets:
+            sock.close()
+        conductor.close()
+        ctx.term()
+
+
+def _clients(ctx, endpoint):
+    return [ControlClient(ctx, endpoint, n, peer_timeout_s=10, first_contact_s=10)
+            for n in ("a", "b")]
+
+
+def _bad_peers(ctx, endpoint):
+    """One DEALER per bad report, each sent at once (the names differ: a routing id taken
+    again replaces its predecessor's connection)."""
+    socks = []
+    for name, frames in [(b"a", [b"\xc1not msgpack"]), (b"b", [pack("x", 1), b"extra"]),
+                         (b"c", [b"\x92\x01\x02"]), (b"zed", [pack("ready", None)]),
+                         (b"d", [pack("set", "go")])]:  # only the conductor sets go
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.ROUTING_ID, name)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(endpoint)
+        socks.append(sock)
+        sock.send_multipart(frames)
+    return socks
+
+
+def test_reports_arrive_and_flags_travel_both_ways(tmp_path):
+    with conducting(tmp_path, ["a", "b"], _clients) as (conductor, clients):
         clients[0].report("hello", {"plan": "x", "pid": 1, "host": "h"})
         clients[1].report("ready")
         seen = _poll_until(conductor, lambda s: len(s) >= 2)
@@ -40,37 +76,14 @@ def test_reports_arrive_and_flags_travel_both_ways(tmp_path):
         clients[1].abort.set()
         _poll_until(conductor, lambda s: conductor.state.is_set("abort"))
         assert clients[0].abort.wait(5.0) and clients[0].aborted()
-    finally:
-        for client in clients:
-            client.close()
-        conductor.close()
-        ctx.term()
 
 
 def test_malformed_and_unknown_reports_are_counted_and_dropped(tmp_path):
-    ctx = zmq.Context()
-    endpoint = f"ipc://{tmp_path}/control"
-    conductor = Conductor(ctx, endpoint, ["a", "b", "c", "d"])
-    socks = []
-    try:
-        for name, frames in [(b"a", [b"\xc1not msgpack"]), (b"b", [pack("x", 1), b"extra"]),
-                             (b"c", [b"\x92\x01\x02"]), (b"zed", [pack("ready", None)]),
-                             (b"d", [pack("set", "go")])]:  # only the conductor sets go
-            sock = ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.ROUTING_ID, name)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(endpoint)
-            socks.append(sock)
-            sock.send_multipart(frames)
+    with conducting(tmp_path, ["a", "b", "c", "d"], _bad_peers) as (conductor, _):
         seen = _poll_until(conductor, lambda s: conductor.rejected >= 5)
         assert conductor.rejected == 5
         assert seen == [("d", "set", "go")]  # yielded, but it set nothing
         assert not conductor.state.is_set("go")
-    finally:
-        for sock in socks:
-            sock.close()
-        conductor.close()
-        ctx.term()
 
 
 def test_a_stage_whose_conductor_falls_silent_aborts(tmp_path):

@@ -104,16 +104,16 @@ def resolve_names(plans: Sequence[StagePlan], names: Sequence[str], what: str) -
     ConfigError
         A name that is neither, listing the valid ones.
     """
+    every = instance_names(plans)
     if ALL in names:
-        return instance_names(plans)
+        return every
     out: list[str] = []
     for name in names:
         plan = next((p for p in plans if p.name == name), None)
-        found = instances(plan) if plan is not None else (
-            [name] if name in instance_names(plans) else None)
+        found = instances(plan) if plan is not None else ([name] if name in every else None)
         if found is None:
             raise ConfigError(f"{what}: no stage or instance named {name!r}; this chain has "
-                              f"{instance_names(plans)} (or '{ALL}')")
+                              f"{every} (or '{ALL}')")
         out.extend(n for n in found if n not in out)
     return out
 

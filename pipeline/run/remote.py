@@ -13,7 +13,6 @@ stream once every instance is ready); one whose conductor stays silent for
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import signal
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,11 +66,7 @@ def serve(specs: dict[str, worker.WorkerSpec]) -> int:
     the first non-zero code). One instance runs in this process and never returns."""
     if len(specs) == 1:
         worker.main(next(iter(specs.values())), standalone=True)
-    mp = multiprocessing.get_context("spawn")
-    procs: dict[str, Any] = {}
-    for name, spec in specs.items():
-        procs[name] = mp.Process(target=worker.main, args=(spec,), name=f"csist-{name}")
-        procs[name].start()
+    procs = worker.spawn(specs)
     logger.info("stage processes: %s", ", ".join(f"{n} pid {p.pid}" for n, p in procs.items()))
 
     def stop(signum: int, _frame: Any) -> None:  # Ctrl-C or SIGTERM: every instance stops

@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import multiprocessing
 import os
 import re
 import shutil
@@ -342,16 +341,6 @@ class _Watch:
         return summary
 
 
-def _spawn(specs: dict[str, worker.WorkerSpec], mp: Any) -> dict:
-    """Start one worker process per spec; returns the processes, keyed by instance name."""
-    procs = {}
-    for name, spec in specs.items():
-        proc = mp.Process(target=worker.main, args=(spec,), name=f"csist-{name}")
-        proc.start()
-        procs[name] = proc
-    return procs
-
-
 def _supervise(watch: _Watch, run: RunConfig, should_stop: Callable[[], bool],
                source: str) -> bool:
     """Drive the instances from start-up to exit; returns True if a stop request cut the run."""
@@ -449,7 +438,6 @@ def run_processes(
     ``on_spawn``: called once with ``{stage name: pid}`` when every local stage process has
     started (for monitors such as :mod:`pipeline.soak`).
     """
-    mp = multiprocessing.get_context("spawn")
     names = layout.instance_names(plans)
     external = layout.resolve_names(plans, run.external, "run.external")
     with contextlib.ExitStack() as stack:
@@ -474,7 +462,7 @@ def run_processes(
             logger.warning("waiting for %s at %s: start each with `python -m pipeline stage "
                            "NAME --config CONFIG` (same config and --set options)",
                            ", ".join(external), endpoint)
-        procs = _spawn({n: s for n, s in specs.items() if n not in external}, mp)
+        procs = worker.spawn({n: s for n, s in specs.items() if n not in external})
         logger.info("stage processes: %s", ", ".join(f"{n} pid {p.pid}" for n, p in procs.items()))
         if on_spawn is not None:
             on_spawn({name: proc.pid for name, proc in procs.items()})

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import multiprocessing
 import os
 import signal
 import socket
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import zmq
@@ -220,6 +221,17 @@ def _exit_on_sigterm(signum: int, _frame: Any) -> None:
     """A SIGTERM sent to the worker itself (not via the parent): leave through ``finally``, so
     the stage's ``stop()`` still runs (a recorder finishes its file)."""
     raise SystemExit(128 + signum)
+
+
+def spawn(specs: Mapping[str, WorkerSpec]) -> dict[str, Any]:
+    """Start one process (``spawn`` start method) running :func:`main` per spec; returns the
+    processes, keyed by instance name."""
+    mp = multiprocessing.get_context("spawn")
+    procs = {}
+    for name, spec in specs.items():
+        procs[name] = mp.Process(target=main, args=(spec,), name=f"csist-{name}")
+        procs[name].start()
+    return procs
 
 
 def main(spec: WorkerSpec, standalone: bool = False) -> None:
