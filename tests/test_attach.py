@@ -91,7 +91,7 @@ def test_curve_tap_serves_only_listed_clients(tmp_path):
             sock.close(linger=0)
     finally:
         tap.stop()
-        ctx.term()
+        ctx.destroy(linger=0)
     create_keys(tmp_path / "k2")
     with pytest.raises(ConfigError, match="holds only a public key"):
         Publisher(PublisherConfig(endpoint="tcp://127.0.0.1:*",
@@ -126,7 +126,7 @@ def tap_and_subscriber(tmp_path, **options):
     finally:
         sock.close(linger=0)
         tap.stop()
-        ctx.term()
+        ctx.destroy(linger=0)
 
 
 def receive(sock, n: int, timeout_s: float = 10.0) -> list[tuple[str, object]]:
@@ -215,7 +215,7 @@ def test_external_input_counts_the_connection_an_oversize_message_cost(tmp_path,
     finally:
         stage.stop()
         push.close(linger=0)
-        ctx.term()
+        ctx.destroy(linger=0)
 
 
 def test_keys_cli_writes_the_layout(tmp_path, capsys):
@@ -257,7 +257,7 @@ def test_external_input_pairs_answers_by_seq(tmp_path):
         assert stage.input_counters() == {"decode_errors": 1}  # the stage row's number too
     finally:
         push.close(linger=0)
-        ctx.term()
+        ctx.destroy(linger=0)
         stage.stop()
 
 

@@ -36,7 +36,7 @@ def conducting(tmp_path, names: list[str], peers) -> Iterator[tuple[Conductor, l
         for sock in sockets:
             sock.close()
         conductor.close()
-        ctx.term()
+        ctx.destroy(linger=0)
 
 
 def _clients(ctx, endpoint):
@@ -90,11 +90,11 @@ def test_a_stage_whose_conductor_falls_silent_aborts(tmp_path):
     ctx = zmq.Context()
     endpoint = f"ipc://{tmp_path}/control"
     conductor = Conductor(ctx, endpoint, ["a"])
-    client = ControlClient(ctx, endpoint, "a", peer_timeout_s=0.5, first_contact_s=10)
+    client = ControlClient(ctx, endpoint, "a", peer_timeout_s=1.5, first_contact_s=10)
     try:
         client.report("hello", {})
         _poll_until(conductor, lambda s: bool(s))
-        assert client.go.wait(0.5) is False and not client.aborted()  # it heard the state
+        assert client.go.wait(0.1) is False and not client.aborted()  # it heard the state
         conductor.close()  # the conductor is gone
         deadline = time.monotonic() + 5
         while not client.aborted() and time.monotonic() < deadline:
@@ -106,5 +106,6 @@ def test_a_stage_whose_conductor_falls_silent_aborts(tmp_path):
         assert lonely.aborted() and "no conductor answered" in lonely.lost
         lonely.close()
     finally:
+        conductor.close()
         client.close()
-        ctx.term()
+        ctx.destroy(linger=0)

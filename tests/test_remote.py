@@ -323,9 +323,9 @@ def test_a_link_with_the_chain_key_is_unreadable_without_it(tmp_path):
             sock.close()
         for curve in curves:
             curve.stop()
-        ctx.term()
+        ctx.destroy(linger=0)
         if len(curves) > 1:
-            other_ctx.term()
+            other_ctx.destroy(linger=0)
 
 
 def test_a_stage_without_the_chain_key_is_not_admitted(tmp_path):

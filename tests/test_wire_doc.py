@@ -176,7 +176,7 @@ def _subscribe(endpoint: str, got: list, ready: threading.Event, done: threading
                     ended.add(frames[0].decode())
     finally:
         sock.close(linger=0)
-        ctx.term()
+        ctx.destroy(linger=0)
 
 
 def test_tap_stream_and_recording_match_the_document(tmp_path):

@@ -234,7 +234,9 @@ class Conductor:
         self._sent = time.monotonic()
 
     def close(self) -> None:
-        """Send the final state once more, then close."""
+        """Send the final state once more, then close (a second call does nothing)."""
+        if self._sock.closed:
+            return
         self._broadcast()
         self._sock.close(linger=200)
 
