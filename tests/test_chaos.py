@@ -1,9 +1,13 @@
-"""Chaos: every stage process of the live chain, killed with SIGKILL in turn mid-run.
+"""Chaos: stage processes of the live chain, killed with SIGKILL in turn mid-run.
 
-For each stage (the runner's services included) a fresh ``python -m pipeline run`` of the
-standard chain, on small frames, runs until the chain is up and frames flow; then that stage's
-process gets SIGKILL. The runner must name the dead stage, exit 1 within 5 s, and leave no stage
-process behind.
+For each victim a fresh ``python -m pipeline run`` of the standard chain, on small frames, runs
+until the chain is up and frames flow; then that process gets SIGKILL. The runner must name the
+dead stage, exit 1 within 5 s, and leave no stage process behind.
+
+The runner watches every process the same way (its sentinel in the control poller), so the
+victims are one of each role rather than all twelve processes (each case costs a chain start,
+~10 s on 2 cores): the source, a model stage, a stateful stage, a file sink and a runner
+service.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 #: Every process of configs/live.yaml with a tap: its stages and the runner's services.
 STAGES = ("source", "_tap", "detector", "cropper", "unmixer", "extractor", "tracker", "scoring",
           "jsonl", "overlay", "console", "_digest")
+#: The processes killed: one of each role.
+VICTIMS = ("source", "unmixer", "tracker", "jsonl", "_digest")
 EXIT_WITHIN_S = 5.0
 
 
@@ -38,7 +44,7 @@ def _gone(pid: int) -> bool:
     return state in ("Z", "X")
 
 
-@pytest.mark.parametrize("victim", STAGES)
+@pytest.mark.parametrize("victim", VICTIMS)
 def test_killing_any_stage_names_it_and_ends_the_run(victim, tmp_path):
     cmd = [sys.executable, "-m", "pipeline", "run", str(REPO / "configs" / "live.yaml"),
            "--frames", "100000", "--publish", f"ipc://{tmp_path}/tap",

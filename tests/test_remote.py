@@ -188,7 +188,7 @@ def test_a_lost_stage_that_is_started_again_rejoins_and_the_run_goes_on(tmp_path
 
 
 def test_a_stage_started_with_another_layout_is_refused(tmp_path):
-    config = chain(tmp_path, 6851)
+    config = chain(tmp_path, 6851, external=("all",))  # the conductor starts nothing itself
     stage = start("stage", "unmixer", "--config", str(config), "--set", "run.queue.hwm=9")
     conductor = start("run", str(config))
     out = finish(conductor)
