@@ -305,7 +305,7 @@ def test_subscribe_cli_and_example_client_read_a_live_pipeline(tmp_path):
     endpoint = f"ipc://{tmp_path}/pub"
     rec = tmp_path / "live.mcap"
     pipeline = config = chain_config(tmp_path, save_fast_ista(tmp_path), frames=24)
-    pipeline = popen("-m", "pipeline", "run", config, "--publish", endpoint,
+    pipeline = popen("-m", "pipeline", "run", config, "--publish", endpoint, "--mode", "inline",
                      "--set", "run.publish.wait_subscribers=3", "--record", rec,
                      "--record-topics", "points,tracks")
     client = popen("examples/client.py", endpoint, "--count", 14, "--timeout", TIMEOUT_S)
