@@ -13,7 +13,8 @@ trajectory's background level is subtracted first, as the live cropper does
 A set missing under ``--data-root`` is generated first with ``python -m sim generate`` and the
 set's flags (:data:`SETS` holds the exact command). Results go to ``--out`` (Markdown) and the
 same name with ``.json``; a (set, model) pair already in that JSON with the same weights
-(sha256) and trajectory count is not run again, so an interrupted run resumes.
+(sha256), trajectory count and extractor settings is not run again, so an interrupted run
+resumes.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 import torch
 
 from models.evaluate import count_accuracy, noise_summary
-from models.extract import estimate_noise
+from models.extract import ExtractorConfig, estimate_noise
 from models.harness import detections_from_maps, predict_maps
 from models.machine import cpu_model
 from models.metric import match_detections, summarize
@@ -230,6 +231,7 @@ def run(args: argparse.Namespace) -> int:
                         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                         "torch": torch.__version__, "threads": torch.get_num_threads(),
                         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")})
+    extractor = dataclasses.asdict(ExtractorConfig())  # part of the resume key
     for variant in (s for s in SETS if s.key in wanted):
         folder = ensure_set(variant, root, args.trajectories)
         for m in models:
@@ -237,12 +239,13 @@ def run(args: argparse.Namespace) -> int:
             sha = sha256_file(weights) if weights.exists() else None
             old = doc["results"].get(variant.key, {}).get(m)
             if old and old.get("weights_sha256") == sha and old.get("limit") == \
-                    args.limit_trajectories and old.get("background_subtracted"):
+                    args.limit_trajectories and old.get("background_subtracted") and \
+                    old.get("extractor") == extractor:
                 continue
             result = score_pair(m, folder, args.limit_trajectories, args.batch_size,
                                 weights if m in chosen else None)
             result.update(weights_sha256=sha, limit=args.limit_trajectories,
-                          background_subtracted=True)
+                          background_subtracted=True, extractor=extractor)
             doc["results"].setdefault(variant.key, {})[m] = result
             print(f"{variant.key:12s} {m:10s} grid {_cell(result['grid']['mAP'])}  points "
                   f"{_cell(result['points']['mAP'])}  ({result['seconds']} s)", flush=True)

@@ -30,6 +30,14 @@ def test_robustness_generates_scores_tables_and_resumes(tmp_path, capsys):
     again = capsys.readouterr().out
     assert "grid" not in again.replace("robustness.md", "")
     assert json.loads(out.with_suffix(".json").read_text())["results"] == doc["results"]
+    # a pair scored with other extractor settings is scored again
+    stale = json.loads(out.with_suffix(".json").read_text())
+    stale["results"]["clean"]["fastunmix"]["extractor"]["splat_starts"] = 1
+    out.with_suffix(".json").write_text(json.dumps(stale))
+    assert main(argv) == 0
+    again = capsys.readouterr().out
+    scored = [line.split()[0] for line in again.splitlines() if "  points " in line]
+    assert scored == ["clean"], again
     # candidate weights are named per model, and only for a model being scored
     with pytest.raises(SystemExit, match="MODEL=PATH"):
         main([*argv, "--weights", "derefnet=x.pt"])
