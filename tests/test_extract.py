@@ -17,6 +17,18 @@ def group(rng, k, centre=(5.0, 5.0)):
     return t
 
 
+def static_noisy_groups(seed: int, k: int, count: int, sigma: float):
+    """``count`` still K-target groups: truths, 5-frame uint8 windows with noise ``sigma``
+    (as float32) and their splat maps blurred like an imperfect network output."""
+    rng = np.random.default_rng(seed)
+    truths = [group(rng, k) for _ in range(count)]
+    wins = np.stack([render_uint8(np.repeat(t[None], 5, axis=0), sigma, rng=rng)
+                     for t in truths]).astype(np.float32)
+    maps = np.stack([splat_map(t[None])[0] for t in truths])
+    maps = 0.5 * maps + 0.125 * sum(np.roll(maps, s, axis=a) for s in (1, -1) for a in (1, 2))
+    return truths, wins, maps
+
+
 def nearest_errors(points, truth):
     d = np.linalg.norm(points[:, None, :2] - truth[None, :, :2], axis=-1)
     return d.min(axis=0)  # per truth target
@@ -96,12 +108,7 @@ def test_noise_is_estimated_from_the_pixels_away_from_the_group(sigma):
 def test_an_estimated_noise_level_weighs_the_physics_fit_like_the_true_one():
     """σ = 3 and a blurred map: the fit with the estimated σ is as accurate as with the true
     σ told."""
-    rng = np.random.default_rng(5)
-    truths = [group(rng, 2) for _ in range(60)]
-    wins = np.stack([render_uint8(np.repeat(t[None], 5, axis=0), 3.0, rng=rng)
-                     for t in truths]).astype(np.float32)
-    maps = np.stack([splat_map(t[None])[0] for t in truths])
-    maps = 0.5 * maps + 0.125 * sum(np.roll(maps, s, axis=a) for s in (1, -1) for a in (1, 2))
+    truths, wins, maps = static_noisy_groups(seed=5, k=2, count=60, sigma=3.0)
     err = {}
     for name, noise in (("auto", None), ("told", 3.0)):
         pts = extract_points(maps, wins, ExtractorConfig(noise_grey=noise))
@@ -115,12 +122,7 @@ def test_an_estimated_noise_level_weighs_the_physics_fit_like_the_true_one():
 def test_the_brightness_prior_steadies_the_physics_fit_under_noise():
     """σ = 2, 3-target groups, blurred maps: the physics fit with the brightness prior places
     the targets closer than the same fit with a free brightness (σ = 2 test split: 84 → 89)."""
-    rng = np.random.default_rng(9)
-    truths = [group(rng, 3) for _ in range(80)]
-    wins = np.stack([render_uint8(np.repeat(t[None], 5, axis=0), 2.0, rng=rng)
-                     for t in truths]).astype(np.float32)
-    maps = np.stack([splat_map(t[None])[0] for t in truths])
-    maps = 0.5 * maps + 0.125 * sum(np.roll(maps, s, axis=a) for s in (1, -1) for a in (1, 2))
+    truths, wins, maps = static_noisy_groups(seed=9, k=3, count=80, sigma=2.0)
     err = {}
     for name, std in (("prior", ExtractorConfig().physics_brightness_std), ("free", 1e9)):
         pts = extract_points(maps, wins, ExtractorConfig(physics_brightness_std=std))

@@ -468,8 +468,7 @@ class Inlet:
             if sock not in events:
                 continue
             if link.policy == "block":
-                if not self._queues[index]:
-                    self._take(index, sock)
+                self._take(index, sock)  # registered only while its queue was empty
             else:
                 for _ in range(MAX_DRAIN):
                     self._take(index, sock)
