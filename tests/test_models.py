@@ -144,17 +144,24 @@ def test_deform_conv_matches_direct_formula():
                                direct_deform_conv(x, offset, weight))
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("groups", [1, 2])
-def test_deform_conv_inference_kernel_matches_the_differentiable_path(groups):
-    """The compiled inference kernel (no grad) and grid_sample (grad) give the same output,
-    offsets reaching past the border included."""
+def test_deform_conv_inference_kernel_matches_the_differentiable_path(groups, threads):
+    """The compiled inference kernel (no grad; serial on one torch thread, numba's threads
+    otherwise) and grid_sample (grad) give the same output, offsets reaching past the border
+    included."""
     g = torch.Generator().manual_seed(groups)
     x = torch.randn(3, 4, 7, 6, generator=g)
     offset = 2.5 * torch.randn(3, groups * 18, 7, 6, generator=g)
     weight = torch.randn(5, 4, 3, 3, generator=g)
     bias = torch.randn(5, generator=g)
-    with torch.no_grad():
-        fast = deform_conv2d(x, offset, weight, bias, deform_groups=groups)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            fast = deform_conv2d(x, offset, weight, bias, deform_groups=groups)
+    finally:
+        torch.set_num_threads(before)
     slow = deform_conv2d(x.requires_grad_(), offset, weight, bias, deform_groups=groups)
     assert slow.grad_fn is not None and fast.grad_fn is None
     torch.testing.assert_close(fast, slow.detach(), rtol=1e-5, atol=1e-5)

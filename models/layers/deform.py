@@ -16,6 +16,11 @@ Two implementations with the same output (tests/test_models.py):
 - **Inference on float32 CPU tensors**: a numba kernel writes the bilinear samples straight
   into channels-last im2col rows (B·H·W, taps·C), a few samples at a time so the rows stay in
   cache, and one ``mm`` per chunk does the MACs (``benchmarks/bench_derefnet.json``).
+  With one torch thread (the live unmixer's setting) the kernel runs serially on the calling
+  thread: the parallel one starts numba's OpenMP team even when told to use one thread, and
+  its idle threads spin; on the 2-core machine with the other core busy, that made every
+  torch operation after the first deformable convolution about 15× slower (DeRefNet's frame
+  features of 6 tracks: 40 ms before the first window, 640 ms after).
 """
 
 from __future__ import annotations
@@ -31,46 +36,62 @@ from torch import nn
 CHUNK_FLOATS = 1 << 20  # im2col floats per chunk of the inference kernel (4 MiB in fp32)
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True)
-def _sample_columns(x, off, kw, pad, stride, dilation, cols):  # pragma: no cover - compiled
-    """Bilinear samples of every tap into channels-last im2col rows.
+@numba.njit(fastmath=True, cache=True, inline="always")
+def _sample_row(x, off, kw, pad, stride, dilation, cols, b, i):  # pragma: no cover - compiled
+    """Bilinear samples of every tap of output row i of image b into channels-last im2col
+    rows.
 
     x (B, H, W, C) channels-last input; off (B, H_out, W_out, G, taps, 2) channels-last offsets;
     cols (B, H_out, W_out, taps, C) output, overwritten. A corner outside the image gets
     weight 0 and reads a clamped pixel, so the channel loop has no branch and vectorises.
     """
-    b_n, h, w, c = x.shape
-    h_out, w_out, groups, taps = off.shape[1:5]
+    h, w, c = x.shape[1:]
+    w_out, groups, taps = off.shape[2:5]
     cg = c // groups
-    for bh in numba.prange(b_n * h_out):
-        b, i = bh // h_out, bh % h_out
-        for j in range(w_out):
-            for g in range(groups):
-                for k in range(taps):
-                    r = i * stride - pad + (k // kw) * dilation + off[b, i, j, g, k, 0]
-                    q = j * stride - pad + (k % kw) * dilation + off[b, i, j, g, k, 1]
-                    r0, q0 = np.floor(r), np.floor(q)
-                    fr, fq = r - r0, q - q0
-                    r0i, q0i = int(r0), int(q0)
-                    r1i, q1i = r0i + 1, q0i + 1
-                    wr0 = (1 - fr) if 0 <= r0i < h else 0.0
-                    wr1 = fr if 0 <= r1i < h else 0.0
-                    wq0 = (1 - fq) if 0 <= q0i < w else 0.0
-                    wq1 = fq if 0 <= q1i < w else 0.0
-                    r0i, r1i = min(max(r0i, 0), h - 1), min(max(r1i, 0), h - 1)
-                    q0i, q1i = min(max(q0i, 0), w - 1), min(max(q1i, 0), w - 1)
-                    # float32 weights: a float64 weight would widen the channel loop's
-                    # products and halve its SIMD width (measured 12 % slower)
-                    w00, w01 = np.float32(wr0 * wq0), np.float32(wr0 * wq1)
-                    w10, w11 = np.float32(wr1 * wq0), np.float32(wr1 * wq1)
-                    lo = g * cg
-                    dst = cols[b, i, j, k, lo:lo + cg]
-                    s00 = x[b, r0i, q0i, lo:lo + cg]
-                    s01 = x[b, r0i, q1i, lo:lo + cg]
-                    s10 = x[b, r1i, q0i, lo:lo + cg]
-                    s11 = x[b, r1i, q1i, lo:lo + cg]
-                    for ch in range(cg):
-                        dst[ch] = w00 * s00[ch] + w01 * s01[ch] + w10 * s10[ch] + w11 * s11[ch]
+    for j in range(w_out):
+        for g in range(groups):
+            for k in range(taps):
+                r = i * stride - pad + (k // kw) * dilation + off[b, i, j, g, k, 0]
+                q = j * stride - pad + (k % kw) * dilation + off[b, i, j, g, k, 1]
+                r0, q0 = np.floor(r), np.floor(q)
+                fr, fq = r - r0, q - q0
+                r0i, q0i = int(r0), int(q0)
+                r1i, q1i = r0i + 1, q0i + 1
+                wr0 = (1 - fr) if 0 <= r0i < h else 0.0
+                wr1 = fr if 0 <= r1i < h else 0.0
+                wq0 = (1 - fq) if 0 <= q0i < w else 0.0
+                wq1 = fq if 0 <= q1i < w else 0.0
+                r0i, r1i = min(max(r0i, 0), h - 1), min(max(r1i, 0), h - 1)
+                q0i, q1i = min(max(q0i, 0), w - 1), min(max(q1i, 0), w - 1)
+                # float32 weights: a float64 weight would widen the channel loop's
+                # products and halve its SIMD width (measured 12 % slower)
+                w00, w01 = np.float32(wr0 * wq0), np.float32(wr0 * wq1)
+                w10, w11 = np.float32(wr1 * wq0), np.float32(wr1 * wq1)
+                lo = g * cg
+                dst = cols[b, i, j, k, lo:lo + cg]
+                s00 = x[b, r0i, q0i, lo:lo + cg]
+                s01 = x[b, r0i, q1i, lo:lo + cg]
+                s10 = x[b, r1i, q0i, lo:lo + cg]
+                s11 = x[b, r1i, q1i, lo:lo + cg]
+                for ch in range(cg):
+                    dst[ch] = w00 * s00[ch] + w01 * s01[ch] + w10 * s10[ch] + w11 * s11[ch]
+
+
+@numba.njit(fastmath=True, cache=True)
+def _sample_columns(x, off, kw, pad, stride, dilation, cols):  # pragma: no cover - compiled
+    """:func:`_sample_row` for every output row of every image, on the calling thread."""
+    for b in range(x.shape[0]):
+        for i in range(off.shape[1]):
+            _sample_row(x, off, kw, pad, stride, dilation, cols, b, i)
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _sample_columns_parallel(x, off, kw, pad, stride, dilation,
+                             cols):  # pragma: no cover - compiled
+    """:func:`_sample_columns` with the rows shared among numba's threads."""
+    h_out = off.shape[1]
+    for bh in numba.prange(x.shape[0] * h_out):
+        _sample_row(x, off, kw, pad, stride, dilation, cols, bh // h_out, bh % h_out)
 
 
 def _deform_conv2d_inference(x, offset, weight, padding, stride, dilation, deform_groups):
@@ -88,11 +109,14 @@ def _deform_conv2d_inference(x, offset, weight, padding, stride, dilation, defor
     out = torch.empty(b, h_out, w_out, c_out, dtype=x.dtype)
     step = max(1, CHUNK_FLOATS // (h_out * w_out * taps * c))
     cols = torch.empty(min(step, b), h_out, w_out, taps, c, dtype=x.dtype)
-    numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+    sample = _sample_columns
+    if threads > 1:
+        numba.set_num_threads(threads)
+        sample = _sample_columns_parallel
     for s in range(0, b, step):
         n = min(step, b - s)
-        _sample_columns(x_cl[s:s + n], off[s:s + n], kw, padding, stride, dilation,
-                        cols[:n].numpy())
+        sample(x_cl[s:s + n], off[s:s + n], kw, padding, stride, dilation, cols[:n].numpy())
         torch.mm(cols[:n].view(-1, taps * c), w_mat, out=out[s:s + n].view(-1, c_out))
     return out.permute(0, 3, 1, 2)
 
