@@ -21,12 +21,12 @@ extractor stage. Three steps per window:
    away from the group (:func:`estimate_noise`, at least ``noise_floor``: the rounding noise
    of 8-bit frames) unless ``noise_grey`` sets it.
 
-The priors' widths were chosen on 150 test trajectories of each robustness set (docs/reference.md
-§9 has the table): the brightness prior is what lifts σ = 2 from 84 to 89–90 (it is the
-"brightness range known" information of the Cramér–Rao bounds); the physics fit's is kept at
-25 rather than U[220, 250]'s own 8.66 because a tight one costs 4 points on 6–8-target
-groups, whose heavily overlapping footprints make a fitted brightness far from the mean the
-lesser error.
+The priors' widths were chosen on 150 test trajectories of each robustness set and confirmed
+on 150 validation ones (docs/reference.md §9.4): the brightness prior lifts σ = 2 from 84 to
+89–90 (it is the "brightness range known" information of the Cramér–Rao bounds); the physics
+fit's is kept at 25 rather than U[220, 250]'s own 8.66 because a tight one costs 4 points on
+6–8-target groups, whose heavily overlapping footprints make a fitted brightness far from the
+mean the lesser error.
 
 Positions are in patch pixels with integer = pixel centre; HR index i ↔ (i − 1)/3.
 
@@ -510,6 +510,9 @@ def extract_points(maps, windows=None, cfg: ExtractorConfig = ExtractorConfig(),
         raise ValueError(f"score must be one of {SCORES}, got {cfg.score!r}")
     if cfg.noise_grey is not None and not cfg.noise_grey > 0:
         raise ValueError(f"noise_grey must be > 0 (or null: estimated), got {cfg.noise_grey}")
+    for name in ("brightness_std", "physics_brightness_std", "prior_px", "noise_floor"):
+        if not getattr(cfg, name) > 0:
+            raise ValueError(f"{name} must be > 0, got {getattr(cfg, name)}")
     maps_a = np.ascontiguousarray(maps, dtype=np.float64)
     b = maps_a.shape[0]
     noise = np.ones(b)  # only the physics fit weighs pixels by the noise

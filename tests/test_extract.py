@@ -117,6 +117,8 @@ def test_an_estimated_noise_level_weighs_the_physics_fit_like_the_true_one():
     assert abs(err["auto"] - err["told"]) <= 0.1 * err["told"], err
     with pytest.raises(ValueError, match="noise_grey"):
         extract_points(maps, wins, ExtractorConfig(noise_grey=0.0))
+    with pytest.raises(ValueError, match="physics_brightness_std must be > 0"):
+        extract_points(maps, wins, ExtractorConfig(physics_brightness_std=0.0))
 
 
 def test_the_brightness_prior_steadies_the_physics_fit_under_noise():
