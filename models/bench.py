@@ -2,17 +2,20 @@
 
 Measures windows/s at batch 1 and batch 64 and the latency per window on this machine's
 CPU, for the plain model and for each optimisation that applies: thread count,
-channels_last, bf16 autocast, torch.compile, whole 20-frame sequences through
+channels_last, torch.compile, whole 20-frame sequences through
 ``forward_sequences`` (models that share per-frame features, such as DeRefNet, reuse them
 across the overlapping windows of a track), and for those models the live unmixer's
-frame-by-frame steps with its feature cache; bf16 autocast only where the CPU runs bf16
-natively. Every figure is the median of ``--repeats`` timed runs after a warm-up; all
+frame-by-frame steps with its feature cache; and only where the CPU runs bf16 natively, the
+model converted to bfloat16 (``precision: bf16`` of the live unmixer, :mod:`models.precision`)
+at batch 64 and in the live steps, with its accuracy against fp32 (``bf16_accuracy``) when
+``--data`` is given. Every figure is the median of ``--repeats`` timed runs after a warm-up; all
 variants run side by side in one process, next to the machine's fp32 matmul peak, sampled
 between the variants (:class:`PeakSamples`).
 At the top of the JSON (default ``benchmarks/bench_<model>.json``): ``peak_gflops`` (the
 median of the samples; ``peak_gflops_best`` and ``peak_gflops_samples`` beside it),
 ``macs_per_window``, ``best`` (the fastest variant that keeps the accuracy) and
-``fraction_of_peak`` (see :func:`benchmark`); ``peak_gflops_threads1``, the one-thread peak,
+``fraction_of_peak`` (see :func:`benchmark`), ``best_fp32`` and ``fraction_of_peak_fp32``
+(the same among the float32 variants); ``peak_gflops_threads1``, the one-thread peak,
 goes with the ``_threads1`` variant (the live stage's default thread count). ``extractor``:
 the sub-pixel extractor's median time per frame of 6 and of 24 windows on this model's maps.
 """
@@ -20,7 +23,7 @@ the sub-pixel extractor's median time per frame of 6 and of 24 windows on this m
 from __future__ import annotations
 
 import argparse
-import contextlib
+import copy
 import json
 import os
 import platform
@@ -34,6 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from models.extract import extract_points
 from models.harness import count_macs, predict_maps, score_predictions
 from models.machine import cpu_model
+from models.precision import bf16_native, model_dtype
 from models.protocol import eval_windows
 from models.registry import get_model
 from models.weights import WeightsError, load_model
@@ -63,17 +67,16 @@ def _inputs(batch: int, seed: int = 0):
     return torch.rand(batch, WINDOW, PATCH, PATCH, generator=g) * 250, torch.full((batch,), 9)
 
 
-def time_windows(model, batch: int, repeats: int, bf16: bool = False,
-                 channels_last: bool = False) -> dict:
-    """Median windows/s and ms per window of ``model`` on random windows of ``batch``."""
+def time_windows(model, batch: int, repeats: int, channels_last: bool = False) -> dict:
+    """Median windows/s and ms per window of ``model`` on random windows of ``batch`` (in the
+    model's dtype)."""
     windows, index = _inputs(batch)
+    windows = windows.to(model_dtype(model))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if bf16
-                else contextlib.nullcontext())
 
     def run():
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode():
             model(windows, index)
 
     sec = _median_seconds(run, repeats)
@@ -109,6 +112,7 @@ def time_live_steps(model, tracks: int, repeats: int, steps: int = 16) -> dict:
     frame's features plus one window's alignment and reconstruction."""
     g = torch.Generator().manual_seed(0)
     frames = torch.rand(tracks, steps + WINDOW - 1, PATCH, PATCH, generator=g) * 250
+    frames = frames.to(model_dtype(model))
     index = torch.full((tracks,), 9)
     with torch.inference_mode():
         past = [model.frame_features(frames[:, t])[0] for t in range(WINDOW - 1)]
@@ -145,12 +149,6 @@ def time_extractor(model, repeats: int, sizes=(6, 24)) -> dict:
     return out
 
 
-def bf16_native() -> bool:
-    """True where this CPU computes bf16 natively (AVX-512 BF16 or AMX): oneDNN says so.
-    Elsewhere bf16 is emulated and slower than fp32, so it is not even measured."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
 def matmul_peak_gflops(threads: int, size: int = 1024, repeats: int = 20) -> float:
     """This machine's fp32 matmul peak (GFLOP/s) with ``threads`` threads at this moment: the
     fastest of ``repeats`` products after a warm-up. Leaves torch's thread count as it was."""
@@ -184,12 +182,9 @@ class PeakSamples:
         return statistics.median(self.samples)
 
 
-def _accuracy(model, dataset, bf16: bool) -> dict:
-    """Grid and points mAP (fractions) of ``model`` on ``dataset``, in fp32 or bf16 autocast."""
-    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if bf16
-                else contextlib.nullcontext())
-    with autocast:
-        pred = predict_maps(model, dataset)
+def _accuracy(model, dataset) -> dict:
+    """Grid and points mAP (fractions) of ``model`` on ``dataset``, in the model's dtype."""
+    pred = predict_maps(model, dataset)
     return {mode: score_predictions(pred, dataset, mode)["mAP"] for mode in ("grid", "points")}
 
 
@@ -199,6 +194,29 @@ FP32_VARIANTS = ("fp32_threads1_b1", "fp32_threads1_b64", "fp32_threads2_b1",
                  "reuse_frame_features_channels_last_4tracks",
                  "live_steps_channels_last_6tracks",
                  "live_steps_channels_last_6tracks_threads1", "torch_compile_b64")
+
+
+def _fraction(result: dict, peak_gflops: float) -> float:
+    """A variant's arithmetic rate (2 × MACs per window × windows/s) over the fp32 peak."""
+    return result["windows_per_s"] * 2 * result["macs_per_window"] / (peak_gflops * 1e9)
+
+
+def _time_bf16(model, results: dict, repeats: int) -> list[str]:
+    """The bf16 variants of ``model`` (already converted to bfloat16) into ``results``, at
+    2 threads then the live steps on 1; returns their names."""
+    results["bf16_b64"] = time_windows(model, 64, repeats)
+    model = model.to(memory_format=torch.channels_last)
+    results["bf16_channels_last_b64"] = time_windows(model, 64, repeats)
+    names = ["bf16_b64", "bf16_channels_last_b64"]
+    if model.shares_frame_features:
+        results["bf16_live_steps_channels_last_6tracks"] = time_live_steps(model, 6, repeats)
+        torch.set_num_threads(1)
+        results["bf16_live_steps_channels_last_6tracks_threads1"] = time_live_steps(
+            model, 6, repeats)
+        torch.set_num_threads(2)
+        names += ["bf16_live_steps_channels_last_6tracks",
+                  "bf16_live_steps_channels_last_6tracks_threads1"]
+    return names
 
 
 def benchmark(model_name: str, weights: str | None, repeats: int, compile_: bool,
@@ -244,16 +262,20 @@ def benchmark(model_name: str, weights: str | None, repeats: int, compile_: bool
     results["reuse_frame_features_4tracks"] = time_sequences(model, 4, repeats)
     eligible = list(FP32_VARIANTS)
     if bf16_native():
-        results["bf16_autocast_b64"] = time_windows(model, 64, repeats, bf16=True)
+        bf16_model = copy.deepcopy(model).to(torch.bfloat16)
+        bf16_names = _time_bf16(bf16_model, results, repeats)
+        peaks.take()
         if dataset is not None:
-            fp32, bf16 = _accuracy(model, dataset, False), _accuracy(model, dataset, True)
+            fp32, bf16 = _accuracy(model, dataset), _accuracy(bf16_model, dataset)
             delta = {m: 100 * (bf16[m] - fp32[m]) for m in fp32}
-            results["bf16_autocast_b64"]["map_delta_points_x100"] = delta
+            results["bf16_accuracy"] = {"fp32": fp32, "bf16": bf16,
+                                        "map_delta_points_x100": delta,
+                                        "trajectories": dataset.n_trajectories}
             if all(abs(d) < 0.3 for d in delta.values()):
-                eligible.append("bf16_autocast_b64")
+                eligible.extend(bf16_names)
     else:
-        results["bf16_autocast_b64"] = {"skipped": "bf16 is emulated on this CPU (no AVX-512 "
-                                                   "BF16/AMX): slower than fp32"}
+        results["bf16"] = {"skipped": "bf16 is emulated on this CPU (no AVX-512 BF16/AMX): "
+                                      "slower than fp32"}
     if compile_:
         try:
             compiled = torch.compile(model)
@@ -267,7 +289,8 @@ def benchmark(model_name: str, weights: str | None, repeats: int, compile_: bool
         if "windows_per_s" in r:
             r.setdefault("macs_per_window", macs)
     best = max(timed, key=lambda k: timed[k]["windows_per_s"])
-    best_wps = timed[best]["windows_per_s"]
+    best_fp32 = max((k for k in timed if k in FP32_VARIANTS),
+                    key=lambda k: timed[k]["windows_per_s"])
     return {
         "model": model_name, "weights": weights_note, "repeats": repeats,
         "statistic": "median",
@@ -276,8 +299,10 @@ def benchmark(model_name: str, weights: str | None, repeats: int, compile_: bool
         "peak_gflops_samples": peaks.samples,
         "peak_gflops_threads1": peak_one_thread,
         "macs_per_window": macs,
-        "best": {"variant": best, "windows_per_s": best_wps},
-        "fraction_of_peak": best_wps * 2 * timed[best]["macs_per_window"] / (peak * 1e9),
+        "best": {"variant": best, "windows_per_s": timed[best]["windows_per_s"]},
+        "fraction_of_peak": _fraction(timed[best], peak),
+        "best_fp32": {"variant": best_fp32, "windows_per_s": timed[best_fp32]["windows_per_s"]},
+        "fraction_of_peak_fp32": _fraction(timed[best_fp32], peak),
         "results": results,
         "extractor": time_extractor(model, max(repeats, 10)),
         "machine": {"cpus": os.cpu_count(), "torch": torch.__version__,
@@ -311,14 +336,18 @@ def run(args: argparse.Namespace) -> int:
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"{'variant':34s} {'batch':>5s} {'windows/s':>10s} {'ms/window':>10s}")
     for name, r in report["results"].items():
-        if "windows_per_s" not in r:
+        if "map_delta_points_x100" in r:
+            delta = ", ".join(f"{m} {d:+.2f}" for m, d in r["map_delta_points_x100"].items())
+            print(f"{name:34s} bf16 − fp32 mAP ×100: {delta}")
+        elif "windows_per_s" not in r:
             print(f"{name:34s} {r.get('error') or r.get('skipped')}")
         else:
             print(f"{name:34s} {r['batch']:5d} {r['windows_per_s']:10.1f} "
                   f"{r['latency_ms_per_window']:10.2f}")
     print(f"best: {report['best']['variant']} {report['best']['windows_per_s']:.1f} windows/s; "
           f"peak {report['peak_gflops']:.0f} GFLOP/s; fraction of peak "
-          f"{report['fraction_of_peak']:.3f} ({report['machine']['cpu_capability']})")
+          f"{report['fraction_of_peak']:.3f} ({report['machine']['cpu_capability']}); best fp32: "
+          f"{report['best_fp32']['variant']}, fraction {report['fraction_of_peak_fp32']:.3f}")
     for n, r in report["extractor"].items():
         print(f"extractor, {n} windows: {r['ms_per_call']:.2f} ms per call, "
               f"{r['ms_per_window']:.2f} ms per window")

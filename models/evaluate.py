@@ -37,6 +37,7 @@ from models.metric import (
     precision_recall,
     summarize,
 )
+from models.precision import PRECISIONS, resolve_precision, torch_dtype
 from models.protocol import HALF, eval_frames, grid_oracle, ground_truths
 from models.weights import default_weights, load_model, sha256_file
 from sim import load_dataset
@@ -126,6 +127,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     parser.add_argument(
+        "--precision", choices=PRECISIONS, default="fp32",
+        help="fp32 (default), bf16, or auto: bf16 where the CPU computes it natively",
+    )
+    parser.add_argument(
         "--oracle", action="store_true", help="also score the exact GT maps in grid mode"
     )
     parser.add_argument(
@@ -160,7 +165,8 @@ def run(args: argparse.Namespace) -> int:
     device = (torch.device("cuda", torch.cuda.current_device())
               if ranks.distributed and torch.device(args.device).type == "cuda" else args.device)
     model, _ = load_model(args.model, args.weights)
-    model.to(device)
+    precision = resolve_precision(args.precision, str(device))
+    model.to(device, torch_dtype(precision))
     weights = Path(args.weights) if args.weights else default_weights(args.model)
     weights = weights if weights.exists() else None
 
@@ -190,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
     result = {
         "model": args.model,
         **summarize(matching),
+        "precision": precision,
         "params": count_params(model),
         "macs": macs,
         "macs_per_trajectory": macs * (dataset.traj_len - 2 * HALF),

@@ -26,6 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from models.base import UnmixingModel
 from models.extract import extract_points
 from models.metric import grid_detections, match_detections, summarize
+from models.precision import model_dtype
 from models.protocol import HALF, eval_windows, ground_truths
 from sim.dataset import SeqDataset
 from sim.geometry import HR
@@ -77,13 +78,15 @@ def _batches(model: UnmixingModel, dataset: SeqDataset, batch_size: int, device:
 
     Every model gets whole trajectories through :meth:`UnmixingModel.forward_sequences`, so a model
     that shares per-frame work (DeRefNet) computes each frame's features once; the windows of
-    a trajectory come out in the order :func:`~models.protocol.eval_windows` lists them.
+    a trajectory come out in the order :func:`~models.protocol.eval_windows` lists them. The
+    frames are given in the model's dtype (bfloat16 for a model converted to it).
     """
     per_traj = dataset.traj_len - 2 * HALF
     images = dataset.trajectory_images()
     step = max(1, batch_size // per_traj)
     for first in range(0, dataset.n_trajectories, step):
-        frames = torch.from_numpy(images[first:first + step].astype(np.float32)).to(device)
+        frames = torch.from_numpy(images[first:first + step].astype(np.float32)).to(
+            device, model_dtype(model))
         starts = torch.zeros(len(frames), dtype=torch.int64, device=device)
         yield (slice(first * per_traj, (first + len(frames)) * per_traj),
                lambda f=frames, s=starts: model.forward_sequences(f, s))
@@ -187,7 +190,7 @@ def count_macs(model: UnmixingModel, window: np.ndarray, frame_index: int) -> in
         Index of its middle frame within the trajectory.
     """
     device = _model_device(model)
-    w = torch.as_tensor(window, dtype=torch.float32, device=device)[None]
+    w = torch.as_tensor(window, dtype=model_dtype(model), device=device)[None]
     t = torch.tensor([frame_index], dtype=torch.int64, device=device)
     with _inference(model), FlopCounterMode(display=False) as counter:
         model(w, t)

@@ -278,14 +278,22 @@ def _git_commit() -> str | None:
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU, core counts, load, library versions and the thread environment."""
+    """CPU (model, torch CPU capability, native bf16, fp32 matmul peak on 1 and 2 threads at
+    the start), core counts, load, library versions and the thread environment."""
     import cv2
     import numpy as np
     import torch
     import zmq
 
+    from models.bench import matmul_peak_gflops
+    from models.precision import bf16_native
+
     return {
         "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "bf16_native": bf16_native(),
+        "peak_gflops_threads1": matmul_peak_gflops(1),
+        "peak_gflops_threads2": matmul_peak_gflops(2),
         "cpus": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
         else os.cpu_count(),

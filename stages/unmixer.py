@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from models.config import ConfigError
+from models.precision import PRECISIONS, resolve_precision, torch_dtype
 from sim.geometry import HR, PATCH, WINDOW
 from stages.base import Stage
 from stages.messages import Maps, Message, Windows, frame_header
@@ -70,6 +71,9 @@ class UnmixerConfig:
         longer than this (wall ms), unmix only as many as fit and give the others their
         track's last map, moved with the group. None (default): unmix every window, and let
         the queue in front drop whole frames when the unmixer falls behind.
+    precision : str
+        "fp32" (default), "bf16", or "auto": bf16 where the CPU computes it natively, fp32
+        elsewhere (:mod:`models.precision`; measured accuracy and speed in the README).
     """
 
     model: str = "derefnet"
@@ -79,8 +83,11 @@ class UnmixerConfig:
     feature_cache: int = 2048
     channels_last: bool = True
     frame_budget_ms: float | None = None
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.frame_budget_ms is not None and not self.frame_budget_ms > 0:
             raise ValueError(f"frame_budget_ms must be > 0 or null, got {self.frame_budget_ms}")
         if self.threads < 1:
@@ -112,6 +119,8 @@ class Unmixer(Stage):
         self.model = model
         #: Metadata of the loaded weights (empty for an injected model).
         self.meta: dict = {}
+        #: Dtype of the model's inputs, set by :meth:`start` (None: as given).
+        self.dtype = None
         self._features: OrderedDict[bytes, Any] = OrderedDict()  # frame bytes -> (F,) tensor
         self.cache_hits = 0
         self.cache_misses = 0
@@ -131,11 +140,15 @@ class Unmixer(Stage):
 
             self.model, self.meta = load_model(self.config.model, self.config.weights)
             logger.info("unmixer: loaded %s (%s)", self.config.model, self.meta.get("sha256", ""))
-        self.model.to(self.config.device).eval()
+        precision = resolve_precision(self.config.precision, self.config.device)
+        self.dtype = torch_dtype(precision)
+        self.model.to(self.config.device, self.dtype).eval()
         if self.config.channels_last and self.config.device == "cpu":
             self.model.to(memory_format=torch.channels_last)
+        logger.info("unmixer: %s in %s", self.config.model, precision)
         with torch.inference_mode():  # first call: kernel set-up, before the first frame
-            self.model(torch.zeros(1, WINDOW, PATCH, PATCH, device=self.config.device),
+            self.model(torch.zeros(1, WINDOW, PATCH, PATCH, device=self.config.device,
+                                   dtype=self.dtype),
                        torch.full((1,), WINDOW // 2, device=self.config.device))
 
     @property
@@ -171,7 +184,7 @@ class Unmixer(Stage):
             if self.caches_features:
                 maps, _ = self.model.window_maps(self._frame_features(windows), index)
             else:
-                maps, _ = self.model(windows.to(device), index)
+                maps, _ = self.model(windows.to(device, self.dtype), index)
             return maps.detach().to("cpu", torch.float32).numpy().reshape(-1, HR, HR)
 
     def _frame_features(self, windows):
@@ -188,7 +201,7 @@ class Unmixer(Stage):
         self.cache_misses += len(first)
         self.cache_hits += len(keys) - len(first)
         if first:
-            fresh = frames[list(first.values())].to(self.config.device)
+            fresh = frames[list(first.values())].to(self.config.device, self.dtype)
             computed, _ = self.model.frame_features(fresh)
             self._features.update(zip(first, computed, strict=True))
         for k in keys:

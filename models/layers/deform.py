@@ -34,6 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 CHUNK_FLOATS = 1 << 20  # im2col floats per chunk of the inference kernel (4 MiB in fp32)
+#: dtypes of ``x`` the inference kernel takes (bfloat16: under bf16 autocast)
+INFERENCE_DTYPES = (torch.float32, torch.bfloat16)
 
 
 @numba.njit(fastmath=True, cache=True, inline="always")
@@ -96,19 +98,21 @@ def _sample_columns_parallel(x, off, kw, pad, stride, dilation,
 
 def _deform_conv2d_inference(x, offset, weight, padding, stride, dilation, deform_groups):
     """:func:`deform_conv2d` without autograd on CPU tensors; same arguments and result
-    (returned in channels-last memory format)."""
+    (returned in channels-last memory format). For bfloat16 ``x`` (bf16 autocast) the
+    samples are taken in float32 and the matmul runs in bfloat16."""
     b, c, h, w = x.shape
     c_out, _, kh, kw = weight.shape
     h_out, w_out = offset.shape[-2:]
     taps = kh * kw
-    # both are views, not copies, when the tensors are channels-last already
-    x_cl = x.detach().permute(0, 2, 3, 1).contiguous().numpy()
-    off = offset.detach().permute(0, 2, 3, 1).contiguous().view(
+    # both are views, not copies, when the tensors are channels-last float32 already
+    x_cl = x.detach().float().permute(0, 2, 3, 1).contiguous().numpy()
+    off = offset.detach().float().permute(0, 2, 3, 1).contiguous().view(
         b, h_out, w_out, deform_groups, taps, 2).numpy()
     w_mat = weight.detach().permute(0, 2, 3, 1).reshape(c_out, taps * c).T  # rows in (tap, c) order
+    w_mat = w_mat.to(x.dtype)
     out = torch.empty(b, h_out, w_out, c_out, dtype=x.dtype)
     step = max(1, CHUNK_FLOATS // (h_out * w_out * taps * c))
-    cols = torch.empty(min(step, b), h_out, w_out, taps, c, dtype=x.dtype)
+    cols = torch.empty(min(step, b), h_out, w_out, taps, c, dtype=torch.float32)
     threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
     sample = _sample_columns
     if threads > 1:
@@ -117,7 +121,7 @@ def _deform_conv2d_inference(x, offset, weight, padding, stride, dilation, defor
     for s in range(0, b, step):
         n = min(step, b - s)
         sample(x_cl[s:s + n], off[s:s + n], kw, padding, stride, dilation, cols[:n].numpy())
-        torch.mm(cols[:n].view(-1, taps * c), w_mat, out=out[s:s + n].view(-1, c_out))
+        torch.mm(cols[:n].view(-1, taps * c).to(x.dtype), w_mat, out=out[s:s + n].view(-1, c_out))
     return out.permute(0, 3, 1, 2)
 
 
@@ -148,7 +152,7 @@ def deform_conv2d(
     """
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, offset, weight, bias))
-    if (not needs_grad and x.device.type == "cpu" and x.dtype == torch.float32
+    if (not needs_grad and x.device.type == "cpu" and x.dtype in INFERENCE_DTYPES
             and not torch.compiler.is_compiling()):
         out = _deform_conv2d_inference(x, offset, weight, padding, stride, dilation,
                                        deform_groups)
