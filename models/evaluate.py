@@ -174,7 +174,8 @@ def run(args: argparse.Namespace) -> int:
     mine = range(ranks.rank, dataset.n_trajectories, ranks.world)  # all of it in one process
     pred = predict_maps(model, dataset.subset(mine), args.batch_size)
     dets = detections_from_maps(pred.maps, pred.windows, args.mode,
-                                lambda m, w: extract_points(m, w, ext_cfg))
+                                lambda m, w, s: extract_points(m, w, ext_cfg, s),
+                                pred.saturation)
     # the dataset index of each scored frame, to merge the shards in dataset order
     frames = np.asarray(mine)[pred.frames // dataset.traj_len] * dataset.traj_len \
         + pred.frames % dataset.traj_len

@@ -30,6 +30,7 @@ from models.precision import model_dtype
 from models.protocol import HALF, eval_windows, ground_truths
 from sim.dataset import SeqDataset
 from sim.geometry import HR
+from sim.render import UINT8_MAX
 
 MODES = ("grid", "points")
 
@@ -48,12 +49,15 @@ class Predictions:
         Dataset index of the middle frame of each window (the frame scored).
     forward_s : float
         Seconds spent in the model's forward calls.
+    saturation : ndarray of shape (N,), float64
+        Level at which each window's pixels clip (:meth:`SeqDataset.trajectory_saturation`).
     """
 
     maps: np.ndarray
     windows: np.ndarray
     frames: np.ndarray
     forward_s: float
+    saturation: np.ndarray
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -113,11 +117,13 @@ def predict_maps(model: UnmixingModel, dataset: SeqDataset, batch_size: int = 25
             n = where.stop - where.start
             model.check_maps(out, n)
             maps[where] = out.float().cpu().numpy().reshape(n, HR, HR)
-    return Predictions(maps, windows, frames, forward_s)
+    saturation = dataset.trajectory_saturation()[frames // dataset.traj_len]
+    return Predictions(maps, windows, frames, forward_s, saturation)
 
 
 def detections_from_maps(
-    maps: np.ndarray, windows: np.ndarray, mode: str = "grid", extractor=None
+    maps: np.ndarray, windows: np.ndarray, mode: str = "grid", extractor=None,
+    saturation=UINT8_MAX,
 ) -> list[np.ndarray]:
     """Turn output maps into per-frame detections (n_i, 3) = (row, col, score), LR pixels.
 
@@ -129,18 +135,23 @@ def detections_from_maps(
         The input windows (used by the ``points`` extractor only).
     mode : {"grid", "points"}
         ``grid``: every cell ≥ 70 is a detection at its cell centre (the reference rule).
-        ``points``: sub-pixel points from ``extractor(maps, windows)``.
+        ``points``: sub-pixel points from ``extractor(maps, windows, saturation)``.
     extractor : callable, optional
-        ``(maps (B, 33, 33), windows (B, 5, 11, 11)) -> list of (n, 3)``; defaults to
-        ``models.extract.extract_points``.
+        ``(maps (B, 33, 33), windows (B, 5, 11, 11), saturation (B,)) -> list of (n, 3)``;
+        defaults to ``models.extract.extract_points`` with its default settings.
+    saturation : float or ndarray of shape (N,)
+        Level at which the windows' pixels clip (``Predictions.saturation``; 255 for raw
+        uint8 windows).
     """
     if mode == "grid":
         return grid_detections(maps)
     if mode != "points":
         raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
     if extractor is None:
-        extractor = extract_points
-    points = list(extractor(maps, windows))
+        def extractor(m, w, s):
+            return extract_points(m, w, saturation=s)
+    sat = np.broadcast_to(np.asarray(saturation, dtype=np.float64), (len(maps),))
+    points = list(extractor(maps, windows, sat))
     if len(points) != len(maps):
         raise ValueError(f"the extractor returned {len(points)} frames for {len(maps)} maps")
     return points
@@ -169,7 +180,7 @@ def evaluate_model(
 def score_predictions(pred: Predictions, dataset: SeqDataset, mode: str = "grid",
                       extractor=None) -> dict[str, float]:
     """``mAP``, ``AP05`` … ``AP25`` (fractions) of predicted maps in ``mode`` (grid|points)."""
-    dets = detections_from_maps(pred.maps, pred.windows, mode, extractor)
+    dets = detections_from_maps(pred.maps, pred.windows, mode, extractor, pred.saturation)
     return summarize(match_detections(dets, ground_truths(dataset, pred.frames)))
 
 

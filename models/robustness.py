@@ -145,7 +145,8 @@ def score_pair(model_name: str, folder: Path, limit: int | None, batch_size: int
     truths = ground_truths(dataset, pred.frames)
     grid = summarize(match_detections(detections_from_maps(pred.maps, pred.windows, "grid"),
                                       truths))
-    points_dets = detections_from_maps(pred.maps, pred.windows, "points")
+    points_dets = detections_from_maps(pred.maps, pred.windows, "points",
+                                       saturation=pred.saturation)
     points = summarize(match_detections(points_dets, truths))
     return {"grid": grid, "points": points, "count_accuracy": count_accuracy(points_dets, truths),
             "noise_estimate": noise_summary(estimate_noise(pred.windows)),
@@ -240,12 +241,13 @@ def run(args: argparse.Namespace) -> int:
             old = doc["results"].get(variant.key, {}).get(m)
             if old and old.get("weights_sha256") == sha and old.get("limit") == \
                     args.limit_trajectories and old.get("background_subtracted") and \
-                    old.get("extractor") == extractor:
+                    old.get("saturation_censored") and old.get("extractor") == extractor:
                 continue
             result = score_pair(m, folder, args.limit_trajectories, args.batch_size,
                                 weights if m in chosen else None)
             result.update(weights_sha256=sha, limit=args.limit_trajectories,
-                          background_subtracted=True, extractor=extractor)
+                          background_subtracted=True, saturation_censored=True,
+                          extractor=extractor)
             doc["results"].setdefault(variant.key, {})[m] = result
             print(f"{variant.key:12s} {m:10s} grid {_cell(result['grid']['mAP'])}  points "
                   f"{_cell(result['points']['mAP'])}  ({result['seconds']} s)", flush=True)

@@ -14,7 +14,7 @@ import numpy as np
 
 from sim.background_level import ring_levels
 from sim.geometry import SIGMA
-from sim.render import gt_map, render_uint8
+from sim.render import UINT8_MAX, gt_map, render_uint8
 from sim.trajectory import TrajectoryRules, generate_trajectories
 
 NPZ_VERSION = 1
@@ -38,12 +38,16 @@ class SeqDataset:
         Frames per trajectory; N must be a multiple of it.
     sigma : float
         PSF standard deviation in pixels.
+    levels : ndarray of shape (n_trajectories,), float32, or None
+        Background level subtracted from each trajectory (:meth:`background_subtracted`);
+        None: nothing was subtracted.
     """
 
     images: np.ndarray
     targets: np.ndarray
     traj_len: int = 20
     sigma: float = SIGMA
+    levels: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.images.ndim != 3:
@@ -83,6 +87,14 @@ class SeqDataset:
         """Images grouped by trajectory: shape (n_trajectories, traj_len, H, W)."""
         return self.images.reshape(self.n_trajectories, self.traj_len, *self.images.shape[1:])
 
+    def trajectory_saturation(self) -> np.ndarray:
+        """Level at which each trajectory's pixels clip, shape (n_trajectories,), float64:
+        the uint8 maximum 255, minus the background level subtracted from the trajectory. The
+        sub-pixel extractor leaves pixels at that level out of its fit (they hold less than
+        the targets put there)."""
+        levels = np.zeros(self.n_trajectories) if self.levels is None else self.levels
+        return UINT8_MAX - np.asarray(levels, dtype=np.float64)
+
     def trajectory_targets(self) -> np.ndarray:
         """Targets grouped by trajectory: shape (n_trajectories, traj_len, K_max, 3)."""
         return self.targets.reshape(self.n_trajectories, self.traj_len, *self.targets.shape[1:])
@@ -96,9 +108,11 @@ class SeqDataset:
         and noise-only sets are left unchanged (their level is 0, or 1 on some σ = 5
         trajectories)."""
         trajectories = self.trajectory_images().astype(np.float32)
-        trajectories -= ring_levels(trajectories)[:, None, None, None]
+        levels = ring_levels(trajectories)
+        trajectories -= levels[:, None, None, None]
+        before = np.zeros_like(levels) if self.levels is None else self.levels
         return SeqDataset(trajectories.reshape(self.images.shape), self.targets, self.traj_len,
-                          self.sigma)
+                          self.sigma, before + levels)
 
     def subset(self, trajectories) -> SeqDataset:
         """A new dataset holding the given trajectory indices (in that order)."""
@@ -108,6 +122,7 @@ class SeqDataset:
             self.trajectory_targets()[idx].reshape(-1, *self.targets.shape[1:]),
             self.traj_len,
             self.sigma,
+            None if self.levels is None else self.levels[idx],
         )
 
 

@@ -12,6 +12,9 @@ import numpy as np
 from sim.geometry import PATCH, RATIO, SIGMA
 from sim.phi import pixel_response
 
+#: The level at which rendered frames clip (uint8).
+UINT8_MAX = 255
+
 
 def _flat_targets(targets: np.ndarray):
     """Targets (..., K, 3) as float64 (N, K, 3) plus the leading shape to restore."""
@@ -53,7 +56,7 @@ def render(
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """Round to nearest (ties to even, like OpenCV) and saturate to 0..255."""
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(image), 0, UINT8_MAX).astype(np.uint8)
 
 
 def render_uint8(

@@ -81,16 +81,16 @@ def test_points_mode_uses_the_extractor(dataset):
     blank = np.zeros((len(frames), 33, 33), np.float32)
     calls = []
 
-    def exact_points(maps, windows):
-        calls.append((maps.shape, windows.shape))
+    def exact_points(maps, windows, saturation):
+        calls.append((maps.shape, windows.shape, saturation.tolist()))
         return [dataset.frame_targets(int(f)) for f in frames]  # sub-pixel oracle
 
     result = evaluate_model(ReplayModel(blank), dataset, mode="points", extractor=exact_points)
-    assert calls == [((48, 33, 33), (48, 5, 11, 11))]
+    assert calls == [((48, 33, 33), (48, 5, 11, 11), [255.0] * 48)]
     assert all(result[k] == 1.0 for k in KEYS)
     with pytest.raises(ValueError, match="returned 1 frames for 48 maps"):
         evaluate_model(
-            ReplayModel(blank), dataset, mode="points", extractor=lambda m, w: [np.zeros((0, 3))]
+            ReplayModel(blank), dataset, mode="points", extractor=lambda m, w, s: [np.zeros((0, 3))]
         )
     with pytest.raises(ValueError, match="unknown mode 'peaks'"):
         evaluate_model(ReplayModel(blank), dataset, mode="peaks")

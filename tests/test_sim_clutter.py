@@ -99,3 +99,29 @@ def test_background_subtracted_removes_each_trajectorys_ring_level():
     np.testing.assert_array_equal(out.images, plain.images)  # the lift is the ring level
     np.testing.assert_array_equal(ring_levels(out.trajectory_images()), 0)
     np.testing.assert_array_equal(out.targets, plain.targets)
+    # the extractor is told where the subtracted frames clip
+    np.testing.assert_array_equal(plain.trajectory_saturation(), 255)
+    np.testing.assert_array_equal(out.trajectory_saturation(), 255 - lift[::20, 0, 0])
+    np.testing.assert_array_equal(out.subset([2, 0]).trajectory_saturation(),
+                                  255 - lift[[40, 0], 0, 0])
+
+
+def test_offline_points_leave_out_pixels_clipped_before_the_background_was_subtracted():
+    """A bright group on a 60-grey background clips at 255; after the level is subtracted
+    the clipped pixels sit at 195, and scored as if they were not clipped the fit's
+    brightness and positions go wrong. The harness passes each window's level."""
+    from models.harness import predict_maps, score_predictions
+    from models.registry import get_model
+    from sim.render import render_uint8
+
+    plain = simulate(6, seed=4)
+    clipped = render_uint8(plain.targets, background=np.full((11, 11), 60.0))
+    data = SeqDataset(clipped, plain.targets).background_subtracted()
+    assert (data.images >= 195).any() and np.all(data.trajectory_saturation() == 195)
+    oracle = get_model("ista").eval()  # no weights: Φ-based, the same on any machine
+    pred = predict_maps(oracle, data)
+    assert np.all(pred.saturation == 195)
+    censored = score_predictions(pred, data, "points")["mAP"]
+    pred_255 = type(pred)(pred.maps, pred.windows, pred.frames, pred.forward_s,
+                          np.full_like(pred.saturation, 255.0))
+    assert censored > score_predictions(pred_255, data, "points")["mAP"] + 0.05

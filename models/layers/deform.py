@@ -9,13 +9,15 @@ g·C/G … (g + 1)·C/G − 1. Tap k = (i, j) of output pixel (h, w) samples the
 
 Two implementations with the same output (tests/test_models.py):
 
-- **Training** (any tensor that needs a gradient, not float32 on the CPU, or under
-  ``torch.compile``, which cannot trace the compiled kernel): one ``grid_sample`` over
+- **Training** (any tensor that needs a gradient, neither float32 nor bfloat16 on the CPU,
+  or under ``torch.compile``, which cannot trace the compiled kernel): one ``grid_sample`` over
   all taps, then one matmul. Its sampled tensor is (B, C·taps, H·W), and the matmul's
   broadcasting copies it once more, so at DeRefNet's sizes it runs near 12 GFLOP/s.
-- **Inference on float32 CPU tensors**: a numba kernel writes the bilinear samples straight
-  into channels-last im2col rows (B·H·W, taps·C), a few samples at a time so the rows stay in
-  cache, and one ``mm`` per chunk does the MACs (``benchmarks/bench_derefnet.json``).
+- **Inference on float32 or bfloat16 CPU tensors**: a numba kernel writes the bilinear
+  samples straight into channels-last im2col rows (B·H·W, taps·C), a few samples at a time so
+  the rows stay in cache, and one ``mm`` per chunk does the MACs
+  (``benchmarks/bench_derefnet.json``). In bfloat16 (a model run in bf16,
+  :mod:`models.precision`) the samples are taken in float32 and the ``mm`` runs in bf16.
   With one torch thread (the live unmixer's setting) the kernel runs serially on the calling
   thread: the parallel one starts numba's OpenMP team even when told to use one thread, and
   its idle threads spin; on the 2-core machine with the other core busy, that made every
