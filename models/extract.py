@@ -19,7 +19,11 @@ extractor stage. Three steps per window:
    each brightness around ``brightness_mean``. Saturated pixels are excluded from the
    residual. The pixels are weighed by the noise std, estimated per window from its pixels
    away from the group (:func:`estimate_noise`, at least ``noise_floor``: the rounding noise
-   of 8-bit frames) unless ``noise_grey`` sets it.
+   of 8-bit frames) unless ``noise_grey`` sets it. Where the window shows a static scene
+   (:func:`estimate_texture` above ``texture_grey``: a textured background that the ring
+   median took the level of, not the slope) the fit also fits a background offset and plane
+   common to the 5 frames (``background_terms``); on flat or noise-only windows it does not,
+   because there the three extra unknowns only add variance (σ = 2: −1 point).
 
 The priors' widths were chosen on 150 test trajectories of each robustness set and confirmed
 on 150 validation ones (docs/reference.md §9.4): the brightness prior lifts σ = 2 from 84 to
@@ -50,6 +54,7 @@ from sim.geometry import RATIO, SIGMA
 OFFSET = (RATIO - 1) // 2  # HR index of LR pixel centre 0
 REFINES = ("none", "splat", "physics")
 SCORES = ("brightness", "mass")
+BACKGROUND_TERMS = (0, 1, 3)  # none, an offset, an offset and a plane
 #: The fits stop once no step moves a target by more than STILL_CELLS HR cells (splat fit)
 #: or STILL_PIXELS LR pixels (physics fit), or changes a brightness by more than that over
 #: STILL_BRIGHTNESS grey levels: further steps would not change the points.
@@ -76,6 +81,9 @@ class ExtractorConfig:
     physics_crop: int = 6  # LR pixels per side of the region the physics fit looks at
     noise_grey: float | None = None  # pixel noise std; None: estimated per window
     noise_floor: float = 0.29  # least noise std an estimate may give: uint8 rounding, 1/√12
+    background_terms: int = 3  # physics fit's background per window: 0 none, 1 offset, 3 plane
+    background_std: float = 20.0  # std of their prior (grey levels; grey levels per pixel)
+    texture_grey: float = 1.0  # ... used where the window's static texture std exceeds this
     score: str = "brightness"  # "brightness" (fitted b_k) or "mass"
 
 
@@ -128,10 +136,24 @@ def _crop(m, crop):  # pragma: no cover - compiled
     return o_r, o_c, m[o_r:o_r + size, o_c:o_c + size].copy()
 
 
+def estimate_texture(windows: np.ndarray, clearance: float = 3.5) -> np.ndarray:
+    """Std (B,) of the static texture of windows (B, T, 11, 11), in grey levels: what stays
+    of the spatial variance of the pixels farther than ``clearance`` LR pixels from the
+    middle frame's centre of light once their frame-to-frame (white) part is taken out.
+
+    Over a window's T frames a static scene keeps its spatial variance in the frames' mean,
+    while white noise keeps 1/T of its own: with v_mean the spatial variance of the
+    per-pixel means and w the per-pixel variance over time (unbiased), texture² =
+    max(v_mean − w/T, 0). Flat or noise-only windows give about 0, textured scenes their
+    contrast (the physics fit then fits a background plane, ``background_terms``).
+    """
+    windows = np.ascontiguousarray(windows, dtype=np.float64)
+    return np.array([_static_texture(w, clearance) for w in windows])
+
+
 @numba.njit(cache=True)
-def _background_noise(frames, floor, clearance):  # pragma: no cover - compiled
-    """Noise std of one window (T, H, W) from its pixels away from the targets; see
-    estimate_noise."""
+def _centre_of_light(frames):  # pragma: no cover - compiled
+    """(row, col) of the middle frame's light above the window's median level."""
     t_len, h, w = frames.shape
     level = np.median(frames)
     mid = frames[t_len // 2]
@@ -143,7 +165,41 @@ def _background_noise(frames, floor, clearance):  # pragma: no cover - compiled
                 total += v
                 r += i * v
                 c += j * v
-    r, c = (r / total, c / total) if total > 0 else ((h - 1) / 2, (w - 1) / 2)
+    return (r / total, c / total) if total > 0 else ((h - 1) / 2, (w - 1) / 2)
+
+
+@numba.njit(cache=True)
+def _static_texture(frames, clearance):  # pragma: no cover - compiled
+    """Static texture std of one window (T, H, W); see estimate_texture."""
+    t_len, h, w = frames.shape
+    r, c = _centre_of_light(frames)
+    means = np.empty(h * w)
+    white, n = 0.0, 0
+    for i in range(h):
+        for j in range(w):
+            if (i - r) ** 2 + (j - c) ** 2 <= clearance * clearance:
+                continue
+            m = 0.0
+            for t in range(t_len):
+                m += frames[t, i, j]
+            m /= t_len
+            for t in range(t_len):
+                white += (frames[t, i, j] - m) ** 2
+            means[n] = m
+            n += 1
+    if n < 2 or t_len < 2:
+        return 0.0
+    white /= n * (t_len - 1)
+    spread = np.var(means[:n]) * n / (n - 1)
+    return math.sqrt(max(spread - white / t_len, 0.0))
+
+
+@numba.njit(cache=True)
+def _background_noise(frames, floor, clearance):  # pragma: no cover - compiled
+    """Noise std of one window (T, H, W) from its pixels away from the targets; see
+    estimate_noise."""
+    t_len, h, w = frames.shape
+    r, c = _centre_of_light(frames)
     far = np.empty(frames.size)
     n = 0
     for t in range(t_len):
@@ -372,18 +428,25 @@ def _pixel_response(t, first_pixel, size, sigma, g, dg):  # pragma: no cover - c
 
 @numba.njit(cache=True)
 def _physics_fit(frames, pos, bright, n, saturation, crop, iterations, prior_px, noise_grey,
-                 sigma, brightness_mean, brightness_std):  # pragma: no cover - compiled
+                 sigma, brightness_mean, brightness_std, n_bg,
+                 background_std):  # pragma: no cover - compiled
     """Refine middle-frame positions pos (K, 2) (LR pixels) and bright (K,) in place on the
     frames (T, 11, 11), with a common velocity over the window, a prior to the start
     positions and the brightness prior N(brightness_mean, brightness_std²). Pixels within 0.5
     of ``saturation`` are censored.
 
-    Parameters per target: (row, col, brightness), then the velocity (row, col) per frame.
+    Parameters per target: (row, col, brightness), then the velocity (row, col) per frame,
+    then ``n_bg`` background terms common to the window's frames (0: none; 1: an offset;
+    3: offset and slopes along rows and columns, per pixel from the crop's centre), each with
+    the prior N(0, background_std²).
     """
     t_len = frames.shape[0]
     size = min(crop, frames.shape[-1])
     o_r, o_c = _crop_origin(frames[t_len // 2], size)
-    n_par = 3 * n + 2
+    n_par = 3 * n + 2 + n_bg
+    bg = np.zeros(3)
+    w_bg = 1.0 / background_std
+    half = (size - 1) / 2.0
     prior = pos[:n].copy()
     vel = np.zeros(2)
     w_prior = 1.0 / prior_px
@@ -407,7 +470,8 @@ def _physics_fit(frames, pos, bright, n, saturation, crop, iterations, prior_px,
                     if not y < clip:
                         continue  # saturated: censored (its row stays zero)
                     grad = jac[row]
-                    model, vr, vc = 0.0, 0.0, 0.0
+                    model = bg[0] + bg[1] * (i - half) + bg[2] * (j - half)
+                    vr, vc = 0.0, 0.0
                     for k in range(n):
                         model += bright[k] * gr[k, i] * gc[k, j]
                         grad[3 * k] = bright[k] * dgr[k, i] * gc[k, j] * inv_noise
@@ -417,6 +481,11 @@ def _physics_fit(frames, pos, bright, n, saturation, crop, iterations, prior_px,
                         vc += grad[3 * k + 1]
                     grad[3 * n] = vr * dt
                     grad[3 * n + 1] = vc * dt
+                    if n_bg > 0:
+                        grad[3 * n + 2] = inv_noise
+                    if n_bg > 1:
+                        grad[3 * n + 3] = (i - half) * inv_noise
+                        grad[3 * n + 4] = (j - half) * inv_noise
                     res[row] = (y - model) * inv_noise
         jtj = jac.T @ jac
         jtr = jac.T @ res
@@ -426,6 +495,9 @@ def _physics_fit(frames, pos, bright, n, saturation, crop, iterations, prior_px,
                 jtr[3 * k + a] += w_prior * w_prior * (prior[k, a] - pos[k, a])
             jtj[3 * k + 2, 3 * k + 2] += w_b * w_b
             jtr[3 * k + 2] += w_b * w_b * (brightness_mean - bright[k])
+        for a in range(n_bg):
+            jtj[3 * n + 2 + a, 3 * n + 2 + a] += w_bg * w_bg
+            jtr[3 * n + 2 + a] -= w_bg * w_bg * bg[a]
         step = _solve_damped(jtj, jtr, n_par, 1e-3)
         largest = 0.0
         for k in range(n):
@@ -439,6 +511,8 @@ def _physics_fit(frames, pos, bright, n, saturation, crop, iterations, prior_px,
             move = min(max(step[3 * n + a], -0.1), 0.1)
             vel[a] += move
             largest = max(largest, abs(move))
+        for a in range(n_bg):
+            bg[a] += step[3 * n + 2 + a]
         if largest < STILL_PIXELS:
             break
 
@@ -447,8 +521,8 @@ def _physics_fit(frames, pos, bright, n, saturation, crop, iterations, prior_px,
 def _extract_batch(maps, windows, saturation, refine, score_mass, max_targets, min_mass,
                    brightness_mean, brightness_std, splat_crop, splat_starts,
                    splat_iterations, physics_crop, physics_iterations, prior_px,
-                   physics_brightness_std, noise, sigma, counts,
-                   points):  # pragma: no cover - compiled
+                   physics_brightness_std, background_terms, background_std, texture_grey,
+                   noise, sigma, counts, points):  # pragma: no cover - compiled
     """Every window's count into counts (B,) and (row, col, score) into points (B, K, 3).
     ``refine``: 0 none, 1 splat, 2 physics (the index in REFINES); noise (B,) the pixel
     noise std of each window."""
@@ -470,9 +544,12 @@ def _extract_batch(maps, windows, saturation, refine, score_mass, max_targets, m
             for a in range(2):
                 pos[k, a] = (pos[k, a] - OFFSET) / RATIO
         if refine == 2:
+            n_bg = background_terms
+            if texture_grey > 0 and _static_texture(windows[b], 3.5) <= texture_grey:
+                n_bg = 0
             _physics_fit(windows[b], pos, bright, n, saturation[b], physics_crop,
                          physics_iterations, prior_px, noise[b], sigma, brightness_mean,
-                         physics_brightness_std)
+                         physics_brightness_std, n_bg, background_std)
         mass = 0.0
         if score_mass:
             for v in m.ravel():
@@ -510,7 +587,11 @@ def extract_points(maps, windows=None, cfg: ExtractorConfig = ExtractorConfig(),
         raise ValueError(f"score must be one of {SCORES}, got {cfg.score!r}")
     if cfg.noise_grey is not None and not cfg.noise_grey > 0:
         raise ValueError(f"noise_grey must be > 0 (or null: estimated), got {cfg.noise_grey}")
-    for name in ("brightness_std", "physics_brightness_std", "prior_px", "noise_floor"):
+    if cfg.background_terms not in BACKGROUND_TERMS:
+        raise ValueError(f"background_terms must be one of {BACKGROUND_TERMS}, got "
+                         f"{cfg.background_terms}")
+    for name in ("brightness_std", "physics_brightness_std", "prior_px", "noise_floor",
+                 "background_std"):
         if not getattr(cfg, name) > 0:
             raise ValueError(f"{name} must be > 0, got {getattr(cfg, name)}")
     maps_a = np.ascontiguousarray(maps, dtype=np.float64)
@@ -531,6 +612,7 @@ def extract_points(maps, windows=None, cfg: ExtractorConfig = ExtractorConfig(),
     _extract_batch(maps_a, frames, sat, REFINES.index(cfg.refine), cfg.score == "mass",
                    cfg.max_targets, cfg.min_mass, cfg.brightness_mean, cfg.brightness_std,
                    cfg.splat_crop, cfg.splat_starts, cfg.splat_iterations, cfg.physics_crop,
-                   cfg.physics_iterations, cfg.prior_px, cfg.physics_brightness_std, noise,
+                   cfg.physics_iterations, cfg.prior_px, cfg.physics_brightness_std,
+                   cfg.background_terms, cfg.background_std, cfg.texture_grey, noise,
                    float(sigma), counts, points)
     return [points[i, :counts[i]].copy() for i in range(b)]
