@@ -55,6 +55,9 @@ OFFSET = (RATIO - 1) // 2  # HR index of LR pixel centre 0
 REFINES = ("none", "splat", "physics")
 SCORES = ("brightness", "mass")
 BACKGROUND_TERMS = (0, 1, 3)  # none, an offset, an offset and a plane
+#: LR pixels from the group's centre of light beyond which a window's pixels show the scene
+#: without the targets (the PSF σ is 0.5 px): the noise and texture estimates look there.
+CLEARANCE = 3.5
 #: The fits stop once no step moves a target by more than STILL_CELLS HR cells (splat fit)
 #: or STILL_PIXELS LR pixels (physics fit), or changes a brightness by more than that over
 #: STILL_BRIGHTNESS grey levels: further steps would not change the points.
@@ -83,12 +86,12 @@ class ExtractorConfig:
     noise_floor: float = 0.29  # least noise std an estimate may give: uint8 rounding, 1/√12
     background_terms: int = 3  # physics fit's background per window: 0 none, 1 offset, 3 plane
     background_std: float = 20.0  # std of their prior (grey levels; grey levels per pixel)
-    texture_grey: float = 1.0  # ... used where the window's static texture std exceeds this
+    texture_grey: float = 1.0  # ...fitted where the static texture std exceeds this; 0: always
     score: str = "brightness"  # "brightness" (fitted b_k) or "mass"
 
 
 def estimate_noise(windows: np.ndarray, floor: float = 0.0,
-                   clearance: float = 3.5) -> np.ndarray:
+                   clearance: float = CLEARANCE) -> np.ndarray:
     """Pixel noise std (B,) of windows (B, T, 11, 11), in grey levels, at least ``floor``.
 
     From the pixels of all T frames farther than ``clearance`` LR pixels from the middle
@@ -136,7 +139,7 @@ def _crop(m, crop):  # pragma: no cover - compiled
     return o_r, o_c, m[o_r:o_r + size, o_c:o_c + size].copy()
 
 
-def estimate_texture(windows: np.ndarray, clearance: float = 3.5) -> np.ndarray:
+def estimate_texture(windows: np.ndarray, clearance: float = CLEARANCE) -> np.ndarray:
     """Std (B,) of the static texture of windows (B, T, 11, 11), in grey levels: what stays
     of the spatial variance of the pixels farther than ``clearance`` LR pixels from the
     middle frame's centre of light once their frame-to-frame (white) part is taken out.
@@ -545,7 +548,7 @@ def _extract_batch(maps, windows, saturation, refine, score_mass, max_targets, m
                 pos[k, a] = (pos[k, a] - OFFSET) / RATIO
         if refine == 2:
             n_bg = background_terms
-            if texture_grey > 0 and _static_texture(windows[b], 3.5) <= texture_grey:
+            if texture_grey > 0 and _static_texture(windows[b], CLEARANCE) <= texture_grey:
                 n_bg = 0
             _physics_fit(windows[b], pos, bright, n, saturation[b], physics_crop,
                          physics_iterations, prior_px, noise[b], sigma, brightness_mean,

@@ -2,7 +2,8 @@
 
 ``precision`` is one of :data:`PRECISIONS`:
 
-- ``fp32`` (the default everywhere): float32 weights and activations.
+- ``fp32`` (the default of the unmixer stage and the commands): float32 weights and
+  activations.
 - ``bf16``: the model's weights and activations in bfloat16 (``model.to(torch.bfloat16)``),
   maps returned in float32. On CPUs without AVX-512 BF16 or AMX, bf16 is emulated and several
   times slower than fp32 (measured on an AVX2 machine: DeRefNet 1.1 against 8.8 windows/s).
