@@ -524,11 +524,11 @@ def _physics_fit(frames, pos, bright, n, saturation, crop, iterations, prior_px,
 def _extract_batch(maps, windows, saturation, refine, score_mass, max_targets, min_mass,
                    brightness_mean, brightness_std, splat_crop, splat_starts,
                    splat_iterations, physics_crop, physics_iterations, prior_px,
-                   physics_brightness_std, background_terms, background_std, texture_grey,
-                   noise, sigma, counts, points):  # pragma: no cover - compiled
+                   physics_brightness_std, background_std, noise, n_bg, sigma, counts,
+                   points):  # pragma: no cover - compiled
     """Every window's count into counts (B,) and (row, col, score) into points (B, K, 3).
     ``refine``: 0 none, 1 splat, 2 physics (the index in REFINES); noise (B,) the pixel
-    noise std of each window."""
+    noise std and n_bg (B,) the background terms of each window's physics fit."""
     for b in range(maps.shape[0]):
         m = maps[b]
         o_r, o_c, local = _crop(m, splat_crop)
@@ -547,12 +547,9 @@ def _extract_batch(maps, windows, saturation, refine, score_mass, max_targets, m
             for a in range(2):
                 pos[k, a] = (pos[k, a] - OFFSET) / RATIO
         if refine == 2:
-            n_bg = background_terms
-            if texture_grey > 0 and _static_texture(windows[b], CLEARANCE) <= texture_grey:
-                n_bg = 0
             _physics_fit(windows[b], pos, bright, n, saturation[b], physics_crop,
                          physics_iterations, prior_px, noise[b], sigma, brightness_mean,
-                         physics_brightness_std, n_bg, background_std)
+                         physics_brightness_std, n_bg[b], background_std)
         mass = 0.0
         if score_mass:
             for v in m.ravel():
@@ -599,13 +596,17 @@ def extract_points(maps, windows=None, cfg: ExtractorConfig = ExtractorConfig(),
             raise ValueError(f"{name} must be > 0, got {getattr(cfg, name)}")
     maps_a = np.ascontiguousarray(maps, dtype=np.float64)
     b = maps_a.shape[0]
-    noise = np.ones(b)  # only the physics fit weighs pixels by the noise
+    noise = np.ones(b)  # only the physics fit weighs pixels by the noise...
+    n_bg = np.zeros(b, dtype=np.int64)  # ...and fits a background
     if cfg.refine == "physics":
         if windows is None:
             raise ValueError("refine='physics' needs the LR windows")
         frames = np.ascontiguousarray(windows, dtype=np.float64)
         noise = (np.full(b, float(cfg.noise_grey)) if cfg.noise_grey is not None
                  else estimate_noise(frames, cfg.noise_floor))
+        n_bg[:] = cfg.background_terms
+        if cfg.background_terms and cfg.texture_grey > 0:
+            n_bg[estimate_texture(frames) <= cfg.texture_grey] = 0
     else:
         frames = np.zeros((b, 1, 1, 1))
     sat = np.ascontiguousarray(np.broadcast_to(
@@ -616,6 +617,5 @@ def extract_points(maps, windows=None, cfg: ExtractorConfig = ExtractorConfig(),
                    cfg.max_targets, cfg.min_mass, cfg.brightness_mean, cfg.brightness_std,
                    cfg.splat_crop, cfg.splat_starts, cfg.splat_iterations, cfg.physics_crop,
                    cfg.physics_iterations, cfg.prior_px, cfg.physics_brightness_std,
-                   cfg.background_terms, cfg.background_std, cfg.texture_grey, noise,
-                   float(sigma), counts, points)
+                   cfg.background_std, noise, n_bg, float(sigma), counts, points)
     return [points[i, :counts[i]].copy() for i in range(b)]
