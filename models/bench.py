@@ -5,7 +5,8 @@ CPU, for the plain model and for each optimisation that applies: thread count,
 channels_last, torch.compile, whole 20-frame sequences through
 ``forward_sequences`` (models that share per-frame features, such as DeRefNet, reuse them
 across the overlapping windows of a track), and for those models the live unmixer's
-frame-by-frame steps with its feature cache; and only where the CPU runs bf16 natively, the
+frame-by-frame steps with its feature cache (also with the 1–2-channel convolutions through
+oneDNN, ``_conv2d_narrow``, beside :mod:`models.layers.narrow`'s path); and only where the CPU runs bf16 natively, the
 model converted to bfloat16 (``precision: bf16`` of the live unmixer, :mod:`models.precision`)
 at batch 64 and in the live steps, with its accuracy against fp32 (``bf16_accuracy``) when
 ``--data`` is given. Every figure is the median of ``--repeats`` timed runs after a warm-up; all
@@ -36,6 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from models.extract import extract_points
 from models.harness import count_macs, predict_maps, score_predictions
+from models.layers.narrow import conv2d_only
 from models.machine import cpu_model
 from models.precision import bf16_native, model_dtype
 from models.protocol import eval_windows
@@ -193,7 +195,9 @@ FP32_VARIANTS = ("fp32_threads1_b1", "fp32_threads1_b64", "fp32_threads2_b1",
                  "fp32_threads2_b64", "channels_last_b64", "reuse_frame_features_4tracks",
                  "reuse_frame_features_channels_last_4tracks",
                  "live_steps_channels_last_6tracks",
-                 "live_steps_channels_last_6tracks_threads1", "torch_compile_b64")
+                 "live_steps_channels_last_6tracks_threads1",
+                 "live_steps_channels_last_6tracks_threads1_conv2d_narrow",
+                 "live_steps_channels_last_6tracks_conv2d_narrow", "torch_compile_b64")
 
 
 def _fraction(result: dict, peak_gflops: float) -> float:
@@ -257,7 +261,12 @@ def benchmark(model_name: str, weights: str | None, repeats: int, compile_: bool
         torch.set_num_threads(1)  # what the live unmixer stage runs with by default
         results["live_steps_channels_last_6tracks_threads1"] = time_live_steps(model, 6,
                                                                               repeats)
-        torch.set_num_threads(2)
+        with conv2d_only():  # the 1–2-channel convs through oneDNN, for comparison
+            results["live_steps_channels_last_6tracks_threads1_conv2d_narrow"] = (
+                time_live_steps(model, 6, repeats))
+            torch.set_num_threads(2)
+            results["live_steps_channels_last_6tracks_conv2d_narrow"] = time_live_steps(
+                model, 6, repeats)
     model = model.to(memory_format=torch.contiguous_format)
     results["reuse_frame_features_4tracks"] = time_sequences(model, 4, repeats)
     eligible = list(FP32_VARIANTS)

@@ -11,6 +11,7 @@ from test_toolkit_unfolding import SMALL as TOOLKIT_SMALL
 import models
 from models.harness import count_params
 from models.layers.deform import deform_conv2d
+from models.layers.narrow import conv3x3
 from models.multiframe.derefnet import DeRefNet
 from models.registry import model_builder
 from models.train import _loss
@@ -172,6 +173,36 @@ def test_deform_conv_with_zero_offsets_is_a_plain_conv():
     weight = torch.randn(3, 2, 3, 3, dtype=torch.float64)
     got = deform_conv2d(x, torch.zeros(1, 18, 7, 7, dtype=torch.float64), weight)
     torch.testing.assert_close(got, torch.nn.functional.conv2d(x, weight, padding=1))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("out_channels,bias", [(1, False), (1, True), (2, True)])
+def test_narrow_conv_matches_conv2d(out_channels, bias, channels_last):
+    """The matmul-and-shift path of 1–2 output channels (no grad, float32 CPU) gives
+    F.conv2d's output, borders included; with a gradient it is F.conv2d itself."""
+    g = torch.Generator().manual_seed(out_channels)
+    x = torch.randn(3, 5, 7, 6, generator=g)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    weight = torch.randn(out_channels, 5, 3, 3, generator=g)
+    b = torch.randn(out_channels, generator=g) if bias else None
+    expected = torch.nn.functional.conv2d(x, weight, b, padding=1)
+    with torch.no_grad():
+        fast = conv3x3(x, weight, b)
+    torch.testing.assert_close(fast, expected, rtol=1e-5, atol=1e-5)
+    with_grad = conv3x3(x.requires_grad_(), weight, b)
+    assert with_grad.grad_fn is not None
+    torch.testing.assert_close(with_grad.detach(), expected)
+
+
+def test_narrow_conv_leaves_flop_counts_to_conv2d():
+    """Under torch's FLOP counter the narrow convs take F.conv2d, so MACs stay the model's."""
+    from torch.utils.flop_counter import FlopCounterMode
+    conv = torch.nn.Conv2d(4, 1, 3, padding=1, bias=False)
+    x = torch.randn(2, 4, 5, 5)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        conv3x3(x, conv.weight)
+    assert counter.get_total_flops() == 2 * 2 * 25 * 4 * 9
 
 
 def test_weights_round_trip_with_metadata(tmp_path):

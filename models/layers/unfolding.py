@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.layers.narrow import conv3x3
 from models.layers.shrinkage import soft_threshold
 from sim.geometry import HR
 
@@ -50,10 +51,10 @@ class UnfoldingLayer(nn.Module):
         w1, w2, w3, w4 = self.kernels
         g = F.conv2d(F.relu(F.conv2d(r, w1, padding=1), inplace=True), w2, padding=1)
         z = soft_threshold(g, self.theta)
-        x_new = F.conv2d(F.relu(F.conv2d(z, w3, padding=1), inplace=True), w4, padding=1)
+        x_new = conv3x3(F.relu(F.conv2d(z, w3, padding=1), inplace=True), w4)
         sym = None
         if with_symmetry:
-            s = F.conv2d(F.relu(F.conv2d(g, w3, padding=1), inplace=True), w4, padding=1) - r
+            s = conv3x3(F.relu(F.conv2d(g, w3, padding=1), inplace=True), w4) - r
             sym = s.pow(2).mean()
         return x_new.flatten(1), sym
 

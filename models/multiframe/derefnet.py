@@ -34,6 +34,7 @@ from torch import nn
 
 from models.base import UnmixingModel
 from models.layers.deform import DeformConv2dPack
+from models.layers.narrow import NarrowConv2d
 from models.layers.residual import ResidualBlockNoBN
 from models.layers.unfolding import UnfoldingLayer, unfold
 from sim.geometry import HR, WINDOW
@@ -92,12 +93,12 @@ class DeRefNet(UnmixingModel):
         self.attention = SelectiveAttention(channels)
         self.dcn1 = DeformConv2dPack(channels)
         self.dcn2 = DeformConv2dPack(channels)
-        self.align_out = nn.Conv2d(channels, 1, 3, padding=1)
+        self.align_out = NarrowConv2d(channels, 1)
         self.head = nn.Conv2d(WINDOW, channels, 3, padding=1)
         nn.init.kaiming_normal_(self.head.weight, mode="fan_out", nonlinearity="relu")
         nn.init.zeros_(self.head.bias)
         self.blocks = nn.Sequential(*(ResidualBlockNoBN(channels) for _ in range(res_blocks)))
-        self.tail = nn.Conv2d(channels, 1, 3, padding=1, bias=False)
+        self.tail = NarrowConv2d(channels, 1, bias=False)
         self.config = {
             "layers": layers, "channels": channels, "res_blocks": res_blocks,
             "trajectory_length": trajectory_length, "align_reduction": align_reduction,
