@@ -1,4 +1,4 @@
-"""CLI: ``python -m models {train,train-many,evaluate,bench,list,table,compare,robustness} ...``."""
+"""CLI: ``python -m models {train,train-many,evaluate,bench,list,table,compare,layouts,robustness} ...``."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ COMMANDS = {
     "list": ("models.catalog", "every registered model: family, params, MACs, weights"),
     "table": ("models.table", "Table VII side by side: paper, ours in grid and points mode"),
     "compare": ("models.compare", "the paper's Fig. 6: maps and points of models on frames"),
+    "layouts": ("models.layouts", "learn the target layouts of a training split (the "
+                                  "extractor's layout prior)"),
     "robustness": ("models.robustness", "Tables IV, V and VI side by side: backgrounds, noise, "
                                         "2-8 targets"),
 }

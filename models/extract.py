@@ -49,6 +49,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from models.layouts import load_layouts
 from sim.geometry import RATIO, SIGMA
 
 OFFSET = (RATIO - 1) // 2  # HR index of LR pixel centre 0
@@ -64,6 +65,10 @@ CLEARANCE = 3.5
 STILL_CELLS = 1e-3
 STILL_PIXELS = 3e-4
 STILL_BRIGHTNESS = 1e-2
+#: Map counts from which the layout fit also tries larger counts (``count_search``): the
+#: networks' map mass counts 2–4 targets right in 99 % of windows or more but saturates near
+#: 5.5 targets (benchmarks/robustness.json, count accuracy).
+DENSE_COUNT = 5
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,10 @@ class ExtractorConfig:
     background_terms: int = 3  # physics fit's background per window: 0 none, 1 offset, 3 plane
     background_std: float = 20.0  # std of their prior (grey levels; grey levels per pixel)
     texture_grey: float = 1.0  # ...fitted where the static texture std exceeds this; 0: always
+    layouts: str = "shipped"  # learned layouts (models/layouts.py): "shipped", "none" or a file
+    layout_px: float = 0.01  # std of the layout prior on offsets from the group's mean; 0: off
+    count_search: int = 2  # layout fit: counts tried above the map's, where it is ≥ DENSE_COUNT
+    count_penalty: float = 15.0  # cost (χ² units) per target when choosing among those counts
     score: str = "brightness"  # "brightness" (fitted b_k) or "mass"
 
 
@@ -430,18 +439,23 @@ def _pixel_response(t, first_pixel, size, sigma, g, dg):  # pragma: no cover - c
 
 
 @numba.njit(cache=True)
-def _physics_fit(frames, pos, bright, n, saturation, crop, iterations, prior_px, noise_grey,
-                 sigma, brightness_mean, brightness_std, n_bg,
-                 background_std):  # pragma: no cover - compiled
+def _physics_fit(frames, pos, bright, n, saturation, crop, iterations, prior_pos, prior_px,
+                 noise_grey, sigma, brightness_mean, brightness_std, n_bg, background_std,
+                 layout, layout_px):  # pragma: no cover - compiled
     """Refine middle-frame positions pos (K, 2) (LR pixels) and bright (K,) in place on the
-    frames (T, 11, 11), with a common velocity over the window, a prior to the start
-    positions and the brightness prior N(brightness_mean, brightness_std²). Pixels within 0.5
-    of ``saturation`` are censored.
+    frames (T, 11, 11), with a common velocity over the window, the prior N(prior_pos,
+    prior_px²) on each position and N(brightness_mean, brightness_std²) on each brightness.
+    With ``layout_px`` > 0, also the layout prior N(layout, layout_px²) on each target's
+    offset from the group's mean position (layout: (K, 2) offsets, LR pixels). Pixels within
+    0.5 of ``saturation`` are censored.
 
     Parameters per target: (row, col, brightness), then the velocity (row, col) per frame,
     then ``n_bg`` background terms common to the window's frames (0: none; 1: an offset;
     3: offset and slopes along rows and columns, per pixel from the crop's centre), each with
     the prior N(0, background_std²).
+
+    Returns the fit's cost: χ² of the pixels (at the last iteration's parameters) plus the
+    priors' terms at the final ones.
     """
     t_len = frames.shape[0]
     size = min(crop, frames.shape[-1])
@@ -450,9 +464,10 @@ def _physics_fit(frames, pos, bright, n, saturation, crop, iterations, prior_px,
     bg = np.zeros(3)
     w_bg = 1.0 / background_std
     half = (size - 1) / 2.0
-    prior = pos[:n].copy()
     vel = np.zeros(2)
     w_prior = 1.0 / prior_px
+    w_layout = 1.0 / layout_px if layout_px > 0 else 0.0
+    chi2 = 0.0
     w_b = 1.0 / brightness_std
     inv_noise = 1.0 / noise_grey
     clip = saturation - 0.5
@@ -490,14 +505,24 @@ def _physics_fit(frames, pos, bright, n, saturation, crop, iterations, prior_px,
                         grad[3 * n + 3] = (i - half) * inv_noise
                         grad[3 * n + 4] = (j - half) * inv_noise
                     res[row] = (y - model) * inv_noise
+        chi2 = res @ res
         jtj = jac.T @ jac
         jtr = jac.T @ res
         for k in range(n):
             for a in range(2):
                 jtj[3 * k + a, 3 * k + a] += w_prior * w_prior
-                jtr[3 * k + a] += w_prior * w_prior * (prior[k, a] - pos[k, a])
+                jtr[3 * k + a] += w_prior * w_prior * (prior_pos[k, a] - pos[k, a])
             jtj[3 * k + 2, 3 * k + 2] += w_b * w_b
             jtr[3 * k + 2] += w_b * w_b * (brightness_mean - bright[k])
+        if layout_px > 0:
+            # residual (pos_k − mean − layout_k) per axis: its Jacobian is I − 11ᵀ/n
+            for a in range(2):
+                off = _layout_residual(pos, n, layout, a)
+                for k in range(n):
+                    jtr[3 * k + a] -= w_layout * w_layout * off[k]
+                    for j in range(n):
+                        jtj[3 * k + a, 3 * j + a] += w_layout * w_layout * (
+                            (1.0 if j == k else 0.0) - 1.0 / n)
         for a in range(n_bg):
             jtj[3 * n + 2 + a, 3 * n + 2 + a] += w_bg * w_bg
             jtr[3 * n + 2 + a] -= w_bg * w_bg * bg[a]
@@ -518,17 +543,111 @@ def _physics_fit(frames, pos, bright, n, saturation, crop, iterations, prior_px,
             bg[a] += step[3 * n + 2 + a]
         if largest < STILL_PIXELS:
             break
+    cost = chi2
+    for k in range(n):
+        cost += ((brightness_mean - bright[k]) * w_b) ** 2
+        for a in range(2):
+            cost += ((prior_pos[k, a] - pos[k, a]) * w_prior) ** 2
+    if layout_px > 0:
+        for a in range(2):
+            off = _layout_residual(pos, n, layout, a)
+            cost += w_layout * w_layout * (off @ off)
+    return cost
+
+
+@numba.njit(cache=True)
+def _layout_residual(pos, n, layout, axis):  # pragma: no cover - compiled
+    """pos[k, axis] − mean_k(pos[:, axis]) − layout[k, axis] for the n targets: (n,)."""
+    mean = 0.0
+    for k in range(n):
+        mean += pos[k, axis]
+    mean /= n
+    return pos[:n, axis] - mean - layout[:n, axis]
+
+
+@numba.njit(cache=True)
+def _pair_with_layout(centre, layout, k_layout, pos, bright, n, prior_out,
+                      bright_out):  # pragma: no cover - compiled
+    """Pair the layout's slots, placed at ``centre``, with the splat fit's n points (pos,
+    bright), closest pairs first: slot i gets its point's position as prior_out[i] and its
+    brightness as bright_out[i]; slots left over (k_layout > n) keep their own place and
+    the mean brightness already in bright_out."""
+    for i in range(k_layout):
+        prior_out[i, 0] = centre[0] + layout[i, 0]
+        prior_out[i, 1] = centre[1] + layout[i, 1]
+    slot_free = np.ones(k_layout, np.bool_)
+    point_free = np.ones(n, np.bool_)
+    for _ in range(min(n, k_layout)):
+        best, bi, bj = np.inf, 0, 0
+        for i in range(k_layout):
+            if not slot_free[i]:
+                continue
+            for j in range(n):
+                if not point_free[j]:
+                    continue
+                d = ((centre[0] + layout[i, 0] - pos[j, 0]) ** 2
+                     + (centre[1] + layout[i, 1] - pos[j, 1]) ** 2)
+                if d < best:
+                    best, bi, bj = d, i, j
+        slot_free[bi] = False
+        point_free[bj] = False
+        prior_out[bi, 0] = pos[bj, 0]
+        prior_out[bi, 1] = pos[bj, 1]
+        bright_out[bi] = bright[bj]
+
+
+@numba.njit(cache=True)
+def _layout_fit(frames, pos, bright, n, k_most, layouts, layout_counts, layout_px,
+                count_penalty, saturation, crop, iterations, prior_px, noise_grey, sigma,
+                brightness_mean, brightness_std, n_bg,
+                background_std):  # pragma: no cover - compiled
+    """The physics fit under each learned layout of n … k_most targets, started with the
+    layout's shape around the splat points' mean; keeps the one of least cost plus
+    ``count_penalty`` per target, writing its positions and brightness into pos and bright.
+    Returns its target count, or 0 when no layout has n … k_most targets (pos and bright are
+    then left as they were)."""
+    centre = np.zeros(2)
+    for k in range(n):
+        centre += pos[k] / n
+    best, best_k = np.inf, 0
+    best_pos, best_bright = pos.copy(), bright.copy()
+    trial_pos = np.zeros_like(pos)
+    trial_bright = np.empty_like(bright)
+    prior = np.zeros_like(pos)
+    for t in range(layouts.shape[0]):
+        k_t = layout_counts[t]
+        if k_t < n or k_t > k_most:
+            continue
+        trial_bright[:] = brightness_mean
+        _pair_with_layout(centre, layouts[t], k_t, pos, bright, n, prior, trial_bright)
+        for k in range(k_t):
+            trial_pos[k, 0] = centre[0] + layouts[t, k, 0]
+            trial_pos[k, 1] = centre[1] + layouts[t, k, 1]
+        cost = _physics_fit(frames, trial_pos, trial_bright, k_t, saturation, crop, iterations,
+                            prior, prior_px, noise_grey, sigma, brightness_mean,
+                            brightness_std, n_bg, background_std, layouts[t], layout_px)
+        cost += count_penalty * k_t
+        if cost < best:
+            best, best_k = cost, k_t
+            best_pos[:] = trial_pos
+            best_bright[:] = trial_bright
+    if best_k:
+        pos[:] = best_pos
+        bright[:] = best_bright
+    return best_k
 
 
 @numba.njit(cache=True)
 def _extract_batch(maps, windows, saturation, refine, score_mass, max_targets, min_mass,
                    brightness_mean, brightness_std, splat_crop, splat_starts,
                    splat_iterations, physics_crop, physics_iterations, prior_px,
-                   physics_brightness_std, background_std, noise, n_bg, sigma, counts,
+                   physics_brightness_std, background_std, noise, n_bg, sigma, layouts,
+                   layout_counts, layout_px, count_search, count_penalty, counts,
                    points):  # pragma: no cover - compiled
     """Every window's count into counts (B,) and (row, col, score) into points (B, K, 3).
     ``refine``: 0 none, 1 splat, 2 physics (the index in REFINES); noise (B,) the pixel
-    noise std and n_bg (B,) the background terms of each window's physics fit."""
+    noise std and n_bg (B,) the background terms of each window's physics fit; layouts
+    (L, K, 2) and layout_counts (L,) the learned layouts (L = 0: none)."""
     for b in range(maps.shape[0]):
         m = maps[b]
         o_r, o_c, local = _crop(m, splat_crop)
@@ -547,9 +666,22 @@ def _extract_batch(maps, windows, saturation, refine, score_mass, max_targets, m
             for a in range(2):
                 pos[k, a] = (pos[k, a] - OFFSET) / RATIO
         if refine == 2:
-            _physics_fit(windows[b], pos, bright, n, saturation[b], physics_crop,
-                         physics_iterations, prior_px, noise[b], sigma, brightness_mean,
-                         physics_brightness_std, n_bg[b], background_std)
+            found = 0
+            if layout_counts.shape[0] > 0 and layout_px > 0:
+                k_most = min(n + count_search if n >= DENSE_COUNT else n, max_targets)
+                found = _layout_fit(windows[b], pos, bright, n, k_most, layouts, layout_counts,
+                                    layout_px, count_penalty, saturation[b], physics_crop,
+                                    physics_iterations, prior_px, noise[b], sigma,
+                                    brightness_mean, physics_brightness_std, n_bg[b],
+                                    background_std)
+            if found:
+                n = found
+                counts[b] = n
+            else:
+                _physics_fit(windows[b], pos, bright, n, saturation[b], physics_crop,
+                             physics_iterations, pos.copy(), prior_px, noise[b], sigma,
+                             brightness_mean, physics_brightness_std, n_bg[b], background_std,
+                             pos, 0.0)
         mass = 0.0
         if score_mass:
             for v in m.ravel():
@@ -590,6 +722,9 @@ def extract_points(maps, windows=None, cfg: ExtractorConfig = ExtractorConfig(),
     if cfg.background_terms not in BACKGROUND_TERMS:
         raise ValueError(f"background_terms must be one of {BACKGROUND_TERMS}, got "
                          f"{cfg.background_terms}")
+    if cfg.count_search < 0 or cfg.count_penalty < 0 or cfg.layout_px < 0:
+        raise ValueError("count_search, count_penalty and layout_px must be >= 0, got "
+                         f"{cfg.count_search}, {cfg.count_penalty}, {cfg.layout_px}")
     for name in ("brightness_std", "physics_brightness_std", "prior_px", "noise_floor",
                  "background_std"):
         if not getattr(cfg, name) > 0:
@@ -609,6 +744,7 @@ def extract_points(maps, windows=None, cfg: ExtractorConfig = ExtractorConfig(),
             n_bg[estimate_texture(frames) <= cfg.texture_grey] = 0
     else:
         frames = np.zeros((b, 1, 1, 1))
+    layouts, layout_counts = load_layouts(cfg.layouts, cfg.max_targets)
     sat = np.ascontiguousarray(np.broadcast_to(
         np.asarray(saturation, dtype=np.float64), (b,)))
     counts = np.zeros(b, dtype=np.int64)
@@ -617,5 +753,6 @@ def extract_points(maps, windows=None, cfg: ExtractorConfig = ExtractorConfig(),
                    cfg.max_targets, cfg.min_mass, cfg.brightness_mean, cfg.brightness_std,
                    cfg.splat_crop, cfg.splat_starts, cfg.splat_iterations, cfg.physics_crop,
                    cfg.physics_iterations, cfg.prior_px, cfg.physics_brightness_std,
-                   cfg.background_std, noise, n_bg, float(sigma), counts, points)
+                   cfg.background_std, noise, n_bg, float(sigma), layouts, layout_counts,
+                   cfg.layout_px, cfg.count_search, cfg.count_penalty, counts, points)
     return [points[i, :counts[i]].copy() for i in range(b)]
