@@ -1,4 +1,4 @@
-"""CLI: ``python -m models {train,train-many,evaluate,bench,list,table,compare,layouts,robustness} ...``."""
+"""CLI: ``python -m models COMMAND ...``; COMMAND is one of :data:`COMMANDS`."""
 
 from __future__ import annotations
 

@@ -6,8 +6,8 @@ channels_last, torch.compile, whole 20-frame sequences through
 ``forward_sequences`` (models that share per-frame features, such as DeRefNet, reuse them
 across the overlapping windows of a track), and for those models the live unmixer's
 frame-by-frame steps with its feature cache (also with the 1–2-channel convolutions through
-oneDNN, ``_conv2d_narrow``, beside :mod:`models.layers.narrow`'s path); and only where the CPU runs bf16 natively, the
-model converted to bfloat16 (``precision: bf16`` of the live unmixer, :mod:`models.precision`)
+oneDNN, ``_conv2d_narrow``, beside :mod:`models.layers.narrow`'s path); and only where the
+CPU runs bf16 natively, the model converted to bfloat16 (``precision: bf16`` of the live unmixer, :mod:`models.precision`)
 at batch 64 and in the live steps, with its accuracy against fp32 (``bf16_accuracy``) when
 ``--data`` is given. Every figure is the median of ``--repeats`` timed runs after a warm-up; all
 variants run side by side in one process, next to the machine's fp32 matmul peak, sampled

@@ -48,8 +48,8 @@ def conv2d_only():
 
 def _uses_taps(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether :func:`conv3x3` takes the matmul-and-shift path for these operands."""
-    return (_enabled and x.device.type == "cpu" and x.dtype == torch.float32 and weight.shape[-2:] == (3, 3)
-            and weight.shape[0] <= NARROW
+    return (_enabled and x.device.type == "cpu" and x.dtype == torch.float32
+            and weight.shape[-2:] == (3, 3) and weight.shape[0] <= NARROW
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
             and not torch.compiler.is_compiling()
             and _get_current_dispatch_mode() is None)
