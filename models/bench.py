@@ -9,8 +9,8 @@ frame-by-frame steps with its feature cache (also with the 1–2-channel convolu
 oneDNN, ``_conv2d_narrow``, beside :mod:`models.layers.narrow`'s path); and only where the
 CPU runs bf16 natively, the model converted to bfloat16 (``precision: bf16`` of the live
 unmixer, :mod:`models.precision`) at batch 64 and in the live steps, with its accuracy
-against fp32 (``bf16_accuracy``) when ``--data`` is given. Every figure is the median of ``--repeats`` timed runs after a warm-up; all
-variants run side by side in one process, next to the machine's fp32 matmul peak, sampled
+against fp32 (``bf16_accuracy``) when ``--data`` is given. Every figure is the median of
+``--repeats`` timed runs after a warm-up; all variants run side by side in one process, next to the machine's fp32 matmul peak, sampled
 between the variants (:class:`PeakSamples`).
 At the top of the JSON (default ``benchmarks/bench_<model>.json``): ``peak_gflops`` (the
 median of the samples; ``peak_gflops_best`` and ``peak_gflops_samples`` beside it),
