@@ -1,17 +1,17 @@
 """Speed benchmark: ``python -m models bench --model NAME [--weights FILE] [--out FILE]``.
 
-Measures windows/s at batch 1 and batch 64 and the latency per window on this machine's
-CPU, for the plain model and for each optimisation that applies: thread count,
-channels_last, torch.compile, whole 20-frame sequences through
-``forward_sequences`` (models that share per-frame features, such as DeRefNet, reuse them
-across the overlapping windows of a track), and for those models the live unmixer's
-frame-by-frame steps with its feature cache (also with the 1–2-channel convolutions through
-oneDNN, ``_conv2d_narrow``, beside :mod:`models.layers.narrow`'s path); and only where the
-CPU runs bf16 natively, the model converted to bfloat16 (``precision: bf16`` of the live
-unmixer, :mod:`models.precision`) at batch 64 and in the live steps, with its accuracy
-against fp32 (``bf16_accuracy``) when ``--data`` is given. Every figure is the median of
-``--repeats`` timed runs after a warm-up; all variants run side by side in one process, next to the machine's fp32 matmul peak, sampled
-between the variants (:class:`PeakSamples`).
+Measures windows/s at batch 1 and batch 64 and the latency per window on this machine's CPU,
+for the plain model and for each optimisation that applies: thread count, channels_last,
+torch.compile, whole 20-frame sequences through ``forward_sequences`` (models that share
+per-frame features, such as DeRefNet, reuse them across the overlapping windows of a track),
+and for those models the live unmixer's frame-by-frame steps with its feature cache (also
+with the 1–2-channel convolutions through oneDNN, ``_conv2d_narrow``, beside
+:mod:`models.layers.narrow`'s path); and only where the CPU runs bf16 natively, the model
+converted to bfloat16 (``precision: bf16`` of the live unmixer, :mod:`models.precision`) at
+batch 64 and in the live steps, with its accuracy against fp32 (``bf16_accuracy``) when
+``--data`` is given. Every figure is the median of ``--repeats`` timed runs after a warm-up;
+all variants run side by side in one process, next to the machine's fp32 matmul peak,
+sampled between the variants (:class:`PeakSamples`).
 At the top of the JSON (default ``benchmarks/bench_<model>.json``): ``peak_gflops`` (the
 median of the samples; ``peak_gflops_best`` and ``peak_gflops_samples`` beside it),
 ``macs_per_window``, ``best`` (the fastest variant that keeps the accuracy) and
