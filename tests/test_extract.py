@@ -1,5 +1,7 @@
 """Sub-pixel extractor: counts, splat fit and physics fit on synthetic maps and frames."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -10,7 +12,12 @@ from models.extract import (
     estimate_texture,
     extract_points,
 )
+from models.config import ConfigError
+from models.layouts import learn_layouts
+from models.protocol import eval_windows
+from sim.dataset import simulate
 from sim.render import render_uint8, splat_map
+from sim.trajectory import TrajectoryRules
 
 
 def group(rng, k, centre=(5.0, 5.0)):
@@ -186,3 +193,68 @@ def test_a_background_plane_in_the_physics_fit_follows_a_sloped_scene():
     assert err[3] < 0.8 * err[0], err
     with pytest.raises(ValueError, match="background_terms must be one of"):
         extract_points(maps[:1], wins[:1], ExtractorConfig(background_terms=2))
+
+
+def dense_windows(k: int, trajectories: int = 3, seed: int = 5):
+    """Windows of simulated K-target trajectories (SeqCSIST rules, 2–8-target layouts), their
+    middle-frame truths and blurred splat maps of those truths."""
+    ds = simulate(trajectories, seed, TrajectoryRules(min_targets=k, max_targets=k))
+    wins, _, frames = eval_windows(ds)
+    truths = [ds.frame_targets(int(f)) for f in frames]
+    maps = np.stack([splat_map(t[None])[0] for t in truths])
+    maps = 0.5 * maps + 0.125 * sum(np.roll(maps, s, axis=a) for s in (1, -1) for a in (1, 2))
+    return truths, wins.astype(np.float32), maps
+
+
+def test_layouts_are_learned_from_the_training_truths():
+    """Four-target groups: one plus-shaped layout, 0.3 px (plus the outward drift) per arm."""
+    ds = simulate(20, 3, TrajectoryRules(min_targets=4, max_targets=4))
+    layouts = learn_layouts(ds)
+    assert [e["count"] for e in layouts] == [4]
+    offsets = np.array(layouts[0]["offsets"])
+    assert np.allclose(np.sort(np.linalg.norm(offsets, axis=1)), 0.3, atol=0.02)
+    assert np.allclose(np.sort(np.abs(offsets).max(axis=1)), 0.3, atol=0.02)
+
+
+def test_the_layout_prior_resolves_an_eight_target_group():
+    """Eight targets 0.21–0.3 px apart: the free fit cannot place them, the layout fit can."""
+    truths, wins, maps = dense_windows(8)
+    free = extract_points(maps, wins, ExtractorConfig(layouts="none"))
+    layout = extract_points(maps, wins)
+    err_free = np.concatenate([nearest_errors(p, t) for p, t in zip(free, truths, strict=True)])
+    err = np.concatenate([nearest_errors(p, t) for p, t in zip(layout, truths, strict=True)])
+    assert all(len(p) == 8 for p in layout)
+    assert np.median(err) < 0.02 < np.median(err_free)
+    assert np.quantile(err, 0.9) < 0.05
+
+
+def test_the_layout_fit_finds_targets_the_map_mass_undercounts():
+    """A map whose mass counts 6 of 8 targets: the layout fit tries 6, 7 and 8 targets and
+    keeps 8; without layouts (or with count_search 0) the count stays 6."""
+    truths, wins, maps = dense_windows(8, trajectories=1)
+    maps = maps * 6 / 8
+    assert set(estimate_counts(maps, ExtractorConfig()).tolist()) == {6}
+    assert {len(p) for p in extract_points(maps, wins)} == {8}
+    for cfg in (ExtractorConfig(layouts="none"), ExtractorConfig(count_search=0)):
+        assert {len(p) for p in extract_points(maps, wins, cfg)} == {6}
+
+
+def test_counts_without_a_learned_layout_take_the_free_fit(tmp_path):
+    """A layouts file with only K = 2 leaves 3-target windows to the fit without layouts."""
+    path = tmp_path / "two.json"
+    path.write_text(json.dumps({"layouts": [
+        {"count": 2, "offsets": [[0.15, 0.15], [-0.15, -0.15]], "frames": 1}]}))
+    truths, wins, maps = dense_windows(3, trajectories=1)
+    only_two = extract_points(maps, wins, ExtractorConfig(layouts=str(path)))
+    free = extract_points(maps, wins, ExtractorConfig(layouts="none"))
+    for a, b in zip(only_two, free, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_an_unreadable_layouts_file_names_the_fix(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    truths, wins, maps = dense_windows(2, trajectories=1)
+    for source in (str(bad), str(tmp_path / "missing.json")):
+        with pytest.raises(ConfigError, match="python -m models layouts"):
+            extract_points(maps[:1], wins[:1], ExtractorConfig(layouts=source))
