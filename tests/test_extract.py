@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from models.config import ConfigError
 from models.extract import (
     ExtractorConfig,
     estimate_counts,
@@ -12,7 +13,6 @@ from models.extract import (
     estimate_texture,
     extract_points,
 )
-from models.config import ConfigError
 from models.layouts import learn_layouts
 from models.protocol import eval_windows
 from sim.dataset import simulate
