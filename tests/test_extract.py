@@ -258,3 +258,17 @@ def test_an_unreadable_layouts_file_names_the_fix(tmp_path):
     for source in (str(bad), str(tmp_path / "missing.json")):
         with pytest.raises(ConfigError, match="python -m models layouts"):
             extract_points(maps[:1], wins[:1], ExtractorConfig(layouts=source))
+
+
+def test_a_faint_floor_over_the_map_does_not_pull_the_crop_off_the_group():
+    """A +1 grey floor on every cell of a 33×33 map holds ~1,000 grey of mass, four targets'
+    worth: the crop is still centred on the group (above 10 % of the map's maximum), so the
+    count and the points stay those of the clean map."""
+    rng = np.random.default_rng(7)
+    truths = [group(rng, 2, centre=(7.5, 7.5)) for _ in range(4)]
+    wins = np.stack([render_uint8(np.repeat(t[None], 5, axis=0)) for t in truths]).astype(
+        np.float32)
+    maps = np.stack([splat_map(t[None])[0] for t in truths]) + 1.0
+    assert estimate_counts(maps, ExtractorConfig()).tolist() == [2, 2, 2, 2]
+    for p, t in zip(extract_points(maps, wins), truths, strict=True):
+        assert len(p) == 2 and nearest_errors(p, t).max() < 0.05
