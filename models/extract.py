@@ -178,19 +178,26 @@ def estimate_texture(windows: np.ndarray, clearance: float = CLEARANCE) -> np.nd
 
 
 @numba.njit(cache=True)
-def _centre_of_light(frames):  # pragma: no cover - compiled
-    """(row, col) of the middle frame's light above the window's median level."""
-    t_len, h, w = frames.shape
-    level = np.median(frames)
-    mid = frames[t_len // 2]
+def _mass_above(img, level):  # pragma: no cover - compiled
+    """Total mass of img (H, W) above ``level`` and its first moments along rows and
+    columns: (total, Σ row·v, Σ col·v) over the pixels with v = img − level > 0."""
+    h, w = img.shape
     total, r, c = 0.0, 0.0, 0.0
     for i in range(h):
         for j in range(w):
-            v = mid[i, j] - level
+            v = img[i, j] - level
             if v > 0:
                 total += v
                 r += i * v
                 c += j * v
+    return total, r, c
+
+
+@numba.njit(cache=True)
+def _centre_of_light(frames):  # pragma: no cover - compiled
+    """(row, col) of the middle frame's light above the window's median level."""
+    t_len, h, w = frames.shape
+    total, r, c = _mass_above(frames[t_len // 2], np.median(frames))
     return (r / total, c / total) if total > 0 else ((h - 1) / 2, (w - 1) / 2)
 
 
@@ -246,15 +253,7 @@ def _crop_origin(m, size):  # pragma: no cover - compiled
     """Top-left corner (row, col) of the size×size region centred on the mass of m (H, W)
     above CROP_FLOOR × its maximum, kept inside the map."""
     h, w = m.shape
-    floor = max(m.max() * CROP_FLOOR, 0.0)
-    total, r, c = 0.0, 0.0, 0.0
-    for i in range(h):
-        for j in range(w):
-            v = m[i, j] - floor
-            if v > 0:
-                total += v
-                r += i * v
-                c += j * v
+    total, r, c = _mass_above(m, max(m.max() * CROP_FLOOR, 0.0))
     total = max(total, 1e-9)
     r0 = int(np.rint(r / total - (size - 1) / 2))
     c0 = int(np.rint(c / total - (size - 1) / 2))
