@@ -38,7 +38,7 @@ from models.metric import (
     summarize,
 )
 from models.precision import PRECISIONS, resolve_precision, torch_dtype
-from models.protocol import HALF, eval_frames, grid_oracle, ground_truths
+from models.protocol import HALF, eval_frames, grid_oracle, ground_truths, snapped_oracle
 from models.weights import default_weights, load_model, sha256_file
 from sim import load_dataset
 
@@ -131,7 +131,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fp32 (default), bf16, or auto: bf16 where the CPU computes it natively",
     )
     parser.add_argument(
-        "--oracle", action="store_true", help="also score the exact GT maps in grid mode"
+        "--oracle", action="store_true",
+        help="also score the exact GT maps in grid mode and the exact GT points in snapped mode",
     )
     parser.add_argument(
         "--subtract-background", action="store_true",
@@ -140,7 +141,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--extract", action="append", default=[], metavar="KEY=VALUE",
-        help="points mode: set an ExtractorConfig field (e.g. refine=splat); repeatable",
+        help="points/snapped mode: set an ExtractorConfig field (e.g. refine=splat); repeatable",
     )
 
 
@@ -179,7 +180,8 @@ def run(args: argparse.Namespace) -> int:
     # the dataset index of each scored frame, to merge the shards in dataset order
     frames = np.asarray(mine)[pred.frames // dataset.traj_len] * dataset.traj_len \
         + pred.frames % dataset.traj_len
-    noise = estimate_noise(pred.windows) if args.mode == "points" else None
+    from_points = args.mode != "grid"
+    noise = estimate_noise(pred.windows) if from_points else None
     macs = count_macs(model, pred.windows[0], int(eval_frames(dataset)[1][0])) \
         if ranks.main else None
     shards = ranks.gather((frames, dets, noise, pred.forward_s))
@@ -209,10 +211,10 @@ def run(args: argparse.Namespace) -> int:
         "split": args.split,
         "subtract_background": args.subtract_background,
         "mode": args.mode,
-        "extractor": asdict(ext_cfg) if args.mode == "points" else None,
+        "extractor": asdict(ext_cfg) if from_points else None,
         "noise_estimate": (noise_summary(np.concatenate([n for _, _, n, _ in shards]))
-                           if args.mode == "points" else None),
-        "count_accuracy": count_accuracy(dets, truths) if args.mode == "points" else None,
+                           if from_points else None),
+        "count_accuracy": count_accuracy(dets, truths) if from_points else None,
         "trajectories": dataset.n_trajectories,
         "device": args.device,
         "batch_size": args.batch_size,
@@ -222,6 +224,8 @@ def run(args: argparse.Namespace) -> int:
     if args.oracle:
         result["grid_oracle"] = grid_oracle(dataset)
         rows.append({"name": "grid oracle", **result["grid_oracle"]})
+        result["snapped_oracle"] = snapped_oracle(dataset)
+        rows.append({"name": "snapped oracle", **result["snapped_oracle"]})
     print(format_table(rows))
     print(f"{result['frames']} frames, {dataset.n_trajectories} trajectories, mode {args.mode}")
     if result["count_accuracy"]:

@@ -2,7 +2,9 @@
 detections, match them with CSO-mAP; and its cost (learned parameters, MACs per window).
 
 Output maps become detections either on the HR grid (``grid``: every cell ≥ 70 is a detection,
-the reference rule) or as sub-pixel points (``points``: :func:`models.extract.extract_points`).
+the reference rule), as sub-pixel points (``points``: :func:`models.extract.extract_points`),
+or as those points snapped to the grid's nodes (``snapped``: :mod:`models.snap`, the points'
+worth in the reference's own grid terms).
 
 Cost conventions: ``params`` counts learned parameters (not buffers such as Φ). ``macs`` are
 multiply-accumulates of one forward over **one window**, counted with
@@ -28,11 +30,12 @@ from models.extract import extract_points
 from models.metric import grid_detections, match_detections, summarize
 from models.precision import model_dtype
 from models.protocol import HALF, eval_windows, ground_truths
+from models.snap import snapped_detections
 from sim.dataset import SeqDataset
 from sim.geometry import HR
 from sim.render import UINT8_MAX
 
-MODES = ("grid", "points")
+MODES = ("grid", "points", "snapped")
 
 
 @dataclass(frozen=True)
@@ -133,9 +136,10 @@ def detections_from_maps(
         Output maps (grey levels).
     windows : ndarray of shape (N, 5, 11, 11)
         The input windows (used by the ``points`` extractor only).
-    mode : {"grid", "points"}
+    mode : {"grid", "points", "snapped"}
         ``grid``: every cell ≥ 70 is a detection at its cell centre (the reference rule).
         ``points``: sub-pixel points from ``extractor(maps, windows, saturation)``.
+        ``snapped``: those points at their nearest free grid node (:mod:`models.snap`).
     extractor : callable, optional
         ``(maps (B, 33, 33), windows (B, 5, 11, 11), saturation (B,)) -> list of (n, 3)``;
         defaults to ``models.extract.extract_points`` with its default settings.
@@ -145,7 +149,7 @@ def detections_from_maps(
     """
     if mode == "grid":
         return grid_detections(maps)
-    if mode != "points":
+    if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
     if extractor is None:
         def extractor(m, w, s):
@@ -154,7 +158,7 @@ def detections_from_maps(
     points = list(extractor(maps, windows, sat))
     if len(points) != len(maps):
         raise ValueError(f"the extractor returned {len(points)} frames for {len(maps)} maps")
-    return points
+    return snapped_detections(points) if mode == "snapped" else points
 
 
 def evaluate_model(
@@ -179,7 +183,7 @@ def evaluate_model(
 
 def score_predictions(pred: Predictions, dataset: SeqDataset, mode: str = "grid",
                       extractor=None) -> dict[str, float]:
-    """``mAP``, ``AP05`` … ``AP25`` (fractions) of predicted maps in ``mode`` (grid|points)."""
+    """``mAP``, ``AP05`` … ``AP25`` (fractions) of predicted maps in ``mode`` (:data:`MODES`)."""
     dets = detections_from_maps(pred.maps, pred.windows, mode, extractor, pred.saturation)
     return summarize(match_detections(dets, ground_truths(dataset, pred.frames)))
 

@@ -22,9 +22,13 @@ def test_robustness_generates_scores_tables_and_resumes(tmp_path, capsys):
         assert result["trajectories"] == 3 and result["frames"] == 3 * 16  # 15 % test split
         assert result["background_subtracted"] is True
         assert 0 <= result["points"]["mAP"] <= 1 and 0 <= result["grid"]["mAP"] <= 1
+        assert 0 < result["snapped"]["mAP"] < result["points"]["mAP"]  # the grid costs AP05
+        oracle = doc["oracles"][key]
+        assert oracle["snapped"]["mAP"] > oracle["grid"]["mAP"]
     assert doc["results"]["clean"]["fastunmix"]["points"]["mAP"] > 0.5  # shipped weights work
     table = out.read_text()
     assert "| clean, 2–4 targets | 51.55 |" in table and "IR-like backgrounds (Table IV)" in table
+    assert "| GT map (grid) | GT points (snapped) | fastunmix snapped |" in table
     # a second run finds every pair done with the same weights and scores nothing again
     assert main(argv) == 0
     again = capsys.readouterr().out
