@@ -136,7 +136,7 @@ def ensure_set(variant: VariantSet, root: Path, trajectories: int) -> Path:
     return folder
 
 
-def test_split(folder: Path, limit: int | None) -> SeqDataset:
+def load_test_split(folder: Path, limit: int | None) -> SeqDataset:
     """One set's test split (its first ``limit`` trajectories), background level subtracted as
     the live cropper does."""
     dataset = load_dataset(folder, "test")
@@ -147,14 +147,14 @@ def test_split(folder: Path, limit: int | None) -> SeqDataset:
 
 def score_oracles(folder: Path, limit: int | None) -> dict:
     """``grid`` (exact GT maps) and ``snapped`` (exact GT points on the grid) on a test split."""
-    dataset = test_split(folder, limit)
+    dataset = load_test_split(folder, limit)
     return {"grid": grid_oracle(dataset), "snapped": snapped_oracle(dataset), "limit": limit}
 
 
 def score_pair(model_name: str, folder: Path, limit: int | None, batch_size: int,
                weights: Path | None = None) -> dict:
     """Grid, points and snapped figures of one model on one set's test split."""
-    dataset = test_split(folder, limit)
+    dataset = load_test_split(folder, limit)
     model, _ = load_model(model_name, weights)
     tic = time.perf_counter()
     pred = predict_maps(model, dataset, batch_size)
