@@ -47,6 +47,11 @@ from sim import load_dataset
 from sim.dataset import simulate
 from sim.geometry import PATCH, WINDOW
 
+#: Environment variables that cap the instruction set torch, oneDNN, MKL and numba use; set, they
+#: let an AVX-512 machine stand in for an AVX2 one, and the bench records them.
+ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
+              "NUMBA_CPU_NAME")
+
 
 def call_seconds(fn, repeats: int) -> list[float]:
     """Seconds of each of ``repeats`` calls of ``fn``, after one untimed warm-up call (and
@@ -318,7 +323,8 @@ def benchmark(model_name: str, weights: str | None, repeats: int, compile_: bool
                     "processor": cpu_model(),
                     "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                     "bf16_native": bf16_native(), "python": platform.python_version(),
-                    "load_average": list(os.getloadavg())},
+                    "load_average": list(os.getloadavg()),
+                    "isa_limits": {k: os.environ[k] for k in ISA_LIMITS if k in os.environ}},
     }
 
 

@@ -105,11 +105,14 @@ def test_train_many_trains_recipes_in_parallel_scores_them_and_ships_own_recipes
     assert "have no recipe in" in capsys.readouterr().err
 
 
-def test_model_bench_reports_peak_best_and_fraction_of_peak():
+def test_model_bench_reports_peak_best_and_fraction_of_peak(monkeypatch):
     from models.bench import FP32_VARIANTS, benchmark
     from models.precision import bf16_native
 
+    # numba read its configuration when it was imported: recorded here, changes nothing
+    monkeypatch.setenv("NUMBA_CPU_NAME", "haswell")
     report = benchmark("fastunmix", None, repeats=1, compile_=False)
+    assert report["machine"]["isa_limits"]["NUMBA_CPU_NAME"] == "haswell"
     assert report["peak_gflops"] > 1 and report["macs_per_window"] == 64_068_048
     samples = report["peak_gflops_samples"]
     assert len(samples) >= 6 and report["peak_gflops"] == statistics.median(samples)
