@@ -16,8 +16,9 @@ import numpy as np
 from sim.geometry import HR
 
 #: Score of a detection whose point sits exactly on its node; the score falls by
-#: ``SCORE_SLOPE`` per LR pixel of distance, and stays far above the metric's threshold of 70
-#: since no point lies more than √2/6 ≈ 0.24 px from its nearest node.
+#: ``SCORE_SLOPE`` per LR pixel of distance (≥ 155 on a point's nearest node, at most √2/6 ≈
+#: 0.24 px away). Only the order matters: the metric's threshold of 70 is applied to maps, not
+#: to detections.
 SCORE_TOP = 250.0
 SCORE_SLOPE = 400.0
 
