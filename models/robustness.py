@@ -145,16 +145,14 @@ def load_test_split(folder: Path, limit: int | None) -> SeqDataset:
     return dataset.background_subtracted()
 
 
-def score_oracles(folder: Path, limit: int | None) -> dict:
+def score_oracles(dataset: SeqDataset) -> dict:
     """``grid`` (exact GT maps) and ``snapped`` (exact GT points on the grid) on a test split."""
-    dataset = load_test_split(folder, limit)
-    return {"grid": grid_oracle(dataset), "snapped": snapped_oracle(dataset), "limit": limit}
+    return {"grid": grid_oracle(dataset), "snapped": snapped_oracle(dataset)}
 
 
-def score_pair(model_name: str, folder: Path, limit: int | None, batch_size: int,
+def score_pair(model_name: str, dataset: SeqDataset, batch_size: int,
                weights: Path | None = None) -> dict:
-    """Grid, points and snapped figures of one model on one set's test split."""
-    dataset = load_test_split(folder, limit)
+    """Grid, points and snapped figures of one model on a test split (:func:`load_test_split`)."""
     model, _ = load_model(model_name, weights)
     tic = time.perf_counter()
     pred = predict_maps(model, dataset, batch_size)
@@ -267,10 +265,11 @@ def run(args: argparse.Namespace) -> int:
                         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")})
     extractor = dataclasses.asdict(ExtractorConfig())  # part of the resume key
     for variant in (s for s in SETS if s.key in wanted):
-        folder = ensure_set(variant, root, args.trajectories)
+        dataset = load_test_split(ensure_set(variant, root, args.trajectories),
+                                  args.limit_trajectories)
         oracles = doc.setdefault("oracles", {})
         if oracles.get(variant.key, {}).get("limit", -1) != args.limit_trajectories:
-            oracles[variant.key] = score_oracles(folder, args.limit_trajectories)
+            oracles[variant.key] = {**score_oracles(dataset), "limit": args.limit_trajectories}
         for m in models:
             weights = Path(chosen[m]) if m in chosen else default_weights(m)
             sha = sha256_file(weights) if weights.exists() else None
@@ -280,8 +279,7 @@ def run(args: argparse.Namespace) -> int:
                     old.get("saturation_censored") and old.get("extractor") == extractor \
                     and "snapped" in old:
                 continue
-            result = score_pair(m, folder, args.limit_trajectories, args.batch_size,
-                                weights if m in chosen else None)
+            result = score_pair(m, dataset, args.batch_size, weights if m in chosen else None)
             result.update(weights_sha256=sha, limit=args.limit_trajectories,
                           background_subtracted=True, saturation_censored=True,
                           extractor=extractor)
