@@ -38,7 +38,14 @@ from models.metric import (
     summarize,
 )
 from models.precision import PRECISIONS, resolve_precision, torch_dtype
-from models.protocol import HALF, eval_frames, grid_oracle, ground_truths, snapped_oracle
+from models.protocol import (
+    HALF,
+    eval_frames,
+    grid_oracle,
+    ground_truths,
+    snapped_oracle,
+    splat_oracle,
+)
 from models.weights import default_weights, load_model, sha256_file
 from sim import load_dataset
 
@@ -224,6 +231,8 @@ def run(args: argparse.Namespace) -> int:
     if args.oracle:
         result["grid_oracle"] = grid_oracle(dataset)
         rows.append({"name": "grid oracle", **result["grid_oracle"]})
+        result["splat_oracle"] = splat_oracle(dataset)
+        rows.append({"name": "splat oracle", **result["splat_oracle"]})
         result["snapped_oracle"] = snapped_oracle(dataset)
         rows.append({"name": "snapped oracle", **result["snapped_oracle"]})
     print(format_table(rows))

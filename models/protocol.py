@@ -16,7 +16,7 @@ from models.metric import grid_detections, match_detections, summarize
 from models.snap import snapped_detections
 from sim.dataset import SeqDataset
 from sim.geometry import WINDOW
-from sim.render import gt_map
+from sim.render import gt_map, splat_map
 
 #: Middle frame offset inside a window: window t spans frames t−2 … t+2.
 HALF = WINDOW // 2
@@ -68,6 +68,15 @@ def grid_oracle(dataset: SeqDataset) -> dict:
     """
     frames, _ = eval_frames(dataset)
     maps = gt_map(dataset.targets[frames])
+    return summarize(match_detections(grid_detections(maps), ground_truths(dataset, frames)))
+
+
+def splat_oracle(dataset: SeqDataset) -> dict:
+    """CSO-mAP of the exact bilinear-splat maps (:func:`sim.render.splat_map`, the networks'
+    training target) in grid mode on the evaluated frames: what a network that reproduced its
+    target perfectly would score on the grid (docs/reference.md §9.1)."""
+    frames, _ = eval_frames(dataset)
+    maps = splat_map(dataset.targets[frames])
     return summarize(match_detections(grid_detections(maps), ground_truths(dataset, frames)))
 
 

@@ -3,9 +3,16 @@
 The reference metric's grid mode places every detection at an HR cell centre
 ((i − 1)/3, (j − 1)/3) LR pixels, so any method, however exact, loses AP05/AP10 to the grid
 (docs/reference.md §3.2, §9.1). ``snapped`` mode asks what the extractor's points are worth
-*on that grid*: each point becomes one detection at its nearest free grid node, and the
-detections are ranked by how close their point lies to the node (the metric orders
-detections by score, so well-placed nodes come first). Scoring the exact ground-truth
+*on that grid*: each point becomes one detection at a grid node, and the detections are ranked
+by how close their point lies to the node (the metric orders detections by score, so
+well-placed nodes come first).
+
+The node is the nearest free one **that lies nearer to this point than to any other point of
+the frame** (the point's own Voronoi cell), else the nearest free one. The metric compares a
+detection with its nearest ground-truth target only, so a node that lies nearer a neighbour
+would be counted against that neighbour; with close targets (2–8 per spot) the Voronoi rule
+lifts the exact points' ceiling from 54.28 to 55.42 and fastunmix's snapped points from 52.53
+to 54.19 (300 and 150 test trajectories; clean sets +0.1). Scoring the exact ground-truth
 points this way is the ceiling of any one-detection-per-target grid output (§9.1).
 """
 
@@ -21,6 +28,8 @@ from sim.geometry import HR
 #: to detections.
 SCORE_TOP = 250.0
 SCORE_SLOPE = 400.0
+#: Names the node rule; part of ``python -m models robustness``'s resume key.
+SNAP_RULE = "nearest free node in the point's Voronoi cell"
 
 
 def _node_candidates(row: float, col: float) -> list[tuple[float, int, int]]:
@@ -43,7 +52,8 @@ def snap_points(points: np.ndarray) -> np.ndarray:
     ----------
     points : array_like of shape (n, 2) or (n, 3)
         (row, col[, score]) in LR pixels. With a score, points are placed highest score first;
-        a point whose nearest node is already taken moves to its next-nearest free node.
+        a point takes its nearest free node that is nearer to it than to the frame's other
+        points, or its nearest free node where none of its 16 surrounding nodes is.
 
     Returns
     -------
@@ -56,15 +66,24 @@ def snap_points(points: np.ndarray) -> np.ndarray:
         return np.zeros((0, 3))
     if pts.shape[1] > 2:
         pts = pts[np.argsort(-pts[:, 2], kind="stable")]
+    xy = pts[:, :2]
     taken: set[tuple[int, int]] = set()
     dets = []
-    for row, col in pts[:, :2]:
-        for dist, i, j in _node_candidates(row, col):
-            if (i, j) not in taken:
-                taken.add((i, j))
-                dets.append(((i - 1) / 3, (j - 1) / 3, SCORE_TOP - SCORE_SLOPE * dist))
-                break
+    for k, (row, col) in enumerate(xy):
+        free = [(d, i, j) for d, i, j in _node_candidates(row, col) if (i, j) not in taken]
+        if not free:
+            continue
+        own = [node for node in free if _nearest_point(xy, node) == k]
+        dist, i, j = own[0] if own else free[0]
+        taken.add((i, j))
+        dets.append(((i - 1) / 3, (j - 1) / 3, SCORE_TOP - SCORE_SLOPE * dist))
     return np.array(dets, dtype=np.float64).reshape(-1, 3)
+
+
+def _nearest_point(xy: np.ndarray, node: tuple[float, int, int]) -> int:
+    """Index of the point of ``xy`` (n, 2) nearest to grid node (distance, i, j); first on a tie."""
+    _, i, j = node
+    return int(np.argmin(np.hypot(xy[:, 0] - (i - 1) / 3, xy[:, 1] - (j - 1) / 3)))
 
 
 def snapped_detections(points: list[np.ndarray]) -> list[np.ndarray]:

@@ -13,7 +13,7 @@ from torch import nn
 from models.base import UnmixingModel
 from models.evaluate import add_arguments, count_accuracy, run
 from models.harness import count_macs, count_params, evaluate_model, predict_maps
-from models.protocol import eval_frames, eval_windows, grid_oracle
+from models.protocol import eval_frames, eval_windows, grid_oracle, splat_oracle
 from sim.dataset import save_npz, simulate
 from sim.phi import phi_matrix
 from sim.render import gt_map
@@ -149,6 +149,8 @@ def test_cli_scores_ista_and_writes_json_and_plot(tmp_path, capsys, dataset):
     assert r["macs_per_trajectory"] == 16 * r["macs"] and r["windows_per_s"] > 0
     assert r["model"] == "ista" and r["mode"] == "grid" and r["weights"] is None
     assert r["grid_oracle"] == grid_oracle(dataset.subset([0]))
+    assert r["splat_oracle"] == splat_oracle(dataset.subset([0]))
+    assert "splat oracle" in table
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -24,11 +24,11 @@ def test_robustness_generates_scores_tables_and_resumes(tmp_path, capsys):
         assert 0 <= result["points"]["mAP"] <= 1 and 0 <= result["grid"]["mAP"] <= 1
         assert 0 < result["snapped"]["mAP"] < result["points"]["mAP"]  # the grid costs AP05
         oracle = doc["oracles"][key]
-        assert oracle["snapped"]["mAP"] > oracle["grid"]["mAP"]
+        assert oracle["snapped"]["mAP"] > oracle["splat"]["mAP"] > oracle["grid"]["mAP"]
     assert doc["results"]["clean"]["fastunmix"]["points"]["mAP"] > 0.5  # shipped weights work
     table = out.read_text()
     assert "| clean, 2–4 targets | 51.55 |" in table and "IR-like backgrounds (Table IV)" in table
-    assert "| GT map (grid) | GT points (snapped) | fastunmix snapped |" in table
+    assert "| GT map (grid) | splat map (grid) | GT points (snapped) | fastunmix snapped |" in table
     # a second run finds every pair done with the same weights and scores nothing again
     assert main(argv) == 0
     again = capsys.readouterr().out
@@ -37,11 +37,12 @@ def test_robustness_generates_scores_tables_and_resumes(tmp_path, capsys):
     # a pair scored with other extractor settings is scored again
     stale = json.loads(out.with_suffix(".json").read_text())
     stale["results"]["clean"]["fastunmix"]["extractor"]["splat_starts"] = 1
+    stale["results"]["backgrounds"]["fastunmix"]["snap_rule"] = "an older rule"
     out.with_suffix(".json").write_text(json.dumps(stale))
     assert main(argv) == 0
     again = capsys.readouterr().out
     scored = [line.split()[0] for line in again.splitlines() if "  points " in line]
-    assert scored == ["clean"], again
+    assert scored == ["clean", "backgrounds"], again
     # candidate weights are named per model, and only for a model being scored
     with pytest.raises(SystemExit, match="MODEL=PATH"):
         main([*argv, "--weights", "derefnet=x.pt"])

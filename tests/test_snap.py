@@ -31,6 +31,15 @@ def test_two_points_on_one_node_share_it_by_score():
     assert dets[1, 2] == pytest.approx(SCORE_TOP - SCORE_SLOPE * (1 / 3 - 0.02))
 
 
+def test_a_node_nearer_another_point_is_left_to_that_point():
+    # A's nearest node (5, 5) lies nearer to B: the metric would count a detection there
+    # against B, so A takes its nearest node of its own, (5, 5 + 1/3), and B gets (5, 5)
+    dets = snap_points([[5.0, 5.12, 200.0], [5.0, 4.95, 100.0]])
+    np.testing.assert_allclose(dets[:, :2], [[5.0, 5 + 1 / 3], [5.0, 5.0]])
+    np.testing.assert_allclose(dets[:, 2], [SCORE_TOP - SCORE_SLOPE * (5 + 1 / 3 - 5.12),
+                                            SCORE_TOP - SCORE_SLOPE * 0.05])
+
+
 def test_empty_frames_and_off_grid_points():
     assert snap_points(np.zeros((0, 3))).shape == (0, 3)
     assert snap_points([[-3.0, 5.0]]).shape == (0, 3)  # more than a node off the map
