@@ -14,16 +14,17 @@ extractor stage. Three steps per window:
    continuous HR positions u_k and brightnesses b_k.
 3. **Physics fit** (``refine="physics"``, the default when frames are given): Gauss–Newton on
    the 5 LR frames with the pixel-integrated Gaussian PSF, one common velocity over the window,
-   a Gaussian prior that keeps each target near its splat-fit position (the measured
-   failure of an unregularised fit under noise, docs/reference.md §9) and a Gaussian prior on
-   each brightness around ``brightness_mean``. Saturated pixels are excluded from the
-   residual. The pixels are weighed by the noise std, estimated per window from its pixels
-   away from the group (:func:`estimate_noise`, at least ``noise_floor``: the rounding noise
-   of 8-bit frames) unless ``noise_grey`` sets it. Where the window shows a static scene
-   (:func:`estimate_texture` above ``texture_grey``: a textured background that the ring
-   median took the level of, not the slope) the fit also fits a background offset and plane
-   common to the 5 frames (``background_terms``); on flat or noise-only windows it does not,
-   because there the three extra unknowns only add variance (σ = 2: −1 point).
+   a loose Gaussian prior (``prior_px``) that keeps each target near its splat-fit position
+   (the measured failure of an unregularised fit under noise, docs/reference.md §9) and a
+   Gaussian prior on each brightness around ``brightness_mean``. Saturated pixels are
+   excluded from the residual. The pixels are weighed by the noise std, estimated per window
+   from its pixels away from the group (:func:`estimate_noise`, at least ``noise_floor``:
+   the rounding noise of 8-bit frames) unless ``noise_grey`` sets it. Where the window shows
+   a static scene (:func:`estimate_texture` above ``texture_grey``: a textured background
+   that the ring median took the level of, not the slope) the fit also fits a background
+   offset and plane common to the 5 frames (``background_terms``); on flat or noise-only
+   windows it does not, because there the three extra unknowns only add variance (σ = 2:
+   −1 point).
    With learned layouts (``layouts``, :mod:`models.layouts`; the shipped file by default) the
    fit runs once per layout of the window's count, the layout's shape held by a prior of std
    ``layout_px`` on each target's offset from the group's mean, and the layout of least cost
@@ -96,7 +97,9 @@ class ExtractorConfig:
     refine: str = "physics"  # "none", "splat" or "physics"
     physics_iterations: int = 5  # at most; 10 gave the same points at twice the cost with
     # the layout fits (150 test trajectories: σ = 4, 2–8, backgrounds within 0.01; §9.5)
-    prior_px: float = 0.05  # std of the prior keeping physics positions near the splat fit
+    prior_px: float = 0.7  # std of the prior keeping physics positions near the splat fit;
+    # with the layout prior holding the group's shape, a loose one lets the frames place the
+    # group (0.05 → 0.7: backgrounds +10, σ = 5 +4 to +6, 2–8 +1; docs/reference.md §9.6)
     brightness_std: float = 8.66  # std of the splat fit's brightness prior: U[220, 250]'s, 30/√12
     physics_brightness_std: float = 25.0  # std of the physics fit's brightness prior (below)
     splat_crop: int = 10  # HR cells per side of the region the count and splat fit look at
