@@ -219,8 +219,8 @@ def markdown(doc: dict) -> str:
         if not results or not oracle:
             continue
         cells = [_cell(results.get(m, {}).get("snapped", {}).get("mAP")) for m in models]
-        splat = oracle.get("splat", {}).get("mAP")
-        lines.append(f"| {variant.label} | {_cell(oracle['grid']['mAP'])} | {_cell(splat)} | "
+        lines.append(f"| {variant.label} | {_cell(oracle['grid']['mAP'])} | "
+                     f"{_cell(oracle['splat']['mAP'])} | "
                      f"{_cell(oracle['snapped']['mAP'])} | " + " | ".join(cells) + " |")
     lines += ["", "Target count (points mode): fraction of windows with the right number of "
               "points, per true K; noise: the extractor's per-window estimate (median, grey "
