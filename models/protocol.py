@@ -66,17 +66,21 @@ def grid_oracle(dataset: SeqDataset) -> dict:
     rank well-placed cells first can exceed it, since all GT cells here share similar
     brightness scores).
     """
-    frames, _ = eval_frames(dataset)
-    maps = gt_map(dataset.targets[frames])
-    return summarize(match_detections(grid_detections(maps), ground_truths(dataset, frames)))
+    return _rendered_map_score(gt_map, dataset)
 
 
 def splat_oracle(dataset: SeqDataset) -> dict:
     """CSO-mAP of the exact bilinear-splat maps (:func:`sim.render.splat_map`, the networks'
     training target) in grid mode on the evaluated frames: what a network that reproduced its
     target perfectly would score on the grid (docs/reference.md §9.1)."""
+    return _rendered_map_score(splat_map, dataset)
+
+
+def _rendered_map_score(render, dataset: SeqDataset) -> dict:
+    """CSO-mAP in grid mode of ``render(targets (N, K, 3)) -> maps (N, 33, 33)`` applied to the
+    truth of the evaluated frames."""
     frames, _ = eval_frames(dataset)
-    maps = splat_map(dataset.targets[frames])
+    maps = render(dataset.targets[frames])
     return summarize(match_detections(grid_detections(maps), ground_truths(dataset, frames)))
 
 

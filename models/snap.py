@@ -21,6 +21,10 @@ from __future__ import annotations
 import numpy as np
 
 from sim.geometry import HR
+from sim.phi import hr_centres
+
+#: LR-pixel position of grid node index i along either axis: (i − 1)/3.
+NODES = hr_centres()
 
 #: Score of a detection whose point sits exactly on its node; the score falls by
 #: ``SCORE_SLOPE`` per LR pixel of distance (≥ 155 on a point's nearest node, at most √2/6 ≈
@@ -37,7 +41,7 @@ def _node_candidates(row: float, col: float) -> list[tuple[float, int, int]]:
     i0 = int(np.floor(row * 3 + 1)) - 1
     j0 = int(np.floor(col * 3 + 1)) - 1
     nodes = [
-        (float(np.hypot((i - 1) / 3 - row, (j - 1) / 3 - col)), i, j)
+        (float(np.hypot(NODES[i] - row, NODES[j] - col)), i, j)
         for i in range(i0, i0 + 4)
         for j in range(j0, j0 + 4)
         if 0 <= i < HR and 0 <= j < HR
@@ -73,17 +77,16 @@ def snap_points(points: np.ndarray) -> np.ndarray:
         free = [(d, i, j) for d, i, j in _node_candidates(row, col) if (i, j) not in taken]
         if not free:
             continue
-        own = [node for node in free if _nearest_point(xy, node) == k]
-        dist, i, j = own[0] if own else free[0]
+        dist, i, j = next((node for node in free if _nearest_point(xy, node) == k), free[0])
         taken.add((i, j))
-        dets.append(((i - 1) / 3, (j - 1) / 3, SCORE_TOP - SCORE_SLOPE * dist))
+        dets.append((NODES[i], NODES[j], SCORE_TOP - SCORE_SLOPE * dist))
     return np.array(dets, dtype=np.float64).reshape(-1, 3)
 
 
 def _nearest_point(xy: np.ndarray, node: tuple[float, int, int]) -> int:
     """Index of the point of ``xy`` (n, 2) nearest to grid node (distance, i, j); first on a tie."""
     _, i, j = node
-    return int(np.argmin(np.hypot(xy[:, 0] - (i - 1) / 3, xy[:, 1] - (j - 1) / 3)))
+    return int(np.argmin(np.hypot(xy[:, 0] - NODES[i], xy[:, 1] - NODES[j])))
 
 
 def snapped_detections(points: list[np.ndarray]) -> list[np.ndarray]:
