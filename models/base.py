@@ -13,6 +13,11 @@ Every unmixer is a ``torch.nn.Module`` subclass of :class:`UnmixingModel`:
   they are only computed when the model is in training mode.
 
 Single-frame models use the middle frame ``windows[:, 2]``.
+
+Outputs: ``forward`` returns the model's map (``output = "map"``, read by every mode). A model
+with a grid head (a ``grid_head`` submodule, :mod:`models.layers.grid_head`) also has a second
+output, chosen with ``set_output("grid")``: maps trained for the reference's grid rule, which
+the harness scores in ``grid`` mode while the points extractor keeps reading the first.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ class UnmixingModel(nn.Module):
     #: ``window_maps(features (B, 5, F), frame_index (B,)) -> (maps (B, 33, 33), aux)``.
     #: The live unmixer then computes each frame's features once (DeRefNet).
     shares_frame_features: bool = False
+    #: What :meth:`forward` returns: "map" or, on a model with a grid head, "grid".
+    output: str = "map"
 
     def __init__(self, phi, qinit=None) -> None:
         super().__init__()
@@ -41,6 +48,17 @@ class UnmixingModel(nn.Module):
         self.register_buffer("phi", phi_t)
         q = torch.zeros(phi_t.shape[1], phi_t.shape[0]) if qinit is None else qinit
         self.register_buffer("qinit", torch.as_tensor(q, dtype=torch.float32))  # (1089, 121)
+
+    def set_output(self, output: str) -> None:
+        """Choose what :meth:`forward` returns: ``"map"`` or (with a grid head) ``"grid"``."""
+        if output not in self.outputs():
+            raise ValueError(
+                f"{type(self).__name__} has the outputs {self.outputs()}, not {output!r}")
+        self.output = output
+
+    def outputs(self) -> tuple[str, ...]:
+        """``("map", "grid")`` for a model with a grid head, else ``("map",)``."""
+        return ("map", "grid") if getattr(self, "grid_head", None) is not None else ("map",)
 
     def set_qinit(self, qinit) -> None:
         """Replace Qinit, e.g. after fitting it on a training split (shape (1089, 121))."""

@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
     ext_cfg = extractor_config(args.extract)
     mine = range(ranks.rank, dataset.n_trajectories, ranks.world)  # all of it in one process
     pred = predict_maps(model, dataset.subset(mine), args.batch_size)
-    dets = detections_from_maps(pred.maps, pred.windows, args.mode,
+    dets = detections_from_maps(pred.maps_for(args.mode), pred.windows, args.mode,
                                 lambda m, w, s: extract_points(m, w, ext_cfg, s),
                                 pred.saturation)
     # the dataset index of each scored frame, to merge the shards in dataset order

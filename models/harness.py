@@ -51,9 +51,11 @@ class Predictions:
     frames : ndarray of shape (N,), int64
         Dataset index of the middle frame of each window (the frame scored).
     forward_s : float
-        Seconds spent in the model's forward calls.
+        Seconds spent in the model's forward calls for ``maps`` (the grid pass is not counted).
     saturation : ndarray of shape (N,), float64
         Level at which each window's pixels clip (:meth:`SeqDataset.trajectory_saturation`).
+    grid_maps : ndarray of shape (N, 33, 33), float32, or None
+        The grid head's maps (models with one), scored in ``grid`` mode instead of ``maps``.
     """
 
     maps: np.ndarray
@@ -61,6 +63,12 @@ class Predictions:
     frames: np.ndarray
     forward_s: float
     saturation: np.ndarray
+    grid_maps: np.ndarray | None = None
+
+    def maps_for(self, mode: str) -> np.ndarray:
+        """The maps that ``mode`` scores: the grid head's in ``grid`` mode where there is
+        one, else ``maps``."""
+        return self.grid_maps if mode == "grid" and self.grid_maps is not None else self.maps
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -102,26 +110,45 @@ def _batches(model: UnmixingModel, dataset: SeqDataset, batch_size: int, device:
 def predict_maps(model: UnmixingModel, dataset: SeqDataset, batch_size: int = 256) -> Predictions:
     """Run ``model`` on every evaluated window in eval mode under ``torch.inference_mode``.
 
-    The model's train/eval mode is restored afterwards, so a training loop can call this.
+    A model with a grid head runs a second pass for its ``grid`` output
+    (``Predictions.grid_maps``). The model's train/eval mode and output are restored
+    afterwards, so a training loop can call this.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     windows, _, frames = eval_windows(dataset)
-    device = _model_device(model)
-    maps = np.empty((len(windows), HR, HR), dtype=np.float32)
-    forward_s = 0.0
-    with _inference(model):
-        for where, forward in _batches(model, dataset, batch_size, device):
-            tic = time.perf_counter()
-            out, _ = forward()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            forward_s += time.perf_counter() - tic
-            n = where.stop - where.start
-            model.check_maps(out, n)
-            maps[where] = out.float().cpu().numpy().reshape(n, HR, HR)
+    maps, forward_s = _run_output(model, dataset, batch_size, "map")
+    grid_maps = None
+    if "grid" in model.outputs():
+        grid_maps, _ = _run_output(model, dataset, batch_size, "grid")
     saturation = dataset.trajectory_saturation()[frames // dataset.traj_len]
-    return Predictions(maps, windows, frames, forward_s, saturation)
+    return Predictions(maps, windows, frames, forward_s, saturation, grid_maps)
+
+
+def _run_output(model: UnmixingModel, dataset: SeqDataset, batch_size: int,
+                output: str) -> tuple[np.ndarray, float]:
+    """One output's maps (N, 33, 33) float32 over the evaluated windows, and the seconds spent
+    in forward calls."""
+    device = _model_device(model)
+    n_windows = dataset.n_trajectories * (dataset.traj_len - 2 * HALF)
+    maps = np.empty((n_windows, HR, HR), dtype=np.float32)
+    forward_s = 0.0
+    before = model.output
+    model.set_output(output)
+    try:
+        with _inference(model):
+            for where, forward in _batches(model, dataset, batch_size, device):
+                tic = time.perf_counter()
+                out, _ = forward()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                forward_s += time.perf_counter() - tic
+                n = where.stop - where.start
+                model.check_maps(out, n)
+                maps[where] = out.float().cpu().numpy().reshape(n, HR, HR)
+    finally:
+        model.set_output(before)
+    return maps, forward_s
 
 
 def detections_from_maps(
@@ -184,7 +211,8 @@ def evaluate_model(
 def score_predictions(pred: Predictions, dataset: SeqDataset, mode: str = "grid",
                       extractor=None) -> dict[str, float]:
     """``mAP``, ``AP05`` … ``AP25`` (fractions) of predicted maps in ``mode`` (:data:`MODES`)."""
-    dets = detections_from_maps(pred.maps, pred.windows, mode, extractor, pred.saturation)
+    dets = detections_from_maps(pred.maps_for(mode), pred.windows, mode, extractor,
+                                pred.saturation)
     return summarize(match_detections(dets, ground_truths(dataset, pred.frames)))
 
 

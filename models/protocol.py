@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from models.metric import grid_detections, match_detections, summarize
-from models.snap import snapped_detections
+from models.snap import snap_map
 from sim.dataset import SeqDataset
 from sim.geometry import WINDOW
 from sim.render import gt_map, splat_map
@@ -87,7 +87,6 @@ def _rendered_map_score(render, dataset: SeqDataset) -> dict:
 def snapped_oracle(dataset: SeqDataset) -> dict:
     """CSO-mAP of the exact GT points snapped to the grid (:mod:`models.snap`) on the evaluated
     frames: the ceiling of ``snapped`` mode, and of any one-detection-per-target grid output
-    that ranks well-placed nodes first."""
-    frames, _ = eval_frames(dataset)
-    truths = ground_truths(dataset, frames)
-    return summarize(match_detections(snapped_detections([t[:, :2] for t in truths]), truths))
+    that ranks well-placed nodes first, and what a grid head trained on
+    :func:`~models.snap.snap_map` would score if it reproduced its target."""
+    return _rendered_map_score(snap_map, dataset)

@@ -92,3 +92,33 @@ def _nearest_point(xy: np.ndarray, node: tuple[float, int, int]) -> int:
 def snapped_detections(points: list[np.ndarray]) -> list[np.ndarray]:
     """Every frame's points (list of (n_i, 2 or 3) arrays) snapped with :func:`snap_points`."""
     return [snap_points(p) for p in points]
+
+
+def snap_map(targets: np.ndarray) -> np.ndarray:
+    """Maps of the ground truth snapped to the grid: the training target of a grid head.
+
+    Every frame's targets are snapped with :func:`snap_points` (in the order given) and each
+    detection's score is written at its node, so the reference's grid rule (every cell ≥ 70
+    is a detection) reads back exactly the snapped truth, the ceiling of
+    one-detection-per-target grid output (docs/reference.md §9.1).
+
+    Parameters
+    ----------
+    targets : ndarray of shape (..., K, 3)
+        (row, col, brightness) in LR pixels and grey levels; NaN rows are padding.
+
+    Returns
+    -------
+    ndarray of shape (..., 33, 33), float32: ``SCORE_TOP − SCORE_SLOPE`` × distance at each
+    snapped node (155 … 250), 0 elsewhere.
+    """
+    t = np.asarray(targets, dtype=np.float64)
+    lead = t.shape[:-2]
+    flat = t.reshape(-1, *t.shape[-2:])
+    out = np.zeros((len(flat), HR, HR), dtype=np.float32)
+    index = {round(float(v), 9): i for i, v in enumerate(NODES)}
+    for n, frame in enumerate(flat):
+        dets = snap_points(frame[np.all(np.isfinite(frame), axis=1), :2])
+        for row, col, score in dets:
+            out[n, index[round(row, 9)], index[round(col, 9)]] = score
+    return out.reshape(*lead, HR, HR)

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from models.config import load_config
 from models.distributed import join, leave, sequence_forward
 from models.registry import get_model
+from models.snap import snap_map
 from models.weights import load_weights, save_weights
 from sim import load_dataset
 from sim.background_level import ring_levels
@@ -36,7 +37,7 @@ from sim.geometry import WINDOW
 from sim.phi import fit_qinit
 from sim.render import gt_map, splat_map
 
-TARGETS = {"gt": gt_map, "splat": splat_map}
+TARGETS = {"gt": gt_map, "splat": splat_map, "snap": snap_map}
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,13 @@ class TrainConfig:
     data: str = "data/seqcsist"
     train_split: str = "train"
     val_split: str = "val"
-    target: str = "gt"  # "gt" (reference GT maps) or "splat" (bilinear splat)
+    target: str = "gt"  # "gt" (reference GT maps), "splat" (bilinear splat) or "snap"
+    # (the truth snapped to the grid, models.snap.snap_map: the grid head's target)
+    target_scale: float = 1.0  # the target maps are multiplied by this
+    output: str = "map"  # the model output trained: "map" or "grid" (its grid head)
+    # Train only the parameters whose names start with one of these (e.g. [grid_head]); the
+    # rest stay frozen and may be missing from init_weights. Empty = train everything.
+    train_only: list = field(default_factory=list)
     # Faithful LISTA-family bug (docs/reference.md §5.8, §8 #9): regress every map onto the
     # targets of all frames of its training sequence (the whole trajectory at length 20).
     target_broadcast: bool = False
@@ -148,15 +155,16 @@ class Trainer:
             self.val_ds = self.val_ds.background_subtracted()
         make_target = TARGETS[cfg.target]
         self.images = torch.from_numpy(self.train_ds.trajectory_images().astype(np.float32))
-        self.targets = torch.from_numpy(make_target(self.train_ds.trajectory_targets()))
+        self.targets = torch.from_numpy(make_target(self.train_ds.trajectory_targets())
+                                        * np.float32(cfg.target_scale))
         self.model = get_model(cfg.model, **cfg.model_config).to(self.device)
         self.model.set_qinit(fit_qinit(self.targets.reshape(-1, self.targets.shape[-1] ** 2)
                                        .numpy()))
         if cfg.init_weights:
-            start, _ = load_weights(cfg.init_weights)
-            self.model.load_state_dict(start.state_dict())
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr,
-                                    weight_decay=cfg.weight_decay)
+            self.load_init_weights(cfg.init_weights)
+        self.model.set_output(cfg.output)
+        self.params = self.trained_parameters()
+        self.opt = torch.optim.Adam(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         # GANs: the discriminator and its optimiser (same lr and weight decay) live here only
         self.critic = self.model.make_discriminator()
         if self.critic is not None and self.ranks.distributed:
@@ -180,6 +188,33 @@ class Trainer:
         self.best = -math.inf
         self.order = self.rng.permutation(self.train_ds.n_trajectories)
         self.cursor = 0
+
+    def load_init_weights(self, path: str) -> None:
+        """Start from ``path``'s weights; only parameters under ``train_only`` may be missing
+        from them (a new head on a trained trunk)."""
+        start, _ = load_weights(path)
+        missing, unexpected = self.model.load_state_dict(start.state_dict(), strict=False)
+        untrained = [k for k in missing if not k.startswith(tuple(self.cfg.train_only))]
+        if untrained or unexpected:
+            raise ValueError(f"init_weights {path} does not fit {self.cfg.model} "
+                             f"{self.cfg.model_config}: missing {untrained}, unexpected "
+                             f"{unexpected}")
+
+    def trained_parameters(self) -> list[torch.nn.Parameter]:
+        """The parameters the optimiser updates (all, or those under ``train_only``); the
+        others get ``requires_grad = False``."""
+        if not self.cfg.train_only:
+            return list(self.model.parameters())
+        prefixes = tuple(self.cfg.train_only)
+        params = []
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(name.startswith(prefixes))
+            if p.requires_grad:
+                params.append(p)
+        if not params:
+            raise ValueError(f"train_only {self.cfg.train_only} matches no parameter of "
+                             f"{self.cfg.model}")
+        return params
 
     def rank_rng(self, step: int) -> np.random.Generator:
         """The augmentation generator: ``self.rng`` itself in one process; per rank (and per
@@ -293,8 +328,15 @@ class Trainer:
 
         self.model.eval()
         result = evaluate_model(self.model, self.val_ds, mode=self.cfg.val_mode)
-        self.model.train()
+        self.enter_training_mode()
         return result
+
+    def enter_training_mode(self) -> None:
+        """Training mode, except with ``train_only``: the model then stays in eval mode, so
+        that it skips auxiliary losses whose gradients would reach no trained parameter and
+        runs its frozen layers on their inference paths (the heads trained this way have no
+        dropout or batch norm)."""
+        self.model.train(not self.cfg.train_only)
 
     def log(self, record: dict) -> None:
         if not self.ranks.main:
@@ -308,7 +350,7 @@ class Trainer:
         cfg = self.cfg
         if self.ranks.main:
             (self.out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
-        self.model.train()
+        self.enter_training_mode()
         bar = tqdm(total=cfg.budget_minutes * 60 if cfg.budget_minutes else None,
                    unit="s" if cfg.budget_minutes else "step", disable=not self.progress,
                    desc=f"train {cfg.model}")
@@ -327,7 +369,7 @@ class Trainer:
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
             self.opt.step()
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)  # the budget counts GPU time, not launches

@@ -280,3 +280,39 @@ def test_evaluation_shares_frame_features_without_changing_the_maps():
     predicted = predict_maps(model, ds, batch_size=32).maps
     assert predicted.shape == (48, 33, 33)
     np.testing.assert_allclose(predicted, plain.numpy(), rtol=1e-4, atol=1e-3)
+
+
+def test_only_a_model_with_a_grid_head_switches_its_output():
+    plain = models.get_model("fastunmix", channels=8, blocks=1, hr_channels=4)
+    with pytest.raises(ValueError, match=r"has the outputs \('map',\), not 'grid'"):
+        plain.set_output("grid")
+    model = models.get_model("fastunmix", channels=8, blocks=1, hr_channels=4, grid_head=True)
+    windows, index = torch.rand(3, 5, 11, 11) * 200, torch.full((3,), 2)
+    maps, _ = model(windows, index)
+    model.set_output("grid")
+    grid, _ = model(windows, index)
+    assert grid.shape == maps.shape == (3, 33, 33) and not torch.equal(grid, maps)
+    model.set_output("map")
+    torch.testing.assert_close(model(windows, index)[0], maps)
+
+
+def test_the_grid_head_reads_the_frames_through_phi():
+    """Same features and map, other frames: the grid map changes, and only through the two
+    data-fidelity inputs Φᵀ(y − Φx)."""
+    from models.layers.grid_head import GridHead
+    from sim.phi import phi_matrix
+
+    torch.manual_seed(0)
+    head = GridHead(4)
+    phi = torch.tensor(phi_matrix(), dtype=torch.float32)
+    features, maps = torch.rand(2, 4, 33, 33), torch.rand(2, 33, 33) * 50
+    rendered = (maps.reshape(2, -1) @ phi.T).view(2, 1, 11, 11).expand(2, 5, 11, 11)
+    a = head(features, maps, rendered, phi)
+    b = head(features, maps, rendered + 20.0, phi)
+    assert a.shape == (2, 33, 33) and not torch.allclose(a, b)
+    zero = GridHead(4)
+    zero.load_state_dict(head.state_dict())
+    with torch.no_grad():  # the fidelity channels (the last two inputs) read nothing
+        zero.conv1.weight[:, -2:] = 0
+    torch.testing.assert_close(zero(features, maps, rendered, phi),
+                               zero(features, maps, rendered + 20.0, phi))

@@ -46,3 +46,16 @@ def test_robustness_generates_scores_tables_and_resumes(tmp_path, capsys):
     # candidate weights are named per model, and only for a model being scored
     with pytest.raises(SystemExit, match="MODEL=PATH"):
         main([*argv, "--weights", "derefnet=x.pt"])
+
+
+def test_the_table_says_which_output_each_grid_column_scores():
+    from models.robustness import _grid_outputs
+
+    doc = {"models": ["a", "b", "c"], "results": {
+        "clean": {"a": {"grid_output": "grid head"}, "b": {"grid_output": "map"},
+                  "c": {"grid_output": "map"}},
+        "noise2": {"a": {"grid_output": "grid head"}, "b": {}, "c": {"grid_output": "grid head"}}}}
+    said = _grid_outputs(doc).split("; ")
+    assert said[0].startswith("a's grid head (trained on the snapped truth")
+    assert said[1].startswith("b's splat map")  # results from before the key default to map
+    assert said[2] == "c's grid head on some sets, its map on others (older results)"

@@ -7,7 +7,7 @@ import pytest
 
 from models.harness import detections_from_maps
 from models.protocol import eval_frames, grid_oracle, ground_truths, snapped_oracle
-from models.snap import SCORE_SLOPE, SCORE_TOP, snap_points
+from models.snap import SCORE_SLOPE, SCORE_TOP, snap_map, snap_points
 from sim.dataset import simulate
 from sim.render import gt_map
 
@@ -70,3 +70,16 @@ def test_snapped_mode_snaps_the_extractors_points():
     assert all(len(t) == len(s) for t, s in zip(truths, snapped, strict=True))
     with pytest.raises(ValueError, match="snapped"):
         detections_from_maps(maps, windows, "nearest")
+
+
+def test_snap_map_renders_the_snapped_truth_read_back_by_the_grid_rule():
+    ds = simulate(2, seed=3)
+    frames, _ = eval_frames(ds)
+    maps = snap_map(ds.targets[frames])
+    dets = detections_from_maps(maps, np.zeros((len(maps), 5, 11, 11)), "grid")
+    truths = ground_truths(ds, frames)
+    for d, t in zip(dets, truths, strict=True):
+        expected = snap_points(t[:, :2])
+        order = np.lexsort((expected[:, 1], expected[:, 0]))  # the grid rule is row-major
+        np.testing.assert_allclose(d, expected[order], atol=1e-5)
+    assert np.count_nonzero(maps) == sum(len(t) for t in truths)

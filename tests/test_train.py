@@ -85,7 +85,8 @@ def test_shipped_training_configs_parse_and_build_their_model(path):
     cfg = load_config(TrainConfig, path)
     model = models.get_model(cfg.model, **cfg.model_config)
     assert sum(p.numel() for p in model.parameters()) > 0
-    assert cfg.target in ("gt", "splat")
+    assert cfg.target in ("gt", "splat", "snap")
+    model.set_output(cfg.output)  # a grid output only on a model with a grid head
 
 
 def test_background_augment_adds_one_static_patch_per_sequence(data_dir, tmp_path):
@@ -113,3 +114,45 @@ def test_subtract_background_removes_each_sequences_ring_level(data_dir, tmp_pat
     assert levels.max() > 0  # the backgrounds lift the ring
     torch.testing.assert_close(out, raw - torch.from_numpy(levels)[:, None, None, None])
     assert level.val_ds.images.dtype == np.float32  # SeqDataset.background_subtracted
+
+
+def test_a_grid_head_trains_alone_on_the_snapped_truth(data_dir, tmp_path):
+    """train_only: the head learns from the trunk's weights, which stay as they were; the
+    weights keep both outputs and the harness scores the head's maps in grid mode."""
+    from models.harness import predict_maps
+    from sim import load_dataset
+
+    first = Trainer(config(data_dir, tmp_path / "trunk", epochs=2), progress=False)
+    first.run()
+    head_cfg = {"channels": 16, "blocks": 1, "hr_channels": 4, "grid_head": True}
+    trainer = Trainer(config(data_dir, tmp_path / "head", epochs=8, model_config=head_cfg,
+                             init_weights=str(tmp_path / "trunk" / "best.pt"), target="snap",
+                             output="grid", train_only=["grid_head"]), progress=False)
+    head_before = [p.detach().clone() for p in trainer.model.grid_head.parameters()]
+    trainer.run()
+    trunk, _ = load_weights(tmp_path / "trunk" / "best.pt")
+    model, meta = load_weights(tmp_path / "head" / "best.pt")
+    assert meta["train_config"]["train_only"] == ["grid_head"]
+    for name, p in trunk.named_parameters():
+        assert torch.equal(p, model.get_parameter(name)), name
+    assert any(not torch.equal(a, b)
+               for a, b in zip(head_before, model.grid_head.parameters(), strict=True))
+    assert model.output == "map"
+    pred = predict_maps(model, load_dataset(data_dir, "val"))
+    plain = predict_maps(trunk, load_dataset(data_dir, "val"))
+    np.testing.assert_array_equal(pred.maps, plain.maps)
+    assert pred.grid_maps.shape == pred.maps.shape
+    assert not np.array_equal(pred.grid_maps, pred.maps)
+    assert pred.maps_for("grid") is pred.grid_maps and pred.maps_for("points") is pred.maps
+    assert plain.grid_maps is None and plain.maps_for("grid") is plain.maps
+
+
+def test_init_weights_may_lack_only_the_trained_parameters(data_dir, tmp_path):
+    Trainer(config(data_dir, tmp_path / "trunk", epochs=1), progress=False).run()
+    head_cfg = {"channels": 16, "blocks": 1, "hr_channels": 4, "grid_head": True}
+    with pytest.raises(ValueError, match=r"missing \['grid_head\.conv1\.weight'"):
+        Trainer(config(data_dir, tmp_path / "all", model_config=head_cfg,
+                       init_weights=str(tmp_path / "trunk" / "best.pt")), progress=False)
+    with pytest.raises(ValueError, match="matches no parameter"):
+        Trainer(config(data_dir, tmp_path / "none", model_config=head_cfg,
+                       train_only=["nothing"]), progress=False)
