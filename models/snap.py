@@ -110,7 +110,7 @@ def snap_map(targets: np.ndarray) -> np.ndarray:
     Returns
     -------
     ndarray of shape (..., 33, 33), float32: ``SCORE_TOP − SCORE_SLOPE`` × distance at each
-    snapped node (155 … 250), 0 elsewhere.
+    snapped node (at most 250; 155 or more on a target's nearest node), 0 elsewhere.
     """
     t = np.asarray(targets, dtype=np.float64)
     lead = t.shape[:-2]

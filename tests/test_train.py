@@ -120,6 +120,7 @@ def test_a_grid_head_trains_alone_on_the_snapped_truth(data_dir, tmp_path):
     """train_only: the head learns from the trunk's weights, which stay as they were; the
     weights keep both outputs and the harness scores the head's maps in grid mode."""
     from models.harness import predict_maps
+    from models.snap import snap_map
     from sim import load_dataset
 
     first = Trainer(config(data_dir, tmp_path / "trunk", epochs=2), progress=False)
@@ -127,7 +128,10 @@ def test_a_grid_head_trains_alone_on_the_snapped_truth(data_dir, tmp_path):
     head_cfg = {"channels": 16, "blocks": 1, "hr_channels": 4, "grid_head": True}
     trainer = Trainer(config(data_dir, tmp_path / "head", epochs=8, model_config=head_cfg,
                              init_weights=str(tmp_path / "trunk" / "best.pt"), target="snap",
-                             output="grid", train_only=["grid_head"]), progress=False)
+                             output="grid", train_only=["grid_head"], target_scale=2.0),
+                      progress=False)
+    expected = snap_map(trainer.train_ds.trajectory_targets()) * 2
+    np.testing.assert_array_equal(trainer.targets.numpy(), expected)
     head_before = [p.detach().clone() for p in trainer.model.grid_head.parameters()]
     trainer.run()
     trunk, _ = load_weights(tmp_path / "trunk" / "best.pt")
