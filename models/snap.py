@@ -65,22 +65,29 @@ def snap_points(points: np.ndarray) -> np.ndarray:
     than one node off the 33×33 grid is dropped); score = ``SCORE_TOP − SCORE_SLOPE`` × the
     point's distance to its node.
     """
+    nodes = _snapped_nodes(points)
+    return np.array([(NODES[i], NODES[j], score) for i, j, score in nodes],
+                    dtype=np.float64).reshape(-1, 3)
+
+
+def _snapped_nodes(points) -> list[tuple[int, int, float]]:
+    """:func:`snap_points`' placement as grid node indices: (i, j, score) per placed point."""
     pts = np.asarray(points, dtype=np.float64)
     if pts.size == 0:
-        return np.zeros((0, 3))
+        return []
     if pts.shape[1] > 2:
         pts = pts[np.argsort(-pts[:, 2], kind="stable")]
     xy = pts[:, :2]
     taken: set[tuple[int, int]] = set()
-    dets = []
+    nodes = []
     for k, (row, col) in enumerate(xy):
         free = [(d, i, j) for d, i, j in _node_candidates(row, col) if (i, j) not in taken]
         if not free:
             continue
         dist, i, j = next((node for node in free if _nearest_point(xy, node) == k), free[0])
         taken.add((i, j))
-        dets.append((NODES[i], NODES[j], SCORE_TOP - SCORE_SLOPE * dist))
-    return np.array(dets, dtype=np.float64).reshape(-1, 3)
+        nodes.append((i, j, SCORE_TOP - SCORE_SLOPE * dist))
+    return nodes
 
 
 def _nearest_point(xy: np.ndarray, node: tuple[float, int, int]) -> int:
@@ -116,9 +123,7 @@ def snap_map(targets: np.ndarray) -> np.ndarray:
     lead = t.shape[:-2]
     flat = t.reshape(-1, *t.shape[-2:])
     out = np.zeros((len(flat), HR, HR), dtype=np.float32)
-    index = {round(float(v), 9): i for i, v in enumerate(NODES)}
     for n, frame in enumerate(flat):
-        dets = snap_points(frame[np.all(np.isfinite(frame), axis=1), :2])
-        for row, col, score in dets:
-            out[n, index[round(row, 9)], index[round(col, 9)]] = score
+        for i, j, score in _snapped_nodes(frame[np.all(np.isfinite(frame), axis=1), :2]):
+            out[n, i, j] = score
     return out.reshape(*lead, HR, HR)
