@@ -60,6 +60,10 @@ class UnmixingModel(nn.Module):
         """``("map", "grid")`` for a model with a grid head, else ``("map",)``."""
         return ("map", "grid") if getattr(self, "grid_head", None) is not None else ("map",)
 
+    def init_missing(self, missing: list[str]) -> None:
+        """Initialise the parameters a training run's ``init_weights`` file lacked (their
+        ``state_dict`` names); by default they keep their fresh initialisation."""
+
     def set_qinit(self, qinit) -> None:
         """Replace Qinit, e.g. after fitting it on a training split (shape (1089, 121))."""
         self.qinit.copy_(torch.as_tensor(qinit, dtype=torch.float32))

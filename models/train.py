@@ -191,7 +191,8 @@ class Trainer:
 
     def load_init_weights(self, path: str) -> None:
         """Start from ``path``'s weights; only parameters under ``train_only`` may be missing
-        from them (a new head on a trained trunk)."""
+        from them (a new head on a trained trunk); the model initialises those
+        (:meth:`~models.base.UnmixingModel.init_missing`)."""
         start, _ = load_weights(path)
         missing, unexpected = self.model.load_state_dict(start.state_dict(), strict=False)
         untrained = [k for k in missing if not k.startswith(tuple(self.cfg.train_only))]
@@ -199,6 +200,7 @@ class Trainer:
             raise ValueError(f"init_weights {path} does not fit {self.cfg.model} "
                              f"{self.cfg.model_config}: missing {untrained}, unexpected "
                              f"{unexpected}")
+        self.model.init_missing(missing)
 
     def trained_parameters(self) -> list[torch.nn.Parameter]:
         """The parameters the optimiser updates (all, or those under ``train_only``); the

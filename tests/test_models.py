@@ -296,6 +296,48 @@ def test_only_a_model_with_a_grid_head_switches_its_output():
     torch.testing.assert_close(model(windows, index)[0], maps)
 
 
+def test_a_grid_branch_starts_as_a_copy_of_the_trunk():
+    """init_missing copies the trunk's last blocks and upsampling into the branch: the grid
+    output is then the plain head's; the splat map never depends on the branch."""
+    torch.manual_seed(0)
+    small = {"channels": 8, "blocks": 3, "hr_channels": 4, "grid_head": True}
+    plain = models.get_model("fastunmix", **small)
+    branched = models.get_model("fastunmix", **small, grid_branch=2)
+    missing, unexpected = branched.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("grid_head.branch.") for k in missing)
+    windows, index = torch.rand(3, 5, 11, 11) * 200, torch.full((3,), 2)
+    plain.set_output("grid")
+    branched.set_output("grid")
+    assert not torch.allclose(branched(windows, index)[0], plain(windows, index)[0])
+    branched.init_missing(missing)
+    torch.testing.assert_close(branched(windows, index)[0], plain(windows, index)[0])
+    with torch.no_grad():
+        branched.grid_head.branch[0].conv1.weight.add_(1.0)
+    branched.set_output("map")
+    plain.set_output("map")
+    torch.testing.assert_close(branched(windows, index)[0], plain(windows, index)[0])
+    with pytest.raises(ValueError, match="grid_branch must be in 0 … blocks"):
+        models.get_model("fastunmix", **small, grid_branch=4)
+
+
+def test_grid_flips_average_the_four_flips_outside_autograd():
+    """With grid_flips the grid output is flip-equivariant at inference (the HR grid flips
+    onto itself); a training step (autograd on) takes the single pass."""
+    torch.manual_seed(0)
+    model = models.get_model("fastunmix", channels=8, blocks=1, hr_channels=4, grid_head=True,
+                             grid_flips=True)
+    model.set_output("grid")
+    windows, index = torch.rand(2, 5, 11, 11) * 200, torch.full((2,), 2)
+    with torch.no_grad():
+        averaged = model(windows, index)[0]
+        single = model._grid_maps(windows)
+        for dims in ((-1,), (-2,), (-2, -1)):
+            flipped = model(windows.flip(dims), index)[0]
+            torch.testing.assert_close(flipped, averaged.flip(dims))
+    assert not torch.allclose(averaged, single)
+    torch.testing.assert_close(model(windows, index)[0], single)
+
+
 def test_the_grid_head_reads_the_frames_through_phi():
     """Same features and map, other frames: the grid map changes, and only through the two
     data-fidelity inputs Φᵀ(y − Φx)."""

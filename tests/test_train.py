@@ -151,6 +151,19 @@ def test_a_grid_head_trains_alone_on_the_snapped_truth(data_dir, tmp_path):
     assert plain.grid_maps is None and plain.maps_for("grid") is plain.maps
 
 
+def test_a_grid_branch_missing_from_init_weights_starts_from_the_trunk(data_dir, tmp_path):
+    Trainer(config(data_dir, tmp_path / "trunk", epochs=1), progress=False).run()
+    head_cfg = {"channels": 16, "blocks": 1, "hr_channels": 4, "grid_head": True,
+                "grid_branch": 1}
+    trainer = Trainer(config(data_dir, tmp_path / "head", model_config=head_cfg,
+                             init_weights=str(tmp_path / "trunk" / "best.pt"),
+                             train_only=["grid_head"]), progress=False)
+    model = trainer.model
+    torch.testing.assert_close(model.grid_head.branch[0].state_dict(),
+                               model.blocks[0].state_dict())
+    torch.testing.assert_close(model.grid_head.branch[1].state_dict(), model.up.state_dict())
+
+
 def test_init_weights_may_lack_only_the_trained_parameters(data_dir, tmp_path):
     Trainer(config(data_dir, tmp_path / "trunk", epochs=1), progress=False).run()
     head_cfg = {"channels": 16, "blocks": 1, "hr_channels": 4, "grid_head": True}

@@ -14,6 +14,14 @@ mean of the window's frames (the targets move < 0.05 px per frame), as one ISTA 
 features (B, C, 33, 33), maps (B, 33, 33), windows (B, 5, 11, 11) →
 [features, x / scale, Φᵀ(y_mid − Φx) / scale, Φᵀ(ȳ − Φx) / scale] →
 conv3×3 (C+3 → G) → ReLU → conv3×3 G → G → ReLU → conv3×3 G → 1 → × scale → (B, 33, 33).
+
+With ``branch_blocks`` = n ≥ 1 the head does not read the trunk's HR features but computes its
+own from the trunk's LR features before its last n residual blocks: a copy of those n blocks
+and of the trunk's ×3 upsampling (conv3×3 → PixelShuffle(3) → ReLU), trained for the grid
+(the model starts it as a copy of the trunk), while the splat map the extractor reads stays the
+trunk's.
+
+:func:`flip_average` averages a grid output over the window and its three flips.
 """
 
 from __future__ import annotations
@@ -22,15 +30,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sim.geometry import HR, WINDOW
+from models.layers.residual import ResidualBlockNoBN
+from sim.geometry import HR, RATIO, WINDOW
 
 
 class GridHead(nn.Module):
     """See the module docstring; ``scale`` (grey levels) normalises maps and gradients."""
 
-    def __init__(self, in_channels: int, channels: int = 32, scale: float = 100.0) -> None:
+    def __init__(self, in_channels: int, channels: int = 32, scale: float = 100.0,
+                 lr_channels: int = 0, branch_blocks: int = 0) -> None:
         super().__init__()
         self.scale = scale
+        self.branch = None
+        if branch_blocks:
+            self.branch = nn.Sequential(
+                *(ResidualBlockNoBN(lr_channels) for _ in range(branch_blocks)),
+                nn.Conv2d(lr_channels, in_channels * RATIO * RATIO, 3, padding=1),
+                nn.PixelShuffle(RATIO), nn.ReLU())
         self.conv1 = nn.Conv2d(in_channels + 3, channels, 3, padding=1)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
         self.out = nn.Conv2d(channels, 1, 3, padding=1)
@@ -39,10 +55,14 @@ class GridHead(nn.Module):
                 phi: torch.Tensor) -> torch.Tensor:
         """Grid maps (B, 33, 33) in grey levels.
 
-        features (B, C, 33, 33); maps (B, 33, 33) grey levels; windows (B, 5, 11, 11) grey
-        levels (background level subtracted, as the model sees them); phi (121, 1089).
+        features: the trunk's HR features (B, C, 33, 33), or with a branch its LR features
+        (B, C_lr, 11, 11) before the blocks the branch repeats; maps (B, 33, 33) grey levels;
+        windows (B, 5, 11, 11) grey levels (background level subtracted, as the model sees
+        them); phi (121, 1089).
         """
         b = maps.shape[0]
+        if self.branch is not None:
+            features = self.branch(features)
         x = maps.reshape(b, HR * HR)
         frames = windows.reshape(b, WINDOW, -1)
         rendered = x @ phi.T
@@ -53,3 +73,13 @@ class GridHead(nn.Module):
         h = F.relu(self.conv1(inputs))
         h = F.relu(self.conv2(h))
         return self.out(h).view(b, HR, HR) * self.scale
+
+
+def flip_average(grid_maps, windows: torch.Tensor) -> torch.Tensor:
+    """Mean of ``grid_maps(w)`` (a callable (B, 5, 11, 11) → (B, 33, 33)) over the windows and
+    their flips along rows, columns and both, each map flipped back. Exact symmetry of the
+    geometry: flipping the 11 LR pixels maps HR node i onto node 32 − i."""
+    total = torch.zeros(())
+    for dims in ((), (-1,), (-2,), (-2, -1)):
+        total = total + grid_maps(windows.flip(dims)).flip(dims)
+    return total / 4

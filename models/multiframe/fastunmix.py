@@ -11,6 +11,10 @@ conv3×3 C→9·C_hr → PixelShuffle(3) → ReLU → conv3×3 C_hr→1 → × s
 With ``grid_head`` a :class:`~models.layers.grid_head.GridHead` reads the HR features and the
 map; ``set_output("grid")`` makes :meth:`forward` return its maps instead (the ``grid`` mode's
 output, trained on the snapped truth; the points extractor always reads the splat map).
+``grid_branch`` = n ≥ 1 gives the head its own copy of the last n residual blocks and of the
+upsampling; ``grid_flips`` makes the grid output, outside autograd (evaluation, validation),
+the mean over the window's four flips (:func:`~models.layers.grid_head.flip_average`), while
+training steps take one pass.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import UnmixingModel
-from models.layers.grid_head import GridHead
+from models.layers.grid_head import GridHead, flip_average
 from models.layers.residual import ResidualBlockNoBN
 from sim.geometry import HR, RATIO, WINDOW
 from sim.phi import phi_matrix
@@ -30,7 +34,8 @@ class FastUnmixer(UnmixingModel):
     """See the module docstring. ``scale`` (grey levels) normalises inputs and outputs."""
 
     def __init__(self, channels: int = 64, blocks: int = 6, hr_channels: int = 16,
-                 scale: float = 100.0, grid_head: bool = False) -> None:
+                 scale: float = 100.0, grid_head: bool = False, grid_branch: int = 0,
+                 grid_flips: bool = False) -> None:
         super().__init__(phi_matrix())
         self.scale = scale
         self.head = nn.Conv2d(WINDOW, channels, 3, padding=1)
@@ -38,17 +43,44 @@ class FastUnmixer(UnmixingModel):
         self.up = nn.Conv2d(channels, hr_channels * RATIO * RATIO, 3, padding=1)
         self.shuffle = nn.PixelShuffle(RATIO)
         self.out = nn.Conv2d(hr_channels, 1, 3, padding=1)
-        self.grid_head = GridHead(hr_channels, scale=scale) if grid_head else None
+        if not 0 <= grid_branch <= blocks:
+            raise ValueError(f"grid_branch must be in 0 … blocks ({blocks}), got {grid_branch}")
+        self.grid_head = (GridHead(hr_channels, scale=scale, lr_channels=channels,
+                                   branch_blocks=grid_branch) if grid_head else None)
+        self.grid_branch = grid_branch
+        self.grid_flips = grid_flips
         self.config = {"channels": channels, "blocks": blocks, "hr_channels": hr_channels,
-                       "scale": scale, "grid_head": grid_head}
+                       "scale": scale, "grid_head": grid_head, "grid_branch": grid_branch,
+                       "grid_flips": grid_flips}
 
     def forward(self, windows: torch.Tensor, frame_index: torch.Tensor):
         self.check_input(windows, frame_index)
+        if self.output != "grid":
+            return self._trunk(windows)[0], {}
+        if self.grid_flips and not torch.is_grad_enabled():
+            return flip_average(self._grid_maps, windows), {}
+        return self._grid_maps(windows), {}
+
+    def _trunk(self, windows: torch.Tensor):
+        """Splat maps (B, 33, 33), HR features (B, C_hr, 33, 33) and the LR features
+        (B, C, 11, 11) that enter the grid branch (before its last ``grid_branch`` blocks)."""
         x = F.relu(self.head(windows / self.scale))
-        x = self.blocks(x)
-        x = F.relu(self.shuffle(self.up(x)))
-        maps = self.out(x).view(-1, HR, HR) * self.scale
-        if self.output == "grid":
-            return self.grid_head(x, maps, windows, self.phi), {}
-        return maps, {}
+        split = len(self.blocks) - self.grid_branch
+        lr = self.blocks[:split](x)
+        x = F.relu(self.shuffle(self.up(self.blocks[split:](lr))))
+        return self.out(x).view(-1, HR, HR) * self.scale, x, lr
+
+    def init_missing(self, missing: list[str]) -> None:
+        """A grid branch missing from the start weights begins as a copy of the trunk's last
+        ``grid_branch`` blocks and upsampling conv, so the head's inputs start unchanged."""
+        if not any(name.startswith("grid_head.branch.") for name in missing):
+            return
+        trunk = [*self.blocks[len(self.blocks) - self.grid_branch:], self.up]
+        copies = [m for m in self.grid_head.branch if m.state_dict()]
+        for source, copy in zip(trunk, copies, strict=True):
+            copy.load_state_dict(source.state_dict())
+
+    def _grid_maps(self, windows: torch.Tensor) -> torch.Tensor:
+        maps, hr, lr = self._trunk(windows)
+        return self.grid_head(lr if self.grid_branch else hr, maps, windows, self.phi)
 
