@@ -79,7 +79,5 @@ def flip_average(grid_maps, windows: torch.Tensor) -> torch.Tensor:
     """Mean of ``grid_maps(w)`` (a callable (B, 5, 11, 11) → (B, 33, 33)) over the windows and
     their flips along rows, columns and both, each map flipped back. Exact symmetry of the
     geometry: flipping the 11 LR pixels maps HR node i onto node 32 − i."""
-    total = torch.zeros(())
-    for dims in ((), (-1,), (-2,), (-2, -1)):
-        total = total + grid_maps(windows.flip(dims)).flip(dims)
-    return total / 4
+    flips = ((), (-1,), (-2,), (-2, -1))
+    return sum(grid_maps(windows.flip(dims)).flip(dims) for dims in flips) / len(flips)
