@@ -75,7 +75,7 @@ class FastUnmixer(UnmixingModel):
         ``grid_branch`` blocks and upsampling conv, so the head's inputs start unchanged."""
         if not any(name.startswith("grid_head.branch.") for name in missing):
             return
-        trunk = [*self.blocks[len(self.blocks) - self.grid_branch:], self.up]
+        trunk = [*self.blocks[-self.grid_branch:], self.up]  # a branch has ≥ 1 block
         copies = [m for m in self.grid_head.branch if m.state_dict()]
         for source, copy in zip(trunk, copies, strict=True):
             copy.load_state_dict(source.state_dict())
