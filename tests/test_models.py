@@ -282,13 +282,19 @@ def test_evaluation_shares_frame_features_without_changing_the_maps():
     np.testing.assert_allclose(predicted, plain.numpy(), rtol=1e-4, atol=1e-3)
 
 
-def test_only_a_model_with_a_grid_head_switches_its_output():
-    plain = models.get_model("fastunmix", channels=8, blocks=1, hr_channels=4)
+# small configurations of the two models with a grid head: (name, config, trunk blocks)
+GRID_MODELS = [("fastunmix", {"channels": 8, "blocks": 3, "hr_channels": 4}, "blocks"),
+               ("derefnet", {"layers": 1, "channels": 8, "res_blocks": 3}, "res_blocks")]
+
+
+@pytest.mark.parametrize(("name", "small", "blocks"), GRID_MODELS)
+def test_only_a_model_with_a_grid_head_switches_its_output(name, small, blocks):
+    plain = models.get_model(name, **small)
     with pytest.raises(ValueError, match=r"has the outputs \('map',\), not 'grid'"):
         plain.set_output("grid")
-    model = models.get_model("fastunmix", channels=8, blocks=1, hr_channels=4, grid_head=True)
+    model = models.get_model(name, **small, grid_head=True)
     windows, index = torch.rand(3, 5, 11, 11) * 200, torch.full((3,), 2)
-    maps, _ = model(windows, index)
+    maps, _ = model.eval()(windows, index)
     model.set_output("grid")
     grid, _ = model(windows, index)
     assert grid.shape == maps.shape == (3, 33, 33) and not torch.equal(grid, maps)
@@ -296,13 +302,13 @@ def test_only_a_model_with_a_grid_head_switches_its_output():
     torch.testing.assert_close(model(windows, index)[0], maps)
 
 
-def test_a_grid_branch_starts_as_a_copy_of_the_trunk():
-    """init_missing copies the trunk's last blocks and upsampling into the branch: the grid
-    output is then the plain head's; the splat map never depends on the branch."""
+@pytest.mark.parametrize(("name", "small", "blocks"), GRID_MODELS)
+def test_a_grid_branch_starts_as_a_copy_of_the_trunk(name, small, blocks):
+    """init_missing copies the trunk's last blocks (and fastunmix's upsampling) into the
+    branch: the grid output is then the plain head's; the splat map never depends on it."""
     torch.manual_seed(0)
-    small = {"channels": 8, "blocks": 3, "hr_channels": 4, "grid_head": True}
-    plain = models.get_model("fastunmix", **small)
-    branched = models.get_model("fastunmix", **small, grid_branch=2)
+    plain = models.get_model(name, **small, grid_head=True).eval()
+    branched = models.get_model(name, **small, grid_head=True, grid_branch=2).eval()
     missing, unexpected = branched.load_state_dict(plain.state_dict(), strict=False)
     assert not unexpected and all(k.startswith("grid_head.branch.") for k in missing)
     windows, index = torch.rand(3, 5, 11, 11) * 200, torch.full((3,), 2)
@@ -316,8 +322,28 @@ def test_a_grid_branch_starts_as_a_copy_of_the_trunk():
     branched.set_output("map")
     plain.set_output("map")
     torch.testing.assert_close(branched(windows, index)[0], plain(windows, index)[0])
-    with pytest.raises(ValueError, match="grid_branch must be in 0 … blocks"):
-        models.get_model("fastunmix", **small, grid_branch=4)
+    with pytest.raises(ValueError, match=f"grid_branch must be in 0 … {blocks}"):
+        models.get_model(name, **small, grid_head=True, grid_branch=4)
+
+
+def test_derefnet_grid_output_shares_frame_features_and_needs_the_frames():
+    """Whole sequences (frame features computed once) give each window's grid map as the
+    window alone does; the per-window entry the live unmixer uses needs the frames for it."""
+    torch.manual_seed(0)
+    model = models.get_model("derefnet", layers=1, channels=8, res_blocks=2, grid_head=True,
+                             grid_branch=1).eval()
+    model.set_output("grid")
+    frames = torch.rand(2, 7, 11, 11) * 200
+    start = torch.tensor([0, 5])
+    with torch.no_grad():
+        sequences = model.forward_sequences(frames, start)[0]  # (2, 3, 33, 33)
+        for i in range(2):
+            for w in range(3):
+                alone = model(frames[i, None, w:w + 5], start[i, None] + w + 2)[0]
+                torch.testing.assert_close(sequences[i, w], alone[0], rtol=1e-4, atol=1e-3)
+        features = model.frame_features(frames[0, :5])[0][None]
+        with pytest.raises(ValueError, match="grid output reads the window's frames"):
+            model.window_maps(features, torch.tensor([2]))
 
 
 def test_grid_flips_average_the_four_flips_outside_autograd():

@@ -15,11 +15,11 @@ features (B, C, 33, 33), maps (B, 33, 33), windows (B, 5, 11, 11) →
 [features, x / scale, Φᵀ(y_mid − Φx) / scale, Φᵀ(ȳ − Φx) / scale] →
 conv3×3 (C+3 → G) → ReLU → conv3×3 G → G → ReLU → conv3×3 G → 1 → × scale → (B, 33, 33).
 
-With ``branch_blocks`` = n ≥ 1 the head does not read the trunk's HR features but computes its
-own from the trunk's LR features before its last n residual blocks: a copy of those n blocks
-and of the trunk's ×3 upsampling (conv3×3 → PixelShuffle(3) → ReLU), trained for the grid
-(the model starts it as a copy of the trunk), while the splat map the extractor reads stays the
-trunk's.
+With a ``branch`` the head does not read the trunk's last features but computes its own: the
+model hands it a copy of the trunk's last layers (FastUnmixer: its last n residual blocks and ×3
+upsampling; DeRefNet: its last n residual blocks), which the head applies to the trunk's
+features before those layers. The branch trains for the grid (:func:`init_branch` starts it as
+a copy of the trunk), while the splat map the extractor reads stays the trunk's.
 
 :func:`flip_average` averages a grid output over the window and its three flips.
 """
@@ -30,23 +30,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers.residual import ResidualBlockNoBN
-from sim.geometry import HR, RATIO, WINDOW
+from sim.geometry import HR, WINDOW
 
 
 class GridHead(nn.Module):
     """See the module docstring; ``scale`` (grey levels) normalises maps and gradients."""
 
     def __init__(self, in_channels: int, channels: int = 32, scale: float = 100.0,
-                 lr_channels: int = 0, branch_blocks: int = 0) -> None:
+                 branch: nn.Sequential | None = None) -> None:
         super().__init__()
         self.scale = scale
-        self.branch = None
-        if branch_blocks:
-            self.branch = nn.Sequential(
-                *(ResidualBlockNoBN(lr_channels) for _ in range(branch_blocks)),
-                nn.Conv2d(lr_channels, in_channels * RATIO * RATIO, 3, padding=1),
-                nn.PixelShuffle(RATIO), nn.ReLU())
+        self.branch = branch
         self.conv1 = nn.Conv2d(in_channels + 3, channels, 3, padding=1)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
         self.out = nn.Conv2d(channels, 1, 3, padding=1)
@@ -55,8 +49,8 @@ class GridHead(nn.Module):
                 phi: torch.Tensor) -> torch.Tensor:
         """Grid maps (B, 33, 33) in grey levels.
 
-        features: the trunk's HR features (B, C, 33, 33), or with a branch its LR features
-        (B, C_lr, 11, 11) before the blocks the branch repeats; maps (B, 33, 33) grey levels;
+        features: the trunk's last features (B, C, 33, 33), or with a branch the trunk's
+        features before the layers the branch repeats; maps (B, 33, 33) grey levels;
         windows (B, 5, 11, 11) grey levels (background level subtracted, as the model sees
         them); phi (121, 1089).
         """
@@ -73,6 +67,16 @@ class GridHead(nn.Module):
         h = F.relu(self.conv1(inputs))
         h = F.relu(self.conv2(h))
         return self.out(h).view(b, HR, HR) * self.scale
+
+
+def init_branch(head: GridHead, missing: list[str], sources: list[nn.Module]) -> None:
+    """Start ``head``'s branch as a copy of ``sources`` (the trunk layers it repeats, in order)
+    if a training run's start weights lacked it (``missing``: their ``state_dict`` names)."""
+    if not any(name.startswith("grid_head.branch.") for name in missing):
+        return
+    copies = [m for m in head.branch if m.state_dict()]
+    for source, copy in zip(sources, copies, strict=True):
+        copy.load_state_dict(source.state_dict())
 
 
 def flip_average(grid_maps, windows: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,12 @@ Layer by layer (docs/reference.md §4):
    the middle slot is the raw H'_j.
 4. Tail: conv 5→32 + ReLU, 5 residual blocks (no BN), conv 32→1 → the HR map.
 
+Not in the paper: with ``grid_head`` a :class:`~models.layers.grid_head.GridHead` reads the
+tail's features before its last conv (or, with ``grid_branch`` = n ≥ 1, its own copy of the
+last n residual blocks applied to the features before them) and the map, and
+``set_output("grid")`` makes the model return its maps, trained on the snapped truth for the
+reference's grid rule (docs/reference.md §9.1); the points extractor always reads the map.
+
 Losses: L_cons = Σ_k mean(s_k²); L_align = |H''_m − x₉_j| over the 4 neighbours (sum per window
 as the reference, or mean); L_reg (MSE to the target map) is added by the training loop.
 Known reference quirks we keep: the dense 1089² time-encoder Linear (1.19 M params), two
@@ -34,6 +40,7 @@ from torch import nn
 
 from models.base import UnmixingModel
 from models.layers.deform import DeformConv2dPack
+from models.layers.grid_head import GridHead, init_branch
 from models.layers.narrow import NarrowConv2d
 from models.layers.residual import ResidualBlockNoBN
 from models.layers.unfolding import UnfoldingLayer, unfold
@@ -79,6 +86,8 @@ class DeRefNet(UnmixingModel):
         trajectory_length: int = 20,
         align_reduction: str = "sum",
         sigma: float = 0.5,
+        grid_head: bool = False,
+        grid_branch: int = 0,
     ) -> None:
         super().__init__(phi_matrix(sigma=sigma))
         if align_reduction not in ("sum", "mean"):
@@ -99,11 +108,24 @@ class DeRefNet(UnmixingModel):
         nn.init.zeros_(self.head.bias)
         self.blocks = nn.Sequential(*(ResidualBlockNoBN(channels) for _ in range(res_blocks)))
         self.tail = NarrowConv2d(channels, 1, bias=False)
+        if not 0 <= grid_branch <= res_blocks:
+            raise ValueError(
+                f"grid_branch must be in 0 … res_blocks ({res_blocks}), got {grid_branch}")
+        branch = nn.Sequential(*(ResidualBlockNoBN(channels) for _ in range(grid_branch))
+                               ) if grid_head and grid_branch else None
+        self.grid_head = GridHead(channels, branch=branch) if grid_head else None
+        self.grid_branch = grid_branch
         self.config = {
             "layers": layers, "channels": channels, "res_blocks": res_blocks,
             "trajectory_length": trajectory_length, "align_reduction": align_reduction,
-            "sigma": sigma,
+            "sigma": sigma, "grid_head": grid_head, "grid_branch": grid_branch,
         }
+
+    def init_missing(self, missing: list[str]) -> None:
+        """A grid branch missing from the start weights begins as a copy of the tail's last
+        ``grid_branch`` residual blocks, so the head's inputs start unchanged."""
+        if self.grid_branch:
+            init_branch(self.grid_head, missing, list(self.blocks[-self.grid_branch:]))
 
     # -- per-frame features -------------------------------------------------------------
     def frame_features(self, frames: torch.Tensor):
@@ -117,11 +139,13 @@ class DeRefNet(UnmixingModel):
         phity = y @ self.phi  # (N, 1089) = (Φᵀ y)ᵀ
         return unfold(self.unfolding, y @ self.qinit.T, self.phi, phity, self.training)
 
-    def window_maps(self, features: torch.Tensor, frame_index: torch.Tensor):
+    def window_maps(self, features: torch.Tensor, frame_index: torch.Tensor,
+                    windows: torch.Tensor | None = None):
         """Time encoding, alignment and reconstruction of windows from per-frame features.
 
         features: (B, 5, 1089) x9 of frames t − 2 … t + 2; frame_index: (B,) index t of each
-        middle frame. Returns maps (B, 33, 33) and the alignment loss (scalar).
+        middle frame; windows: the frames themselves (B, 5, 11, 11), which the grid output
+        reads. Returns maps (B, 33, 33) and the alignment loss (scalar).
         """
         offsets = torch.arange(-(WINDOW // 2), WINDOW // 2 + 1, device=features.device)
         tau = (frame_index[:, None] + offsets[None]).to(features.dtype)  # (B, 5)
@@ -130,15 +154,17 @@ class DeRefNet(UnmixingModel):
         rows = self.time.weight.sum(dim=1)  # (1089,)
         h_time = features * torch.sigmoid(
             (tau / self.trajectory_length)[..., None] * rows + self.time.bias)
-        return self.fuse(h_time, features[:, WINDOW // 2])
+        return self.fuse(h_time, features[:, WINDOW // 2], windows)
 
     # -- fusion of a window -------------------------------------------------------------
-    def fuse(self, h_time: torch.Tensor, x_centre: torch.Tensor):
+    def fuse(self, h_time: torch.Tensor, x_centre: torch.Tensor,
+             windows: torch.Tensor | None = None):
         """Align the 4 neighbours on the middle frame and reconstruct.
 
         h_time: (B, 5, 1089) time-encoded features in temporal order; x_centre: (B, 1089)
-        middle-frame unfolding output (reference of the alignment loss).
-        Returns maps (B, 33, 33) and the alignment loss (scalar).
+        middle-frame unfolding output (reference of the alignment loss); windows: as
+        :meth:`window_maps`. Returns maps (B, 33, 33) (the grid head's with the ``grid``
+        output) and the alignment loss (scalar).
         """
         b = h_time.shape[0]
         maps = h_time.view(b, WINDOW, 1, HR, HR)
@@ -154,14 +180,22 @@ class DeRefNet(UnmixingModel):
         l_align = diff.sum() if self.align_reduction == "sum" else diff.mean()
         half = WINDOW // 2
         stack = torch.cat([aligned[:, :half], centre, aligned[:, half:]], dim=1)  # (B,5,33,33)
-        out = self.tail(self.blocks(F.relu(self.head(stack), inplace=True)))
-        return out.view(b, HR, HR), l_align
+        split = len(self.blocks) - self.grid_branch
+        shared = self.blocks[:split](F.relu(self.head(stack), inplace=True))
+        features = self.blocks[split:](shared)
+        maps = self.tail(features).view(b, HR, HR)
+        if self.output == "grid":
+            if windows is None:
+                raise ValueError("DeRefNet's grid output reads the window's frames: pass windows")
+            maps = self.grid_head(shared if self.grid_branch else features, maps, windows,
+                                  self.phi)
+        return maps, l_align
 
     def forward(self, windows: torch.Tensor, frame_index: torch.Tensor):
         self.check_input(windows, frame_index)
         b = windows.shape[0]
         x, l_cons = self.frame_features(windows.reshape(b * WINDOW, *windows.shape[2:]))
-        maps, l_align = self.window_maps(x.view(b, WINDOW, -1), frame_index)
+        maps, l_align = self.window_maps(x.view(b, WINDOW, -1), frame_index, windows)
         aux = {"cons": l_cons, "align": l_align} if self.training else {}
         return maps, aux
 
@@ -177,8 +211,9 @@ class DeRefNet(UnmixingModel):
         n_win = length - WINDOW + 1
         dev = frames.device
         idx = torch.arange(n_win, device=dev)[:, None] + torch.arange(WINDOW, device=dev)[None]
-        windows = x.view(n, length, -1)[:, idx].reshape(n * n_win, WINDOW, -1)
+        features = x.view(n, length, -1)[:, idx].reshape(n * n_win, WINDOW, -1)
+        windows = frames[:, idx].reshape(n * n_win, WINDOW, *frames.shape[2:])
         middle = (start_index[:, None] + torch.arange(n_win, device=dev)[None] + WINDOW // 2)
-        maps, l_align = self.window_maps(windows, middle.reshape(-1))
+        maps, l_align = self.window_maps(features, middle.reshape(-1), windows)
         aux = {"cons": l_cons, "align": l_align} if self.training else {}
         return maps.view(n, n_win, HR, HR), aux

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import UnmixingModel
-from models.layers.grid_head import GridHead, flip_average
+from models.layers.grid_head import GridHead, flip_average, init_branch
 from models.layers.residual import ResidualBlockNoBN
 from sim.geometry import HR, RATIO, WINDOW
 from sim.phi import phi_matrix
@@ -45,8 +45,11 @@ class FastUnmixer(UnmixingModel):
         self.out = nn.Conv2d(hr_channels, 1, 3, padding=1)
         if not 0 <= grid_branch <= blocks:
             raise ValueError(f"grid_branch must be in 0 … blocks ({blocks}), got {grid_branch}")
-        self.grid_head = (GridHead(hr_channels, scale=scale, lr_channels=channels,
-                                   branch_blocks=grid_branch) if grid_head else None)
+        branch = nn.Sequential(
+            *(ResidualBlockNoBN(channels) for _ in range(grid_branch)),
+            nn.Conv2d(channels, hr_channels * RATIO * RATIO, 3, padding=1),
+            nn.PixelShuffle(RATIO), nn.ReLU()) if grid_head and grid_branch else None
+        self.grid_head = GridHead(hr_channels, scale=scale, branch=branch) if grid_head else None
         self.grid_branch = grid_branch
         self.grid_flips = grid_flips
         self.config = {"channels": channels, "blocks": blocks, "hr_channels": hr_channels,
@@ -73,12 +76,8 @@ class FastUnmixer(UnmixingModel):
     def init_missing(self, missing: list[str]) -> None:
         """A grid branch missing from the start weights begins as a copy of the trunk's last
         ``grid_branch`` blocks and upsampling conv, so the head's inputs start unchanged."""
-        if not any(name.startswith("grid_head.branch.") for name in missing):
-            return
-        trunk = [*self.blocks[-self.grid_branch:], self.up]  # a branch has ≥ 1 block
-        copies = [m for m in self.grid_head.branch if m.state_dict()]
-        for source, copy in zip(trunk, copies, strict=True):
-            copy.load_state_dict(source.state_dict())
+        if self.grid_branch:
+            init_branch(self.grid_head, missing, [*self.blocks[-self.grid_branch:], self.up])
 
     def _grid_maps(self, windows: torch.Tensor) -> torch.Tensor:
         maps, hr, lr = self._trunk(windows)
