@@ -212,7 +212,8 @@ class DeRefNet(UnmixingModel):
         dev = frames.device
         idx = torch.arange(n_win, device=dev)[:, None] + torch.arange(WINDOW, device=dev)[None]
         features = x.view(n, length, -1)[:, idx].reshape(n * n_win, WINDOW, -1)
-        windows = frames[:, idx].reshape(n * n_win, WINDOW, *frames.shape[2:])
+        windows = (frames[:, idx].reshape(n * n_win, WINDOW, *frames.shape[2:])
+                   if self.output == "grid" else None)  # only the grid head reads them
         middle = (start_index[:, None] + torch.arange(n_win, device=dev)[None] + WINDOW // 2)
         maps, l_align = self.window_maps(features, middle.reshape(-1), windows)
         aux = {"cons": l_cons, "align": l_align} if self.training else {}
