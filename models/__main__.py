@@ -18,6 +18,9 @@ COMMANDS = {
                                   "extractor's layout prior)"),
     "robustness": ("models.robustness", "Tables IV, V and VI side by side: backgrounds, noise, "
                                         "2-8 targets"),
+    "generalization": ("models.generalization", "every model on every scene family (paper, "
+                                                "CSIST-100K, random layouts, one target, PSF "
+                                                "and noise), beside the ceiling"),
 }
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from models.config import ConfigError, build_config, parse_override, set_path
+from models.diagnostics import count_accuracy
 from models.distributed import join, leave
 from models.extract import ExtractorConfig, estimate_noise, extract_points
 from models.harness import (
@@ -87,16 +88,6 @@ def format_table(rows: list[dict]) -> str:
     fmt = " | ".join(f"{{:>{w}}}" for w in widths)
     sep = "-+-".join("-" * w for w in widths)
     return "\n".join([fmt.format(*head), sep, *(fmt.format(*r) for r in lines)])
-
-
-def count_accuracy(points, truths) -> dict:
-    """Per true target count K (key ``str(K)``): the windows with K targets and the fraction
-    of them for which the extractor found exactly K points."""
-    true_k = np.array([len(t) for t in truths])
-    found = np.array([len(p) for p in points])
-    return {str(k): {"windows": int((true_k == k).sum()),
-                     "right": float((found[true_k == k] == k).mean())}
-            for k in np.unique(true_k)}
 
 
 def noise_summary(est: np.ndarray) -> dict:

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from models.evaluate import count_accuracy, noise_summary
+from models.diagnostics import count_accuracy
+from models.evaluate import noise_summary
 from models.extract import ExtractorConfig, estimate_noise
 from models.harness import detections_from_maps, predict_maps
 from models.machine import cpu_model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 import numpy as np
@@ -10,10 +11,39 @@ import numpy as np
 from sim.backgrounds import DEFAULT_AMPLITUDE
 from sim.bench import DEFAULT_OUT, run_bench
 from sim.clutter import write_scenes
+from sim.families import PRESETS, Family, override
 from sim.generate import FORMATS, generate
+from sim.geometry import SIGMA
 from sim.seqcsist_io import load_dataset
 from sim.sheet import write_sheet
-from sim.trajectory import TrajectoryRules
+from sim.trajectory import LAYOUTS
+
+
+def _float_range(text: str) -> tuple[float, float]:
+    """Parse "80-250" (or "0.5") into (low, high) floats."""
+    lo, sep, hi = text.partition("-") if not text.startswith("-") else (text, "", "")
+    try:
+        low, high = float(lo), float(hi) if sep else float(lo)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a range like 80-250") from None
+    if not 0 <= low <= high:
+        raise argparse.ArgumentTypeError(f"{text!r}: need 0 <= low <= high")
+    return low, high
+
+
+def _mixture(text: str) -> tuple[Family, ...]:
+    """Parse "paper:1,realistic:2" into families (preset name: weight)."""
+    families = []
+    for item in text.split(","):
+        name, _, weight = item.partition(":")
+        if name not in PRESETS or len(PRESETS[name]) != 1:
+            single = [k for k, v in PRESETS.items() if len(v) == 1]
+            raise argparse.ArgumentTypeError(f"{name!r} is not one of the presets {single}")
+        try:
+            families.append(dataclasses.replace(PRESETS[name][0], weight=float(weight or 1)))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{item!r}: {exc}") from None
+    return tuple(families)
 
 
 def _target_range(text: str) -> tuple[int, int]:
@@ -39,10 +69,35 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, required=True)
     gen.add_argument("--format", choices=FORMATS, default="seqcsist",
                      help="official PNG+XML layout or compact npz (default: seqcsist)")
-    gen.add_argument("--targets", type=_target_range, default=(2, 4),
-                     help="targets per trajectory, e.g. 2-4 (default) or 2-8")
+    recipe = gen.add_mutually_exclusive_group()
+    recipe.add_argument("--preset", choices=sorted(PRESETS), default="paper",
+                        help="scene family (docs/scenes.md): paper (default; SeqCSIST's rules), "
+                             "csist100k, realistic, single or mixture")
+    recipe.add_argument("--mix", type=_mixture, metavar="PRESET:WEIGHT,...",
+                        help="a mixture of presets with weights, e.g. paper:1,realistic:2")
+    gen.add_argument("--psf", type=float, default=SIGMA, metavar="SIGMA",
+                     help="PSF std in pixels, written into every annotation (default 0.5)")
+    gen.add_argument("--layout", choices=LAYOUTS, help="override the preset's layout")
+    gen.add_argument("--targets", type=_target_range,
+                     help="targets per trajectory, e.g. 2-4 (the paper's) or 1-8")
+    gen.add_argument("--brightness", type=_float_range, metavar="LO-HI",
+                     help="per-target brightness range in grey levels, e.g. 80-250")
+    gen.add_argument("--brightness-change", type=float, metavar="RATE",
+                     help="largest relative brightness change per frame (0: constant)")
+    gen.add_argument("--speed", type=_float_range, metavar="LO-HI",
+                     help="random/pixel layouts: group speed range in px/frame")
+    gen.add_argument("--target-drift", type=float, metavar="PX",
+                     help="random layout: largest per-target drift speed in px/frame")
+    gen.add_argument("--radius", type=_float_range, metavar="LO-HI",
+                     help="random layout: disk radius range in px")
+    gen.add_argument("--separation", type=_float_range, metavar="LO-HI",
+                     help="random layout: pairwise minimum separation range in px")
+    gen.add_argument("--separation-ru", type=float, metavar="RU",
+                     help="pixel layout: pairwise minimum separation in Rayleigh units (2 sigma)")
     gen.add_argument("--noise", type=float, default=0.0,
                      help="additive Gaussian noise std in grey levels (default 0)")
+    gen.add_argument("--gain", type=float, default=0.0,
+                     help="shot noise: grey levels per photo-electron (default 0: none)")
     gen.add_argument("--backgrounds", metavar="DIR|builtin",
                      help="folder of images to crop backgrounds from (Table IV), or 'builtin' "
                           "for the built-in IR-like scenes (sim/clutter.py)")
@@ -73,17 +128,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _families(args: argparse.Namespace) -> tuple[Family, ...]:
+    """The preset's (or the mixture's) families with the explicit options applied to each."""
+    low, high = args.targets if args.targets else (None, None)
+    return override(
+        args.mix or PRESETS[args.preset], layout=args.layout, min_targets=low,
+        max_targets=high, brightness=args.brightness,
+        brightness_change=args.brightness_change, speed=args.speed,
+        target_drift=args.target_drift, radius=args.radius, separation=args.separation,
+        separation_ru=args.separation_ru,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "generate":
-            low, high = args.targets
             recipe = generate(
                 args.out, args.trajectories, args.seed, fmt=args.format,
-                rules=TrajectoryRules(min_targets=low, max_targets=high),
-                noise_sigma=args.noise, backgrounds=args.backgrounds,
+                rules=_families(args), noise_sigma=args.noise, backgrounds=args.backgrounds,
                 background_amplitude=args.background_amplitude, workers=args.workers,
-                progress=not args.quiet,
+                progress=not args.quiet, sigma=args.psf, gain=args.gain,
+                preset=None if args.mix else args.preset,
             )
             counts = ", ".join(f"{k} {v['frames']}" for k, v in recipe["counts"].items())
             print(f"wrote {args.out} ({args.format}; frames: {counts})")

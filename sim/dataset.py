@@ -7,15 +7,17 @@ k·traj_len … k·traj_len + traj_len − 1 (docs/reference.md §1.5).
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from sim.background_level import ring_levels
+from sim.families import Family, as_families, generate_trajectories
 from sim.geometry import SIGMA
 from sim.render import UINT8_MAX, gt_map, render_uint8
-from sim.trajectory import TrajectoryRules, generate_trajectories
+from sim.trajectory import TrajectoryRules
 
 NPZ_VERSION = 1
 
@@ -129,31 +131,39 @@ class SeqDataset:
 def simulate(
     n_trajectories: int,
     seed: int,
-    rules: TrajectoryRules | None = None,
+    rules: TrajectoryRules | Sequence[Family] | None = None,
     noise_sigma: float = 0.0,
     backgrounds: np.ndarray | None = None,
+    sigma: float = SIGMA,
+    gain: float = 0.0,
 ) -> SeqDataset:
-    """Generate a split by the SeqCSIST rules.
+    """Generate a split: one rule set (default the SeqCSIST rules) or a mixture of scene
+    families (:mod:`sim.families`), rendered at PSF std ``sigma`` px.
 
     Parameters
     ----------
     backgrounds : ndarray of shape (M, H, W), optional
         Background patches in grey levels; trajectory i uses backgrounds[j] for a random j
         (the same patch for all its frames).
+    gain : float
+        Grey levels per photo-electron of the shot noise (0: none; :func:`render_uint8`).
     """
-    rules = TrajectoryRules() if rules is None else rules
-    traj = generate_trajectories(n_trajectories, seed, rules)  # (n, T, K, 3)
+    families = as_families(rules)
+    traj = generate_trajectories(n_trajectories, seed, families, sigma)  # (n, T, K, 3)
     rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(n_trajectories + 1)[-1])
     bg = None
     if backgrounds is not None:
         pick = rng.integers(len(backgrounds), size=n_trajectories)
         bg = np.asarray(backgrounds, dtype=np.float64)[pick][:, None]  # (n, 1, H, W)
-    images = render_uint8(traj, noise_sigma=noise_sigma, background=bg, rng=rng)
+    patch = families[0].rules.patch
+    images = render_uint8(traj, noise_sigma=noise_sigma, background=bg, rng=rng, patch=patch,
+                          sigma=sigma, gain=gain)
     n, t = traj.shape[:2]
     return SeqDataset(
-        images.reshape(n * t, rules.patch, rules.patch),
+        images.reshape(n * t, patch, patch),
         traj.reshape(n * t, *traj.shape[2:]),
-        traj_len=rules.frames,
+        traj_len=t,
+        sigma=sigma,
     )
 
 

@@ -1,12 +1,14 @@
 """Generate a whole SeqCSIST-style dataset: train/val/test splits on disk plus a recipe.
 
 The set is simulated in one go (:func:`sim.dataset.simulate`), so it is fully determined by
-the seed and the rules; it is then cut by trajectory into contiguous blocks of 70/15/15 %
-(train = the first trajectories, then val, then test; trajectories are independent draws,
-so a contiguous cut is a random cut). Each split holds at least one trajectory.
+the seed, the rules (or the mixture of scene families, :mod:`sim.families`) and the imaging
+(PSF σ, noise, shot-noise gain, backgrounds); it is then cut by trajectory into contiguous
+blocks of 70/15/15 % (train = the first trajectories, then val, then test; trajectories are
+independent draws, so a contiguous cut is a random cut). Each split holds at least one trajectory.
 Output (``out`` = dataset root)::
 
-    out/recipe.json                     arguments, seed, rules, counts, versions
+    out/recipe.json                     arguments, seed, rules, families, imaging, counts,
+                                        versions
     out/{train,val,test}/               official layout (format "seqcsist"), or
     out/{train,val,test}.npz            compact format (format "npz")
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from tqdm import tqdm
 
 from sim.backgrounds import DEFAULT_AMPLITUDE, load_backgrounds
 from sim.dataset import NPZ_VERSION, SeqDataset, save_npz, simulate
+from sim.families import Family, as_families, rayleigh_px
 from sim.geometry import RATIO, SIGMA
 from sim.seqcsist_io import write_splits
 from sim.trajectory import TrajectoryRules
@@ -80,12 +84,15 @@ def generate(
     n_trajectories: int,
     seed: int,
     fmt: str = "seqcsist",
-    rules: TrajectoryRules | None = None,
+    rules: TrajectoryRules | Sequence[Family] | None = None,
     noise_sigma: float = 0.0,
     backgrounds: str | Path | None = None,
     background_amplitude: float = DEFAULT_AMPLITUDE,
     workers: int = 2,
     progress: bool = True,
+    sigma: float = SIGMA,
+    gain: float = 0.0,
+    preset: str | None = None,
 ) -> dict:
     """Simulate ``n_trajectories`` trajectories and write train/val/test under ``out``.
 
@@ -99,8 +106,9 @@ def generate(
         Seed of every random draw; the same arguments give the same data.
     fmt : {"seqcsist", "npz"}
         Official PNG + XML layout or the compact single-file format.
-    rules : TrajectoryRules, optional
-        Trajectory rules (target-count range, frames per trajectory, …); default the paper's.
+    rules : TrajectoryRules or sequence of Family, optional
+        Trajectory rules (layout, target-count range, brightness, motion, …) or a weighted
+        mixture of scene families (:mod:`sim.families`); default the paper's rules.
     noise_sigma : float
         Std of additive white Gaussian noise in grey levels (paper Table V); 0 = none.
     backgrounds : path, optional
@@ -112,6 +120,13 @@ def generate(
         Writer processes for the official layout.
     progress : bool
         Show a progress bar on stderr.
+    sigma : float
+        PSF std in LR pixels: renders the frames, is written into every annotation's
+        ``sigma`` and the npz files, and sets the "pixel" layout's Rayleigh unit.
+    gain : float
+        Grey levels per photo-electron of Poisson shot noise (0: none).
+    preset : str, optional
+        Name of the preset the families came from, recorded in the recipe.
 
     Returns
     -------
@@ -122,7 +137,11 @@ def generate(
         raise ValueError(f"unknown format {fmt!r}; expected one of {list(FORMATS)}")
     if noise_sigma < 0:
         raise ValueError(f"noise sigma must be >= 0 grey levels, got {noise_sigma}")
-    rules = TrajectoryRules() if rules is None else rules
+    if not 0.2 <= sigma <= 2.0:
+        raise ValueError(f"PSF sigma {sigma} px is outside 0.2..2.0 px; a point target's PSF "
+                         "on this sensor model is a fraction of a pixel to a few pixels wide")
+    families = as_families(rules)
+    rules = families[0].rules
     counts = split_counts(n_trajectories)
     out = Path(out)
     _check_out(out, fmt)
@@ -134,7 +153,8 @@ def generate(
         bg = load_backgrounds(
             backgrounds, n_trajectories, rng, rules.patch, background_amplitude
         )
-    ds = simulate(n_trajectories, seed, rules, noise_sigma=noise_sigma, backgrounds=bg)
+    ds = simulate(n_trajectories, seed, families, noise_sigma=noise_sigma, backgrounds=bg,
+                  sigma=sigma, gain=gain)
     splits, start = {}, 0
     for name, n in counts.items():
         splits[name] = ds.subset(np.arange(start, start + n))
@@ -154,14 +174,24 @@ def generate(
             "seed": seed,
             "format": fmt,
             "noise_sigma": noise_sigma,
+            "gain": gain,
             "backgrounds": None if backgrounds is None else str(backgrounds),
             "background_amplitude": background_amplitude,
+            "psf_sigma": sigma,
+            "preset": preset,
         },
         "seed": seed,
         "rules": dataclasses.asdict(rules),
+        "families": [
+            {"name": f.name, "weight": f.weight, "rules": dataclasses.asdict(f.rules)}
+            for f in families
+        ],
         "imaging": {
-            "psf_sigma_px": SIGMA,
+            "psf_sigma_px": sigma,
+            "rayleigh_unit_px": rayleigh_px(sigma),
             "hr_ratio": RATIO,
+            "noise": {"gaussian_sigma": noise_sigma, "shot_gain": gain,
+                      "model": "gain * Poisson(level / gain) + N(0, sigma^2), then uint8"},
             "uint8": "round to nearest (ties to even), saturate to 0..255",
         },
         "split": {

@@ -33,6 +33,21 @@ def pixel_response(centres: np.ndarray, patch: int = PATCH, sigma: float = SIGMA
     return 0.5 * (erf((p + 0.5 - t) / s) - erf((p - 0.5 - t) / s))
 
 
+def pixel_response_slope(centres: np.ndarray, patch: int = PATCH,
+                         sigma: float = SIGMA) -> np.ndarray:
+    """Derivative of :func:`pixel_response` with respect to the centre: shape
+    (patch, len(centres)), per LR pixel of centre motion.
+
+    ∂g(p; t)/∂t = −[φ(p + ½ − t) − φ(p − ½ − t)], φ the Gaussian density of std ``sigma``.
+    """
+    p = np.arange(patch, dtype=np.float64)[:, None]
+    t = np.asarray(centres, dtype=np.float64)[None, :]
+    norm = 1.0 / (sigma * np.sqrt(2.0 * np.pi))
+    upper = np.exp(-0.5 * ((p + 0.5 - t) / sigma) ** 2)
+    lower = np.exp(-0.5 * ((p - 0.5 - t) / sigma) ** 2)
+    return -norm * (upper - lower)
+
+
 @lru_cache(maxsize=16)
 def _phi_cached(patch: int, ratio: int, sigma: float) -> np.ndarray:
     g = pixel_response(hr_centres(patch, ratio), patch, sigma)  # (n, c·n)

@@ -66,18 +66,27 @@ def render_uint8(
     rng: np.random.Generator | None = None,
     patch: int = PATCH,
     sigma: float = SIGMA,
+    gain: float = 0.0,
 ) -> np.ndarray:
-    """Render, add optional background and Gaussian noise, then convert to uint8.
+    """Render, add optional background, shot noise and Gaussian noise, then convert to uint8.
 
     ``background`` broadcasts against the (..., patch, patch) image (grey levels);
-    ``noise_sigma`` is the std of additive white Gaussian noise in grey levels.
+    ``gain`` > 0 (grey levels per photo-electron) makes the signal Poisson–Gaussian: each
+    pixel's expected level μ (targets plus background, at least 0) becomes gain ·
+    Poisson(μ / gain), so its variance is gain · μ; ``noise_sigma`` is the std of the
+    additive white Gaussian (read) noise in grey levels.
     """
     img = render(targets, patch, sigma)
     if background is not None:
         img = img + background
+    if (noise_sigma > 0 or gain > 0) and rng is None:
+        raise ValueError("noise_sigma > 0 or gain > 0 needs an explicit rng for reproducibility")
+    if gain < 0:
+        raise ValueError(f"gain must be >= 0 grey levels per electron (0: no shot noise), "
+                         f"got {gain}")
+    if gain > 0:
+        img = gain * rng.poisson(np.maximum(img, 0.0) / gain).astype(np.float64)
     if noise_sigma > 0:
-        if rng is None:
-            raise ValueError("noise_sigma > 0 needs an explicit rng for reproducibility")
         img = img + rng.normal(0.0, noise_sigma, size=img.shape)
     return to_uint8(img)
 

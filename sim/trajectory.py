@@ -1,11 +1,15 @@
-"""SeqCSIST trajectory rules (paper §III as clarified in docs/reference.md §7).
+"""Trajectory rules: the SeqCSIST layout (paper §III as clarified in docs/reference.md §7) and
+the scene families of :mod:`sim.families` (``layout`` "random" and "pixel", docs/scenes.md).
 
-A reference point (no intensity) starts at an integer row x0 ∈ {1..9} (pixel-centre
+Layout "paper": a reference point (no intensity) starts at an integer row x0 ∈ {1..9} (pixel-centre
 coordinates) and a column f(x0), where f is a random quadratic, circle arc or straight line.
 Each frame it moves 0.04 px along the row axis (+ if x0 < 5, else −) and follows f.
 K targets sit 0.3 px from it, one per distinct direction among up/down/left/right; every frame
 each target drifts further away from the reference by U(0, 0.0014) px (cumulative).
 Brightness is U[220, 250] per target, constant along the trajectory.
+
+The other layouts are drawn by :func:`sim.families.family_trajectory`; this module keeps the
+paper's draws exactly as they were (the same seed gives the same paper trajectories).
 """
 
 from __future__ import annotations
@@ -19,12 +23,45 @@ from sim.geometry import PATCH
 # (d_row, d_col) unit vectors: up, down, left, right.
 DIRECTIONS = np.array([[-1.0, 0.0], [1.0, 0.0], [0.0, -1.0], [0.0, 1.0]])
 CURVES = ("quadratic", "circle", "line")
+LAYOUTS = ("paper", "random", "pixel")
 MAX_SLOPE = 2.0  # |df/dx| bound: rejects circle arcs that reach their vertical tangent
 
 
 @dataclass(frozen=True)
 class TrajectoryRules:
-    """Knobs of the generator; defaults are the paper's."""
+    """Knobs of the generator; defaults are the paper's.
+
+    Fields used by every layout: ``layout``, ``frames``, ``min_targets``/``max_targets``,
+    ``brightness`` (grey levels, per target U[lo, hi]), ``brightness_change``, ``patch``.
+    Layout "paper" also uses ``spacing``, ``row_speed``, ``max_drift`` and ``margin``; the
+    families "random" and "pixel" use ``speed``, ``target_drift``, ``radius``,
+    ``separation``, ``separation_ru`` and ``edge`` (docs/scenes.md gives the recipes).
+
+    Attributes
+    ----------
+    layout : {"paper", "random", "pixel"}
+        "paper": the '+' layout around a reference point (SeqCSIST); "random": K targets in a
+        disk of radius ``radius`` around a moving centre, pairwise at least ``separation``
+        apart; "pixel": CSIST-100K's rule, K targets uniform inside one pixel, pairwise at
+        least ``separation_ru`` Rayleigh units (2 σ_PSF) apart, moving as a rigid layout that
+        stays inside that pixel.
+    brightness_change : float
+        Largest relative brightness change per frame: each target's brightness follows
+        b·(1 + r·t) with r ~ U(−c, c) per target (0: constant, the paper's rule).
+    speed : tuple of float
+        Range of the group's speed (px/frame), in a uniform random direction.
+    target_drift : float
+        Largest speed (px/frame) of each target's own drift, in a uniform random direction,
+        on top of the group's motion ("random" only; a "pixel" layout is rigid).
+    radius, separation : tuple of float
+        Ranges of the disk radius and of the pairwise minimum separation (px), one draw of
+        each per trajectory ("random").
+    separation_ru : float
+        Pairwise minimum separation of a "pixel" layout in Rayleigh units (1 RU = 2 σ_PSF).
+    edge : float
+        "random" and "pixel": every target stays at least this far (px) from the patch's
+        outer pixel centres at every frame.
+    """
 
     frames: int = 20
     min_targets: int = 2
@@ -35,6 +72,14 @@ class TrajectoryRules:
     brightness: tuple[float, float] = (220.0, 250.0)
     patch: int = PATCH
     margin: float = 1.5  # the reference column stays within [margin, patch − 1 − margin]
+    layout: str = "paper"
+    brightness_change: float = 0.0
+    speed: tuple[float, float] = (0.0, 0.06)
+    target_drift: float = 0.01
+    radius: tuple[float, float] = (0.4, 1.2)
+    separation: tuple[float, float] = (0.3, 0.5)
+    separation_ru: float = 0.52
+    edge: float = 1.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_targets <= self.max_targets:
@@ -44,6 +89,25 @@ class TrajectoryRules:
             )
         if self.frames < 1:
             raise ValueError("frames must be >= 1")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout {self.layout!r} is unknown; use one of {list(LAYOUTS)}")
+        if self.layout == "paper" and self.max_targets > 8:
+            raise ValueError("the paper layout places at most 8 targets (4 axis directions "
+                             "and 4 diagonals); use layout 'random' for more")
+        for name in ("brightness", "speed", "radius", "separation"):
+            lo, hi = getattr(self, name)
+            if not 0 <= lo <= hi:
+                raise ValueError(f"{name} range {lo}..{hi} is invalid; use 0 <= low <= high")
+        if self.brightness[1] <= 0:
+            raise ValueError("brightness range must reach above 0 grey levels")
+        if not 0 <= self.brightness_change <= 0.5 / max(self.frames - 1, 1):
+            raise ValueError(
+                f"brightness_change {self.brightness_change} is out of range; use 0 (constant) "
+                f"up to {0.5 / max(self.frames - 1, 1):.4g} per frame, so that no target "
+                "loses more than half its brightness over a trajectory"
+            )
+        if self.target_drift < 0 or self.separation_ru < 0 or self.edge < 0:
+            raise ValueError("target_drift, separation_ru and edge must be >= 0")
 
 
 def _directions(k: int, rng: np.random.Generator) -> np.ndarray:
@@ -103,21 +167,4 @@ def generate_trajectory(
     out = np.empty((rules.frames, k, 3))
     out[..., :2] = pos
     out[..., 2] = bright[None, :]
-    return out
-
-
-def generate_trajectories(
-    n: int, seed: int, rules: TrajectoryRules | None = None
-) -> np.ndarray:
-    """n trajectories, NaN-padded to the largest K: shape (n, frames, max_targets, 3).
-
-    Deterministic per seed: trajectory i draws from its own child stream, so the first m
-    trajectories of a seed do not depend on n.
-    """
-    rules = TrajectoryRules() if rules is None else rules
-    streams = np.random.SeedSequence(seed).spawn(n)
-    out = np.full((n, rules.frames, rules.max_targets, 3), np.nan)
-    for i, ss in enumerate(streams):
-        t = generate_trajectory(np.random.default_rng(ss), rules)
-        out[i, :, : t.shape[1]] = t
     return out

@@ -1,7 +1,11 @@
 """Scene simulator: full IR frames with several moving CSO groups (pure numpy).
 
-Each CSO group follows the SeqCSIST rules (docs/reference.md §7, :mod:`sim.trajectory`) at scene
-scale:
+Each CSO group is laid out by one of the scene families' layouts (``layout``,
+:mod:`sim.families`, docs/scenes.md): "random" (K targets in a disk, pairwise at least a
+separation apart, each drifting slowly on its own within 1.25 × the disk's radius), "pixel"
+(CSIST-100K's: K targets inside one pixel, pairwise ``separation_ru`` Rayleigh units apart,
+moving rigidly) or, by default, "paper": the SeqCSIST rules (docs/reference.md §7,
+:mod:`sim.trajectory`) at scene scale:
 
 - 2–4 sub-targets sit ``spacing`` (0.3 px) from an intensity-less reference point, one per
   distinct direction among up/down/left/right; each frame every sub-target drifts outwards by
@@ -37,12 +41,17 @@ import numpy as np
 
 from sim.backgrounds import BUILTIN, read_background_images
 from sim.clutter import builtin_scenes
+from sim.families import disk_offsets, drift_velocities, pixel_offsets, rayleigh_px
 from sim.phi import SIGMA, pixel_response
-from sim.trajectory import DIRECTIONS, TrajectoryRules
+from sim.trajectory import DIRECTIONS, LAYOUTS, TrajectoryRules
 
 _RULES = TrajectoryRules()
 #: Largest sub-target offset a 20-frame SeqCSIST trajectory reaches (px).
 SEQCSIST_MAX_SPREAD = _RULES.spacing + (_RULES.frames - 1) * _RULES.max_drift
+#: Most sub-targets per group of each layout.
+LAYOUT_MAX_TARGETS = {"paper": len(DIRECTIONS), "random": 8, "pixel": 5}
+#: A "random" target's own drift turns back once it is this many disk radii from the centre.
+DRIFT_BOUND = 1.25
 
 
 @dataclass(frozen=True)
@@ -55,8 +64,16 @@ class SceneConfig:
         Frame size in pixels.
     groups : int
         Number of CSO groups kept in the scene at all times.
+    layout : {"paper", "random", "pixel"}
+        How a group's sub-targets are laid out (module docstring).
     min_targets, max_targets : int
-        Sub-targets per group (1..4).
+        Sub-targets per group (1..4 for "paper", 1..8 "random", 1..5 "pixel").
+    radius, separation : tuple of float
+        "random": ranges of the disk radius and of the pairwise minimum separation (px).
+    separation_ru : float
+        "pixel": pairwise minimum separation in Rayleigh units (2 ``psf_sigma``).
+    target_drift : float
+        "random": largest speed of each sub-target's own drift (px/frame).
     spacing : float
         Initial sub-target offset from the reference (px).
     max_drift : float
@@ -106,6 +123,11 @@ class SceneConfig:
     height: int = 256
     width: int = 256
     groups: int = 6
+    layout: str = "paper"
+    radius: tuple[float, float] = _RULES.radius
+    separation: tuple[float, float] = _RULES.separation
+    separation_ru: float = _RULES.separation_ru
+    target_drift: float = 0.002
     min_targets: int = _RULES.min_targets
     max_targets: int = _RULES.max_targets
     spacing: float = _RULES.spacing
@@ -129,11 +151,16 @@ class SceneConfig:
     scene_drift: float = 0.0
 
     def __post_init__(self) -> None:
-        if not 1 <= self.min_targets <= self.max_targets <= len(DIRECTIONS):
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout {self.layout!r} is unknown; use one of {list(LAYOUTS)}")
+        most = LAYOUT_MAX_TARGETS[self.layout]
+        if not 1 <= self.min_targets <= self.max_targets <= most:
             raise ValueError(
-                f"targets per group {self.min_targets}-{self.max_targets} is invalid; "
-                f"use 1 <= min_targets <= max_targets <= {len(DIRECTIONS)}"
+                f"targets per group {self.min_targets}-{self.max_targets} is invalid for layout "
+                f"{self.layout!r}; use 1 <= min_targets <= max_targets <= {most}"
             )
+        if self.target_drift < 0 or self.separation_ru < 0:
+            raise ValueError("target_drift and separation_ru must be >= 0")
         if min(self.height, self.width) <= 2 * self.border:
             raise ValueError(
                 f"frame {self.height}x{self.width} leaves no room inside a border of "
@@ -142,7 +169,7 @@ class SceneConfig:
         for name in ("groups", "clutter"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("brightness", "speed", "clutter_brightness"):
+        for name in ("brightness", "speed", "clutter_brightness", "radius", "separation"):
             lo, hi = getattr(self, name)
             if not 0 <= lo <= hi:
                 raise ValueError(f"{name} range {lo}..{hi} is invalid; use 0 <= low <= high")
@@ -190,13 +217,17 @@ class _Object:
     speed: float
     heading: float  # rad, 0 = +col
     turn: float  # rad/frame
-    directions: np.ndarray  # (K, 2) unit vectors (zeros for clutter)
-    offset: np.ndarray  # (K,) current distance from the reference
+    directions: np.ndarray  # (K, 2) unit vectors (zeros for clutter and non-paper layouts)
+    offset: np.ndarray  # (K,) current distance from the reference along them
     brightness: np.ndarray  # (K,)
     is_clutter: bool
+    shape: np.ndarray | None = None  # (K, 2) offsets of a "random" or "pixel" layout
+    drift: np.ndarray | None = None  # (K, 2) px/frame of each sub-target's own drift
+    bound: float = 0.0  # "random": distance from the reference at which a drift turns back
 
     def positions(self) -> np.ndarray:
-        return self.reference[None, :] + self.offset[:, None] * self.directions
+        pos = self.reference[None, :] + self.offset[:, None] * self.directions
+        return pos if self.shape is None else pos + self.shape
 
 
 class SceneSimulator:
@@ -306,9 +337,13 @@ class SceneSimulator:
             k = int(rng.integers(cfg.min_targets, cfg.max_targets + 1))
             speed = rng.uniform(*cfg.speed)
             turn = rng.uniform(-cfg.max_turn, cfg.max_turn)
-            directions = DIRECTIONS[rng.choice(len(DIRECTIONS), size=k, replace=False)]
-            offset = np.full(k, cfg.spacing)
+            if cfg.layout == "paper":
+                directions = DIRECTIONS[rng.choice(len(DIRECTIONS), size=k, replace=False)]
+                offset = np.full(k, cfg.spacing)
+            else:
+                directions, offset = np.zeros((k, 2)), np.zeros(k)
             brightness = rng.uniform(*cfg.brightness, size=k)
+        shape, drift, bound = self._layout(k) if not is_clutter else (None, None, 0.0)
         obj = _Object(
             object_id=self._next_id,
             reference=point,
@@ -319,9 +354,25 @@ class SceneSimulator:
             offset=offset,
             brightness=brightness,
             is_clutter=is_clutter,
+            shape=shape,
+            drift=drift,
+            bound=bound,
         )
         self._next_id += 1
         return obj
+
+    def _layout(self, k: int):
+        """(shape (K, 2), drift (K, 2), bound) of a new "random" or "pixel" group; Nones and
+        0 for "paper" (its offsets live in directions and offset)."""
+        cfg, rng = self.config, self._rng
+        if cfg.layout == "random":
+            radius = rng.uniform(*cfg.radius)
+            shape = disk_offsets(rng, k, radius, rng.uniform(*cfg.separation))
+            return shape, drift_velocities(rng, k, cfg.target_drift), DRIFT_BOUND * radius
+        if cfg.layout == "pixel":
+            shape = pixel_offsets(rng, k, cfg.separation_ru * rayleigh_px(cfg.psf_sigma))
+            return shape, np.zeros((k, 2)), 0.0
+        return None, None, 0.0
 
     def truth(self) -> SceneTruth:
         """Ground truth of the current state."""
@@ -388,9 +439,13 @@ class SceneSimulator:
                 [np.sin(obj.heading), np.cos(obj.heading)]
             )
             obj.heading += obj.turn
-            if not obj.is_clutter:
+            if not obj.is_clutter and obj.shape is None:
                 drift = rng.uniform(0.0, cfg.max_drift, size=len(obj.offset))
                 obj.offset = np.minimum(obj.offset + drift, cfg.max_spread)
+            elif obj.shape is not None and obj.bound > 0:
+                obj.shape = obj.shape + obj.drift
+                away = np.hypot(*obj.shape.T) > obj.bound
+                obj.drift[away] = -obj.drift[away]
         for i, obj in enumerate(self._objects):
             if not (self._inside(obj.reference) and self._far_from_others(obj.reference, obj)):
                 self._objects[i] = self._spawn(obj.is_clutter, replacing=obj)

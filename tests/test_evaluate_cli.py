@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from models.base import UnmixingModel
-from models.evaluate import add_arguments, count_accuracy, run
+from models.diagnostics import count_accuracy
+from models.evaluate import add_arguments, run
 from models.harness import count_macs, count_params, evaluate_model, predict_maps
 from models.protocol import eval_frames, eval_windows, grid_oracle, splat_oracle
 from sim.dataset import save_npz, simulate

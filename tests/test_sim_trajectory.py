@@ -4,7 +4,6 @@ independent re-render of a CLI-generated official-layout set (the issue's accept
 import math
 import subprocess
 import sys
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import cv2
@@ -14,7 +13,8 @@ from PIL import Image
 
 from sim.backgrounds import load_backgrounds
 from sim.dataset import simulate
-from sim.trajectory import TrajectoryRules, generate_trajectories
+from sim.families import generate_trajectories
+from sim.trajectory import TrajectoryRules
 
 REPO = Path(__file__).resolve().parents[1]
 AXES = {(-1.0, 0.0), (1.0, 0.0), (0.0, -1.0), (0.0, 1.0)}
@@ -196,31 +196,7 @@ def test_background_folder_errors(tmp_path):
         load_backgrounds(tmp_path, 3, np.random.default_rng(0))
 
 
-def _pixel_fraction(p: int, centre: float, sigma: float) -> float:
-    s = sigma * math.sqrt(2.0)
-    return 0.5 * (math.erf((p + 0.5 - centre) / s) - math.erf((p - 0.5 - centre) / s))
-
-
-def _independent_render(objects: list[tuple[float, float, float]], sigma: float) -> np.ndarray:
-    image = np.zeros((11, 11))
-    for row, col, brightness in objects:
-        for p in range(11):
-            fr = _pixel_fraction(p, row, sigma)
-            for q in range(11):
-                image[p, q] += brightness * fr * _pixel_fraction(q, col, sigma)
-    return image
-
-
-def _parse(xml_path: Path) -> tuple[list[tuple[float, float, float]], float]:
-    root = ET.parse(xml_path).getroot()
-    objects = [
-        tuple(float(obj.find(f"coordinate/{f}").text) for f in ("xc", "yc", "brightness"))
-        for obj in root.findall("object")
-    ]
-    return objects, float(root.find("sigma").text)
-
-
-def test_cli_official_set_matches_an_independent_renderer_and_the_rules(tmp_path):
+def test_cli_official_set_matches_an_independent_renderer_and_the_rules(tmp_path, render_xml):
     out = tmp_path / "set"
     subprocess.run(
         [sys.executable, "-m", "sim", "generate", "--out", str(out), "--trajectories", "8",
@@ -233,10 +209,11 @@ def test_cli_official_set_matches_an_independent_renderer_and_the_rules(tmp_path
         assert len(images) % 20 == 0 and images
         frames = []
         for path in images:
-            objects, sigma = _parse(out / split / "annotation" / f"COS{path.stem[6:]}.xml")
+            expected, objects, _ = render_xml(out / split / "annotation"
+                                              / f"COS{path.stem[6:]}.xml")
             png = np.asarray(Image.open(path))
             assert png.shape == (11, 11) and png.dtype == np.uint8
-            expected = np.clip(_independent_render(objects, sigma), 0, 255)
+            expected = np.clip(expected, 0, 255)
             assert np.abs(png - expected).max() <= 0.5 + 1e-9  # round to nearest
             frames.append(objects)
         for j in range(len(frames) // 20):
