@@ -18,6 +18,8 @@ COMMANDS = {
                                   "extractor's layout prior)"),
     "robustness": ("models.robustness", "Tables IV, V and VI side by side: backgrounds, noise, "
                                         "2-8 targets"),
+    "calibrate": ("models.calibrate", "estimate the sensor profile (PSF sigma, noise, "
+                                      "saturation) from the isolated targets in data"),
     "generalization": ("models.generalization", "every model on every scene family (paper, "
                                                 "CSIST-100K, random layouts, one target, PSF "
                                                 "and noise), beside the ceiling"),

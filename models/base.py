@@ -14,6 +14,10 @@ Every unmixer is a ``torch.nn.Module`` subclass of :class:`UnmixingModel`:
 
 Single-frame models use the middle frame ``windows[:, 2]``.
 
+Optics: :meth:`UnmixingModel.set_psf` tells a model the PSF σ of the data it runs on (a float
+for the whole batch, or one value per window); models whose layers use the optics (a σ input,
+:class:`~models.multiframe.fastunmix.FastUnmixer` with ``psf_input``) read ``psf_sigma``.
+
 Outputs: ``forward`` returns the model's map (``output = "map"``, read by every mode). A model
 with a grid head (a ``grid_head`` submodule, :mod:`models.layers.grid_head`) also has a second
 output, chosen with ``set_output("grid")``: maps trained for the reference's grid rule, which
@@ -26,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sim.geometry import HR, PATCH, WINDOW
+from sim.geometry import HR, PATCH, SIGMA, WINDOW
 
 
 class UnmixingModel(nn.Module):
@@ -41,6 +45,9 @@ class UnmixingModel(nn.Module):
     shares_frame_features: bool = False
     #: What :meth:`forward` returns: "map" or, on a model with a grid head, "grid".
     output: str = "map"
+    #: PSF std (px) of the data the model runs on (:meth:`set_psf`): a float, or a tensor
+    #: (B,) with one value per window of the next forward.
+    psf_sigma: float | torch.Tensor = SIGMA
 
     def __init__(self, phi, qinit=None) -> None:
         super().__init__()
@@ -59,6 +66,16 @@ class UnmixingModel(nn.Module):
     def outputs(self) -> tuple[str, ...]:
         """``("map", "grid")`` for a model with a grid head, else ``("map",)``."""
         return ("map", "grid") if getattr(self, "grid_head", None) is not None else ("map",)
+
+    def set_psf(self, sigma: float | torch.Tensor) -> None:
+        """Tell the model the PSF σ (px) of its input: a float for every window, or a
+        tensor (B,) with one value per window of the next :meth:`forward`."""
+        self.psf_sigma = sigma if torch.is_tensor(sigma) else float(sigma)
+
+    def adapt_state(self, state: dict) -> dict:
+        """A training run's ``init_weights`` state dict made to fit this model (by default
+        unchanged; a model that gained input channels pads their weights)."""
+        return state
 
     def init_missing(self, missing: list[str]) -> None:
         """Initialise the parameters a training run's ``init_weights`` file lacked (their

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -47,7 +48,7 @@ from models.protocol import (
     snapped_oracle,
     splat_oracle,
 )
-from models.weights import default_weights, load_model, sha256_file
+from models.weights import default_weights, load_model, psf_mismatch, sha256_file
 from sim import load_dataset
 
 
@@ -163,7 +164,10 @@ def run(args: argparse.Namespace) -> int:
     ranks = join(args.device)
     device = (torch.device("cuda", torch.cuda.current_device())
               if ranks.distributed and torch.device(args.device).type == "cuda" else args.device)
-    model, _ = load_model(args.model, args.weights)
+    model, meta = load_model(args.model, args.weights)
+    mismatch = psf_mismatch(args.model, meta, dataset.sigma)
+    if mismatch and ranks.main:
+        print(f"warning: {mismatch}", file=sys.stderr, flush=True)
     precision = resolve_precision(args.precision, str(device))
     model.to(device, torch_dtype(precision))
     weights = Path(args.weights) if args.weights else default_weights(args.model)
@@ -173,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     mine = range(ranks.rank, dataset.n_trajectories, ranks.world)  # all of it in one process
     pred = predict_maps(model, dataset.subset(mine), args.batch_size)
     dets = detections_from_maps(pred.maps_for(args.mode), pred.windows, args.mode,
-                                lambda m, w, s: extract_points(m, w, ext_cfg, s),
+                                lambda m, w, s: extract_points(m, w, ext_cfg, s, pred.sigma),
                                 pred.saturation)
     # the dataset index of each scored frame, to merge the shards in dataset order
     frames = np.asarray(mine)[pred.frames // dataset.traj_len] * dataset.traj_len \

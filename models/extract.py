@@ -33,6 +33,13 @@ extractor stage. Three steps per window:
    ``count_penalty`` per target
    (docs/reference.md §9.5: 2–8 targets 64 → 96, σ = 4 80 → 92 on 150 test trajectories).
 
+With ``count="fit"`` the count comes from the data instead of the map's mass: the window is
+fitted with K = 0, 1, 2, … targets (splat fit on the map, then the physics fit on the frames,
+both without a brightness prior), and the K of least χ² + ``count_penalty`` · K wins (a
+penalised likelihood, as multi-emitter fitting chooses its count); the search stops once two
+counts in a row do not improve on the best. The learned layouts and ``brightness_mean`` play
+no part there; it needs ``refine="physics"``.
+
 The priors' widths were chosen on 150 test trajectories of each robustness set and confirmed
 on 150 validation ones (docs/reference.md §9.4): the brightness prior lifts σ = 2 from 84 to
 89–90 (it is the "brightness range known" information of the Cramér–Rao bounds); the physics
@@ -62,6 +69,9 @@ from sim.geometry import RATIO, SIGMA
 
 OFFSET = (RATIO - 1) // 2  # HR index of LR pixel centre 0
 REFINES = ("none", "splat", "physics")
+COUNTS = ("mass", "fit")
+#: Brightness std standing for "no brightness prior" in the count-by-fit fits (grey levels).
+NO_PRIOR = 1e6
 SCORES = ("brightness", "mass")
 BACKGROUND_TERMS = (0, 1, 3)  # none, an offset, an offset and a plane
 #: LR pixels from the group's centre of light beyond which a window's pixels show the scene
@@ -114,6 +124,8 @@ class ExtractorConfig:
     count_search: int = 2  # layout fit: counts tried above the map's where it is not trusted
     count_penalty: float = 15.0  # cost (χ² units) per target when choosing among those counts
     score: str = "brightness"  # "brightness" (fitted b_k) or "mass"
+    count: str = "mass"  # "mass" (map mass / brightness_mean) or "fit" (chosen by the fits)
+    psf_sigma: float = SIGMA  # PSF std (px) of the physics fit, unless the data state theirs
 
 
 def estimate_noise(windows: np.ndarray, floor: float = 0.0,
@@ -655,25 +667,71 @@ def _layout_fit(frames, pos, bright, n, k_most, layouts, layout_counts, layout_p
 
 
 @numba.njit(cache=True)
+def _count_fit(frames, local, o_r, o_c, max_targets, splat_starts, splat_iterations,
+               saturation, physics_crop, physics_iterations, prior_px, noise, sigma, n_bg,
+               background_std, count_penalty, pos, bright):  # pragma: no cover - compiled
+    """Fit K = 0, 1, … targets to one window (map crop ``local`` at cell (o_r, o_c), LR
+    frames (T, 11, 11)) without brightness priors; the K of least cost + count_penalty · K
+    wins, its positions (LR pixels) and brightness written into pos (K_max, 2) and bright
+    (K_max,). Stops after two counts in a row that do not beat the best. Returns K."""
+    trial_pos = np.zeros((max_targets, 2))
+    trial_bright = np.zeros(max_targets)
+    best = _physics_fit(frames, trial_pos, trial_bright, 0, saturation, physics_crop,
+                        physics_iterations, trial_pos.copy(), prior_px, noise, sigma, 0.0,
+                        NO_PRIOR, n_bg, background_std, trial_pos, 0.0)
+    best_k, worse = 0, 0
+    for k in range(1, max_targets + 1):
+        trial_pos[:] = 0.0
+        trial_bright[:] = 0.0
+        _splat_fit(local, o_r, o_c, k, max_targets, splat_starts, splat_iterations, NO_PRIOR,
+                   NO_PRIOR, trial_pos, trial_bright)
+        for j in range(k):
+            for a in range(2):
+                trial_pos[j, a] = (trial_pos[j, a] - OFFSET) / RATIO
+        cost = _physics_fit(frames, trial_pos, trial_bright, k, saturation, physics_crop,
+                            physics_iterations, trial_pos.copy(), prior_px, noise, sigma, 0.0,
+                            NO_PRIOR, n_bg, background_std, trial_pos, 0.0)
+        cost += count_penalty * k
+        if cost < best:
+            best, best_k, worse = cost, k, 0
+            pos[:] = trial_pos
+            bright[:] = trial_bright
+        else:
+            worse += 1
+            if worse >= 2:
+                break
+    return best_k
+
+
+@numba.njit(cache=True)
 def _extract_batch(maps, windows, saturation, refine, score_mass, max_targets, min_mass,
                    brightness_mean, brightness_std, splat_crop, splat_starts,
                    splat_iterations, physics_crop, physics_iterations, prior_px,
                    physics_brightness_std, background_std, noise, n_bg, sigma, layouts,
-                   layout_counts, layout_px, count_search, count_penalty, counts,
+                   layout_counts, layout_px, count_search, count_penalty, count_fit, counts,
                    points):  # pragma: no cover - compiled
     """Every window's count into counts (B,) and (row, col, score) into points (B, K, 3).
     ``refine``: 0 none, 1 splat, 2 physics (the index in REFINES); noise (B,) the pixel
     noise std and n_bg (B,) the background terms of each window's physics fit; layouts
-    (L, K, 2) and layout_counts (L,) the learned layouts (L = 0: none)."""
+    (L, K, 2) and layout_counts (L,) the learned layouts (L = 0: none); ``count_fit``: the
+    count chosen by the fits (:func:`_count_fit`) instead of the map's mass."""
     for b in range(maps.shape[0]):
         m = maps[b]
         o_r, o_c, local = _crop(m, splat_crop)
+        pos = np.zeros((max_targets, 2))
+        bright = np.zeros(max_targets)
+        if count_fit:
+            n = _count_fit(windows[b], local, o_r, o_c, max_targets, splat_starts,
+                           splat_iterations, saturation[b], physics_crop, physics_iterations,
+                           prior_px, noise[b], sigma, n_bg[b], background_std, count_penalty,
+                           pos, bright)
+            counts[b] = n
+            _write_points(m, pos, bright, n, score_mass, points[b])
+            continue
         n = _count(local, brightness_mean, min_mass, max_targets)
         counts[b] = n
         if n == 0:
             continue
-        pos = np.zeros((max_targets, 2))
-        bright = np.zeros(max_targets)
         if refine == 0:
             _greedy(m, max_targets, brightness_mean, pos, bright)
         else:
@@ -702,19 +760,26 @@ def _extract_batch(maps, windows, saturation, refine, score_mass, max_targets, m
                              physics_iterations, pos.copy(), prior_px, noise[b], sigma,
                              brightness_mean, physics_brightness_std, n_bg[b], background_std,
                              pos, 0.0)
-        mass = 0.0
-        if score_mass:
-            for v in m.ravel():
-                if v > 0:
-                    mass += v
-        for k in range(n):
-            points[b, k, 0] = pos[k, 0]
-            points[b, k, 1] = pos[k, 1]
-            points[b, k, 2] = mass if score_mass else bright[k]
+        _write_points(m, pos, bright, n, score_mass, points[b])
+
+
+@numba.njit(cache=True)
+def _write_points(m, pos, bright, n, score_mass, out):  # pragma: no cover - compiled
+    """(row, col, score) of the n targets into out (K, 3): score = fitted brightness, or
+    the map's positive mass with ``score_mass``."""
+    mass = 0.0
+    if score_mass:
+        for v in m.ravel():
+            if v > 0:
+                mass += v
+    for k in range(n):
+        out[k, 0] = pos[k, 0]
+        out[k, 1] = pos[k, 1]
+        out[k, 2] = mass if score_mass else bright[k]
 
 
 def extract_points(maps, windows=None, cfg: ExtractorConfig = ExtractorConfig(),
-                   saturation=255.0, sigma: float = SIGMA):
+                   saturation=255.0, sigma: float | None = None):
     """Sub-pixel targets of each window's middle frame.
 
     Parameters
@@ -726,8 +791,9 @@ def extract_points(maps, windows=None, cfg: ExtractorConfig = ExtractorConfig(),
     saturation : float or array-like of shape (B,)
         Level at which the windows' pixels clip: 255 for uint8 data, 255 − background for
         patches whose background was subtracted after clipping.
-    sigma : float
-        PSF standard deviation of the physics fit (LR pixels).
+    sigma : float, optional
+        PSF standard deviation of the physics fit (LR pixels): the data's, where they state
+        it; None takes ``cfg.psf_sigma``.
 
     Returns
     -------
@@ -737,6 +803,11 @@ def extract_points(maps, windows=None, cfg: ExtractorConfig = ExtractorConfig(),
         raise ValueError(f"refine must be one of {REFINES}, got {cfg.refine!r}")
     if cfg.score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}, got {cfg.score!r}")
+    if cfg.count not in COUNTS:
+        raise ValueError(f"count must be one of {COUNTS}, got {cfg.count!r}")
+    if cfg.count == "fit" and cfg.refine != "physics":
+        raise ValueError(f"count='fit' chooses the count by the physics fit: it needs "
+                         f"refine='physics', got refine={cfg.refine!r}")
     if cfg.noise_grey is not None and not cfg.noise_grey > 0:
         raise ValueError(f"noise_grey must be > 0 (or null: estimated), got {cfg.noise_grey}")
     if cfg.background_terms not in BACKGROUND_TERMS:
@@ -746,7 +817,7 @@ def extract_points(maps, windows=None, cfg: ExtractorConfig = ExtractorConfig(),
         raise ValueError("count_search, count_penalty and layout_px must be >= 0, got "
                          f"{cfg.count_search}, {cfg.count_penalty}, {cfg.layout_px}")
     for name in ("brightness_std", "physics_brightness_std", "prior_px", "noise_floor",
-                 "background_std"):
+                 "background_std", "psf_sigma"):
         if not getattr(cfg, name) > 0:
             raise ValueError(f"{name} must be > 0, got {getattr(cfg, name)}")
     maps_a = np.ascontiguousarray(maps, dtype=np.float64)
@@ -773,6 +844,8 @@ def extract_points(maps, windows=None, cfg: ExtractorConfig = ExtractorConfig(),
                    cfg.max_targets, cfg.min_mass, cfg.brightness_mean, cfg.brightness_std,
                    cfg.splat_crop, cfg.splat_starts, cfg.splat_iterations, cfg.physics_crop,
                    cfg.physics_iterations, cfg.prior_px, cfg.physics_brightness_std,
-                   cfg.background_std, noise, n_bg, float(sigma), layouts, layout_counts,
-                   cfg.layout_px, cfg.count_search, cfg.count_penalty, counts, points)
+                   cfg.background_std, noise, n_bg,
+                   float(cfg.psf_sigma if sigma is None else sigma), layouts, layout_counts,
+                   cfg.layout_px, cfg.count_search, cfg.count_penalty, cfg.count == "fit",
+                   counts, points)
     return [points[i, :counts[i]].copy() for i in range(b)]

@@ -48,7 +48,8 @@ from models.diagnostics import (
     localisation_summary,
     nearest_other,
 )
-from models.extract import ExtractorConfig
+from models.evaluate import extractor_config
+from models.extract import ExtractorConfig, extract_points
 from models.harness import detections_from_maps, predict_maps
 from models.machine import cpu_model
 from models.metric import THRESHOLDS, match_detections, summarize
@@ -154,6 +155,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "%(default)s, 40 test trajectories)")
     p.add_argument("--limit-trajectories", type=int,
                    help="score only the first N test trajectories (a quick look)")
+    p.add_argument("--weights", help="score the models with these weights instead of their "
+                                      "shipped ones (one model; name the row with --tag)")
+    p.add_argument("--extract", action="append", default=[], metavar="KEY=VALUE",
+                   help="an ExtractorConfig field for the points mode (e.g. count=fit); "
+                        "repeatable; name the row with --tag")
+    p.add_argument("--tag", help="the rows of this run are MODEL TAG (e.g. 'count fit'), kept "
+                                 "beside the default rows")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--out", default=str(DEFAULT_OUT), help="Markdown file (JSON beside it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -238,13 +246,18 @@ def score_ceiling(dataset: SeqDataset, noise: float) -> tuple[dict, dict]:
              "grid_oracle": grid_oracle(dataset)}, bound)
 
 
-def score_model(model_name: str, dataset: SeqDataset, batch_size: int, bound: dict) -> dict:
-    """Points and grid figures of one model (shipped weights, extractor defaults)."""
-    model, _ = load_model(model_name)
+def score_model(model_name: str, dataset: SeqDataset, batch_size: int, bound: dict,
+                weights: Path | None = None, extractor: ExtractorConfig | None = None) -> dict:
+    """Points and grid figures of one model (by default its shipped weights and the
+    extractor's defaults)."""
+    extractor = ExtractorConfig() if extractor is None else extractor
+    model, _ = load_model(model_name, weights)
     tic = time.perf_counter()
     pred = predict_maps(model, dataset, batch_size)
     truths = ground_truths(dataset, pred.frames)
-    points = detections_from_maps(pred.maps, pred.windows, "points", saturation=pred.saturation)
+    points = detections_from_maps(
+        pred.maps, pred.windows, "points",
+        lambda m, w, s: extract_points(m, w, extractor, s, pred.sigma), pred.saturation)
     grid = detections_from_maps(pred.maps_for("grid"), pred.windows, "grid")
     return {"points": diagnose(points, truths, bound),
             "grid": summarize(match_detections(grid, truths)),
@@ -348,6 +361,10 @@ def markdown(doc: dict) -> str:
             for name, d in rows:
                 out.append(f"| {s.label} | {name} | " + " | ".join(
                     _cell(b["recall"]) for b in d[field]) + " |")
+    out += ["", "## Rows", "", "Each row made by (the weights' sha256 and the extractor settings "
+            "of every figure are in the JSON):", ""]
+    out += [f"- {row}: `{cmd}`" for row, cmd in doc.get("row_commands", {}).items()
+            if row in models]
     out += ["", "## Sets", "", f"Seeds and sizes: {doc['trajectories']} trajectories per set "
             f"generated (test split scored, first {doc.get('limit') or 'all'} trajectories); "
             "each made by the command shown if missing:", ""]
@@ -362,17 +379,29 @@ def run(args: argparse.Namespace) -> int:
     unknown = sorted(set(wanted) - {s.key for s in SETS})
     if unknown:
         raise SystemExit(f"unknown set(s) {unknown}; choose from {[s.key for s in SETS]}")
+    if (args.weights or args.extract) and not args.tag:
+        raise SystemExit("--weights and --extract make rows of their own: name them with --tag")
+    if args.weights and len(models) != 1:
+        raise SystemExit(f"--weights belongs to one model, got --models {models}")
     out = Path(args.out)
     json_path = out.with_suffix(".json")
     doc = json.loads(json_path.read_text()) if json_path.exists() else {"results": {}}
     root = Path(args.data_root)
-    shown = list(dict.fromkeys([*doc.get("models", []), *models]))
+    rows = {m: f"{m} {args.tag}" if args.tag else m for m in models}
+    shown = list(dict.fromkeys([*doc.get("models", []), *rows.values()]))
     sets = [s.key for s in SETS if s.key in wanted or s.key in doc["results"]]
+    flags = (f"--data-root {root} --trajectories {args.trajectories}"
+             + (f" --limit-trajectories {args.limit_trajectories}"
+                if args.limit_trajectories else ""))
+    commands = doc.setdefault("row_commands", {})
+    for m, row in rows.items():
+        commands[row] = (f"python -m models generalization --models {m} {flags}"
+                         + (f" --weights {args.weights}" if args.weights else "")
+                         + "".join(f" --extract {e}" for e in args.extract)
+                         + (f" --tag '{args.tag}'" if args.tag else ""))
     doc.update(
-        command=(f"python -m models generalization --models {','.join(shown)} --sets "
-                 f"{','.join(sets)} --data-root {root} --trajectories {args.trajectories}"
-                 + (f" --limit-trajectories {args.limit_trajectories}"
-                    if args.limit_trajectories else "")),
+        command=(f"python -m models generalization --sets {','.join(sets)} {flags}, once per "
+                 "row (commands below)"),
         models=shown, data_root=str(root), trajectories=args.trajectories,
         limit=args.limit_trajectories, commit=_git_commit(),
         machine={"cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -380,7 +409,8 @@ def run(args: argparse.Namespace) -> int:
                  "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
         seeds={s.key: s.seed for s in SETS},
     )
-    extractor = dataclasses.asdict(ExtractorConfig())  # part of the resume key
+    ext_cfg = extractor_config(args.extract)
+    extractor = dataclasses.asdict(ext_cfg)  # part of the resume key
     jobs = [(s, m) for s in SETS if s.key in wanted for m in [None, *models]]
     bar = tqdm(jobs, unit="job", disable=args.quiet)
     bounds: dict[str, dict] = {}
@@ -401,18 +431,21 @@ def run(args: argparse.Namespace) -> int:
                          noise=family_set.noise, preset=family_set.preset,
                          seed=family_set.seed)
         else:
-            weights = default_weights(model_name)
+            weights = Path(args.weights) if args.weights else default_weights(model_name)
             sha = sha256_file(weights) if weights.exists() else None
-            old = entry.get(model_name)
+            row = rows[model_name]
+            old = entry.get(row)
             if old and old.get("weights_sha256") == sha and old.get("trajectories") == \
                     dataset.n_trajectories and old.get("extractor") == extractor:
                 continue
             if family_set.key not in bounds:
                 bounds[family_set.key] = bound_of(dataset, eval_windows(dataset)[2],
                                                   family_set.noise)
-            result = score_model(model_name, dataset, args.batch_size, bounds[family_set.key])
-            entry[model_name] = {**result, "weights_sha256": sha, "extractor": extractor}
-            bar.write(f"{family_set.key:11s} {model_name:10s} points "
+            result = score_model(model_name, dataset, args.batch_size, bounds[family_set.key],
+                                 Path(args.weights) if args.weights else None, ext_cfg)
+            entry[row] = {**result, "model": model_name, "weights_sha256": sha,
+                          "weights": str(weights), "extractor": extractor}
+            bar.write(f"{family_set.key:11s} {row:10s} points "
                       f"{_cell(result['points']['cso']['mAP'])}  grid "
                       f"{_cell(result['grid']['mAP'])}  ({result['seconds']} s)")
         json_path.parent.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ from models.precision import model_dtype
 from models.protocol import HALF, eval_windows, ground_truths
 from models.snap import snapped_detections
 from sim.dataset import SeqDataset
-from sim.geometry import HR
+from sim.geometry import HR, SIGMA
 from sim.render import UINT8_MAX
 
 MODES = ("grid", "points", "snapped")
@@ -56,6 +56,9 @@ class Predictions:
         Level at which each window's pixels clip (:meth:`SeqDataset.trajectory_saturation`).
     grid_maps : ndarray of shape (N, 33, 33), float32, or None
         The grid head's maps (models with one), scored in ``grid`` mode instead of ``maps``.
+    sigma : float
+        PSF std (px) the data state (:attr:`SeqDataset.sigma`): the model was told it
+        (:meth:`UnmixingModel.set_psf`) and the points extractor fits with it.
     """
 
     maps: np.ndarray
@@ -64,6 +67,7 @@ class Predictions:
     forward_s: float
     saturation: np.ndarray
     grid_maps: np.ndarray | None = None
+    sigma: float = SIGMA
 
     def maps_for(self, mode: str) -> np.ndarray:
         """The maps that ``mode`` scores: the grid head's in ``grid`` mode where there is
@@ -111,18 +115,24 @@ def predict_maps(model: UnmixingModel, dataset: SeqDataset, batch_size: int = 25
     """Run ``model`` on every evaluated window in eval mode under ``torch.inference_mode``.
 
     A model with a grid head runs a second pass for its ``grid`` output
-    (``Predictions.grid_maps``). The model's train/eval mode and output are restored
+    (``Predictions.grid_maps``). The model is told the data's PSF σ
+    (:meth:`UnmixingModel.set_psf`). Its train/eval mode, output and PSF are restored
     afterwards, so a training loop can call this.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     windows, _, frames = eval_windows(dataset)
-    maps, forward_s = _run_output(model, dataset, batch_size, "map")
-    grid_maps = None
-    if "grid" in model.outputs():
-        grid_maps, _ = _run_output(model, dataset, batch_size, "grid")
+    before = model.psf_sigma
+    model.set_psf(dataset.sigma)
+    try:
+        maps, forward_s = _run_output(model, dataset, batch_size, "map")
+        grid_maps = None
+        if "grid" in model.outputs():
+            grid_maps, _ = _run_output(model, dataset, batch_size, "grid")
+    finally:
+        model.set_psf(before)
     saturation = dataset.trajectory_saturation()[frames // dataset.traj_len]
-    return Predictions(maps, windows, frames, forward_s, saturation, grid_maps)
+    return Predictions(maps, windows, frames, forward_s, saturation, grid_maps, dataset.sigma)
 
 
 def _run_output(model: UnmixingModel, dataset: SeqDataset, batch_size: int,
@@ -153,7 +163,7 @@ def _run_output(model: UnmixingModel, dataset: SeqDataset, batch_size: int,
 
 def detections_from_maps(
     maps: np.ndarray, windows: np.ndarray, mode: str = "grid", extractor=None,
-    saturation=UINT8_MAX,
+    saturation=UINT8_MAX, sigma: float = SIGMA,
 ) -> list[np.ndarray]:
     """Turn output maps into per-frame detections (n_i, 3) = (row, col, score), LR pixels.
 
@@ -169,10 +179,13 @@ def detections_from_maps(
         ``snapped``: those points at their nearest free grid node (:mod:`models.snap`).
     extractor : callable, optional
         ``(maps (B, 33, 33), windows (B, 5, 11, 11), saturation (B,)) -> list of (n, 3)``;
-        defaults to ``models.extract.extract_points`` with its default settings.
+        defaults to ``models.extract.extract_points`` with its default settings and the PSF
+        ``sigma``.
     saturation : float or ndarray of shape (N,)
         Level at which the windows' pixels clip (``Predictions.saturation``; 255 for raw
         uint8 windows).
+    sigma : float
+        PSF std (px) of the default extractor's physics fit (``Predictions.sigma``).
     """
     if mode == "grid":
         return grid_detections(maps)
@@ -180,7 +193,7 @@ def detections_from_maps(
         raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
     if extractor is None:
         def extractor(m, w, s):
-            return extract_points(m, w, saturation=s)
+            return extract_points(m, w, saturation=s, sigma=sigma)
     sat = np.broadcast_to(np.asarray(saturation, dtype=np.float64), (len(maps),))
     points = list(extractor(maps, windows, sat))
     if len(points) != len(maps):
@@ -212,7 +225,7 @@ def score_predictions(pred: Predictions, dataset: SeqDataset, mode: str = "grid"
                       extractor=None) -> dict[str, float]:
     """``mAP``, ``AP05`` … ``AP25`` (fractions) of predicted maps in ``mode`` (:data:`MODES`)."""
     dets = detections_from_maps(pred.maps_for(mode), pred.windows, mode, extractor,
-                                pred.saturation)
+                                pred.saturation, pred.sigma)
     return summarize(match_detections(dets, ground_truths(dataset, pred.frames)))
 
 

@@ -163,7 +163,7 @@ def score_pair(model_name: str, dataset: SeqDataset, batch_size: int,
     grid_dets = detections_from_maps(pred.maps_for("grid"), pred.windows, "grid")
     grid = summarize(match_detections(grid_dets, truths))
     points_dets = detections_from_maps(pred.maps, pred.windows, "points",
-                                       saturation=pred.saturation)
+                                       saturation=pred.saturation, sigma=pred.sigma)
     points = summarize(match_detections(points_dets, truths))
     snapped = summarize(match_detections(snapped_detections(points_dets), truths))
     return {"grid": grid, "grid_output": "grid head" if "grid" in model.outputs() else "map",

@@ -48,6 +48,10 @@ class TrainConfig:
     model: str = "derefnet"
     model_config: dict = field(default_factory=dict)
     data: str = "data/seqcsist"
+    # More dataset roots whose train splits join the training pool, each with the PSF σ its
+    # data state (e.g. the same families at other σ); every sequence is shown to the model
+    # with its own σ (UnmixingModel.set_psf). Validation uses ``data``'s val split.
+    more_data: list = field(default_factory=list)
     train_split: str = "train"
     val_split: str = "val"
     target: str = "gt"  # "gt" (reference GT maps), "splat" (bilinear splat) or "snap"
@@ -146,7 +150,8 @@ class Trainer:
             self.device = torch.device("cuda", torch.cuda.current_device())
         if self.device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 matmuls; cuDNN convs use TF32 already
-        self.train_ds = load_dataset(cfg.data, cfg.train_split)
+        pools = [load_dataset(d, cfg.train_split) for d in [cfg.data, *cfg.more_data]]
+        self.train_ds = pools[0]
         self.val_ds = load_dataset(cfg.data, cfg.val_split)
         if cfg.val_trajectories:
             self.val_ds = self.val_ds.subset(range(min(cfg.val_trajectories,
@@ -154,9 +159,13 @@ class Trainer:
         if cfg.subtract_background:
             self.val_ds = self.val_ds.background_subtracted()
         make_target = TARGETS[cfg.target]
-        self.images = torch.from_numpy(self.train_ds.trajectory_images().astype(np.float32))
-        self.targets = torch.from_numpy(make_target(self.train_ds.trajectory_targets())
-                                        * np.float32(cfg.target_scale))
+        self.images = torch.from_numpy(np.concatenate(
+            [ds.trajectory_images().astype(np.float32) for ds in pools]))
+        self.targets = torch.from_numpy(np.concatenate(
+            [make_target(ds.trajectory_targets()) for ds in pools]) * np.float32(cfg.target_scale))
+        #: PSF σ of every pooled trajectory (n,), and the range the weights are trained for
+        self.traj_sigma = np.concatenate([np.full(ds.n_trajectories, ds.sigma) for ds in pools])
+        self.psf_range = [float(self.traj_sigma.min()), float(self.traj_sigma.max())]
         self.model = get_model(cfg.model, **cfg.model_config).to(self.device)
         self.model.set_qinit(fit_qinit(self.targets.reshape(-1, self.targets.shape[-1] ** 2)
                                        .numpy()))
@@ -186,7 +195,7 @@ class Trainer:
         self.aug_rng = self.rank_rng(0)
         self.step, self.epoch, self.seconds = 0, 0, 0.0
         self.best = -math.inf
-        self.order = self.rng.permutation(self.train_ds.n_trajectories)
+        self.order = self.rng.permutation(len(self.images))
         self.cursor = 0
 
     def load_init_weights(self, path: str) -> None:
@@ -194,7 +203,8 @@ class Trainer:
         from them (a new head on a trained trunk); the model initialises those
         (:meth:`~models.base.UnmixingModel.init_missing`)."""
         start, _ = load_weights(path)
-        missing, unexpected = self.model.load_state_dict(start.state_dict(), strict=False)
+        missing, unexpected = self.model.load_state_dict(
+            self.model.adapt_state(start.state_dict()), strict=False)
         untrained = [k for k in missing if not k.startswith(tuple(self.cfg.train_only))]
         if untrained or unexpected:
             raise ValueError(f"init_weights {path} does not fit {self.cfg.model} "
@@ -260,7 +270,8 @@ class Trainer:
 
     # -- data -------------------------------------------------------------------------------
     def next_batch(self):
-        """B sequences from the shuffled trajectory order (a new permutation each epoch).
+        """B sequences from the shuffled trajectory order (a new permutation each epoch),
+        and the model told each window's PSF σ.
 
         Under ``torchrun`` every rank draws the same world × B trajectories and starts and
         keeps its own B of them: one step sees world × B distinct sequences."""
@@ -288,6 +299,11 @@ class Trainer:
             frames = frames - torch.from_numpy(ring_levels(frames.numpy()))[:, None, None, None]
         half = 0 if cfg.target_broadcast else WINDOW // 2
         target = torch.stack([self.targets[p, s + half:s + length - half] for p, s in pairs])
+        # every window of a sequence has its σ (the model's default forward_sequences lays
+        # the windows out sequence by sequence)
+        windows = length - WINDOW + 1
+        self.model.set_psf(torch.from_numpy(np.repeat(self.traj_sigma[picks], windows)
+                                            .astype(np.float32)))
         return frames, torch.as_tensor(starts), target
 
     def add_backgrounds(self, frames: torch.Tensor) -> torch.Tensor:
@@ -321,7 +337,7 @@ class Trainer:
         cfg = self.cfg
         if cfg.budget_minutes:
             return self.seconds / (cfg.budget_minutes * 60)
-        steps_per_epoch = math.ceil(self.train_ds.n_trajectories
+        steps_per_epoch = math.ceil(len(self.images)
                                     / (cfg.batch_trajectories * self.ranks.world))
         return self.step / (cfg.epochs * steps_per_epoch)
 
@@ -423,7 +439,8 @@ class Trainer:
                 "data": self.cfg.data, "target": self.cfg.target, "seed": self.cfg.seed,
                 "step": self.step, "ranks": self.ranks.world,
                 "epochs": round(self.step * self.cfg.batch_trajectories * self.ranks.world
-                                / self.train_ds.n_trajectories, 3),
+                                / len(self.images), 3),
+                "psf_range": self.psf_range, "more_data": self.cfg.more_data,
                 "train_seconds": round(self.seconds, 1), "val": record["val"],
                 "train_config": asdict(self.cfg),
             }

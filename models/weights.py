@@ -18,6 +18,10 @@ if TYPE_CHECKING:  # torch is imported where weights are read or written, so tha
     from models.base import UnmixingModel  # that only needs WeightsError does not pay for it
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+#: PSF σ (px) of the paper's data, the range of weights whose metadata states none.
+PAPER_PSF = 0.5
+#: How far (px) a data σ may lie outside the trained range before it is called a mismatch.
+PSF_TOLERANCE = 0.02
 
 
 class WeightsError(ValueError):
@@ -87,6 +91,29 @@ def load_weights(path: str | Path, verify: bool = True) -> tuple[UnmixingModel, 
     model.load_state_dict(blob["state_dict"])
     model.eval()
     return model, meta
+
+
+def trained_psf(meta: dict) -> tuple[float, float]:
+    """(lowest, highest) PSF σ (px) the weights were trained for: ``psf_range`` of their
+    metadata, or the paper's 0.5 for weights that state none."""
+    low, high = meta.get("psf_range") or (PAPER_PSF, PAPER_PSF)
+    return float(low), float(high)
+
+
+def psf_mismatch(name: str, meta: dict, sigma: float) -> str | None:
+    """One line saying that weights meet data of a PSF σ they were not trained for (with the
+    fix), or None when σ lies in their range (± PSF_TOLERANCE) or the model learns nothing."""
+    if "sha256" not in meta:  # a model without weights (ISTA, BID) builds Φ itself
+        return None
+    low, high = trained_psf(meta)
+    if low - PSF_TOLERANCE <= sigma <= high + PSF_TOLERANCE:
+        return None
+    trained = f"{low:g}" if low == high else f"{low:g}–{high:g}"
+    return (f"{name} weights were trained for PSF sigma {trained} px but the data (or the "
+            f"sensor profile) have sigma = {sigma:g} px: expect poor accuracy; use weights "
+            "trained for it "
+            f"(generate data with `python -m sim generate --psf {sigma:g}` and train with "
+            "`python -m models train`)")
 
 
 def load_model(name: str, weights: str | Path | None = None) -> tuple[UnmixingModel, dict]:

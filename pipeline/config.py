@@ -16,6 +16,12 @@ Shape of a config file::
       publish: {endpoint: tcp://127.0.0.1:5555}      # tap: every topic on one PUB endpoint
       curve: {secret_key: keys/server.key_secret, allowed: keys/allowed}  # CURVE on the tap
       capacity_check: true   # CLI: time the unmixer and extractor here against the load first
+    sensor:                  # optional: the sensor profile (sim/sensor.py); each stage that
+      psf_sigma: 0.5         # needs a value takes it unless its own config sets it
+      gain: 1.0              # grey = gain * (raw - offset), applied by the cropper
+      offset: 0.0
+      saturation: null       # raw counts; null: the frame dtype's maximum
+      noise_sigma: null      # grey levels; null: estimated per window
     stages:                  # ordered: the source first, every input produced by an earlier stage
       - name: source
         kind: simulator      # a key of STAGE_KINDS (stages.STAGES + the pipeline's own)
@@ -52,6 +58,7 @@ from models.config import (
     set_path,
 )
 from pipeline.wire.curve import CurveKeys
+from sim.sensor import SensorProfile
 from stages import STAGES, stage_class
 
 #: Every stage kind a config may name: the stages of :mod:`stages` plus the pipeline's own,
@@ -189,6 +196,7 @@ class PipelineConfig:
     """A whole config file."""
 
     run: RunConfig = RunConfig()
+    sensor: SensorProfile | None = None
     stages: Annotated[tuple[StageEntry, ...], Field(min_length=1)]
 
 
@@ -299,6 +307,15 @@ def _name_stages(message: str, raw: Mapping[str, Any]) -> str:
 # Validation of the stages against their classes and the wiring.
 
 
+def sensor_values(profile: SensorProfile | None, cls: type) -> dict[str, Any]:
+    """The config values a stage class takes from the sensor profile (its
+    ``SENSOR_FIELDS``); none without a profile."""
+    if profile is None:
+        return {}
+    return {option: getattr(profile, field)
+            for field, option in getattr(cls, "SENSOR_FIELDS", {}).items()}
+
+
 def plan_stages(config: PipelineConfig, source: str = "config") -> list[StagePlan]:
     """Resolve every stage's class, validate its options and check the wiring.
 
@@ -319,7 +336,8 @@ def plan_stages(config: PipelineConfig, source: str = "config") -> list[StagePla
             raise ConfigError(f"{where}.kind: {exc}") from exc
         if any(p.name == entry.name for p in plans):
             raise ConfigError(f"{where}: duplicate stage name {entry.name!r}; names must differ")
-        stage_config = build_config(cls.Config, entry.config, f"{where}.config")
+        stage_config = build_config(cls.Config, {**sensor_values(config.sensor, cls),
+                                                 **entry.config}, f"{where}.config")
         inputs = tuple(cls.INPUTS) if entry.inputs is None else entry.inputs
         output = cls.OUTPUT if entry.output is None else entry.output
         if (i == 0) != (not inputs):

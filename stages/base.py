@@ -62,6 +62,10 @@ class Stage:
         True for a stage that only forwards what it receives (the tap): in its own process it
         gets each message as the frames it arrived in (``pipeline.wire.codec.WireMessage``,
         header checked, fields not decoded), inline as the message object.
+    SENSOR_FIELDS : dict of str to str
+        Fields of the sensor profile (:class:`sim.sensor.SensorProfile`, a pipeline config's
+        ``sensor`` section) the stage takes, and the Config fields they fill where the
+        stage's own config does not set them.
 
     Parameters
     ----------
@@ -74,6 +78,7 @@ class Stage:
     OUTPUT: ClassVar[str | None] = None
     REPLICABLE: ClassVar[bool] = False
     RAW_INPUT: ClassVar[bool] = False
+    SENSOR_FIELDS: ClassVar[dict[str, str]] = {}
 
     def __init__(self, config: Any = None) -> None:
         if config is None:

@@ -106,6 +106,10 @@ class CropperConfig:
         (``WindowInfo.saturation``) so the extractor can ignore clipped pixels. None: from
         the frame's dtype (:func:`saturation_level`: 255 for uint8, 65535 for uint16, no
         clipping for float frames).
+    gain, offset : float
+        The sensor's raw counts to the models' grey levels: patches = gain · (raw − offset),
+        and the saturation level likewise (the sensor profile's, :mod:`sim.sensor`; 1 and 0:
+        frames already in grey levels).
     scene_background : bool
         Learn the scene's background pixel by pixel and subtract it from every patch
         before the ring median (a staring sensor over a cluttered scene; not for a panning
@@ -123,6 +127,8 @@ class CropperConfig:
     max_pending: int = 64
     subtract_background: bool = True
     saturation: float | None = None
+    gain: float = 1.0
+    offset: float = 0.0
     scene_background: bool = False
     scene_alpha: float = 0.05
     scene_mask_px: float = 3.0
@@ -130,6 +136,8 @@ class CropperConfig:
     def __post_init__(self) -> None:
         if self.gate_px <= 0 or self.max_misses < 1 or self.max_pending < 1:
             raise ValueError("gate_px must be > 0, max_misses and max_pending >= 1")
+        if not self.gain > 0:
+            raise ValueError(f"gain must be > 0 grey levels per raw count, got {self.gain}")
         if not 0 < self.velocity_smoothing <= 1:
             raise ValueError("velocity_smoothing must be in (0, 1]")
         if self.max_frame_index < MIDDLE:
@@ -452,6 +460,7 @@ class Cropper(Stage):
     """
 
     Config = CropperConfig
+    SENSOR_FIELDS = {"saturation": "saturation", "gain": "gain", "offset": "offset"}
     INPUTS = ("frames", "blobs")
     OUTPUT = "windows"
 
@@ -480,14 +489,24 @@ class Cropper(Stage):
             return []
         frame, blobs = parts[Frame], parts[Blobs]
         centroids = np.array([[b.row, b.col] for b in blobs.blobs]).reshape(-1, 2)
-        self._saturation[frame.sensor] = (saturation_level(frame.image.dtype)
-                                          if self.config.saturation is None
-                                          else float(self.config.saturation))
+        raw_saturation = (saturation_level(frame.image.dtype) if self.config.saturation is None
+                          else float(self.config.saturation))
+        self._saturation[frame.sensor] = self._to_grey(raw_saturation)
         core = self.cores[frame.sensor]
-        windows = core.update(frame.sensor_seq, frame.image, centroids, frame.truth,
-                              frame_header(frame), self._saturation[frame.sensor])
+        windows = core.update(frame.sensor_seq, self._to_grey(frame.image), centroids,
+                              frame.truth, frame_header(frame), self._saturation[frame.sensor])
         middle = core.frame(frame.sensor_seq - MIDDLE)
         return [] if middle is None else [self._message(frame.sensor, middle, windows)]
+
+    def _to_grey(self, raw):
+        """Raw counts (an image or a level) in the models' grey levels: gain · (raw − offset);
+        unchanged (the same object) with the default gain 1 and offset 0."""
+        gain, offset = self.config.gain, self.config.offset
+        if gain == 1.0 and offset == 0.0:
+            return raw
+        if isinstance(raw, np.ndarray):
+            return (np.float32(gain) * (raw.astype(np.float32) - np.float32(offset)))
+        return gain * (raw - offset)
 
     def flush(self) -> Iterable[Message]:
         """Windows messages of every sensor's last two frames (:meth:`WindowCropper.finish`),

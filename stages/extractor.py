@@ -72,6 +72,7 @@ class Extractor(Stage):
     Config = ExtractorConfig
     INPUTS = ("maps",)
     OUTPUT = "points"
+    SENSOR_FIELDS = {"psf_sigma": "psf_sigma", "noise_sigma": "noise_grey"}
     REPLICABLE = True
 
     def __init__(

@@ -85,6 +85,7 @@ class SimulatorSource(Source):
 
     Config = SimulatorConfig
     OUTPUT = "frames"
+    SENSOR_FIELDS = {"psf_sigma": "psf_sigma"}
 
     def __iter__(self) -> Iterator[Frame]:
         cfg = self.config

@@ -38,7 +38,7 @@ import numpy as np
 
 from models.config import ConfigError
 from models.precision import PRECISIONS, resolve_precision, torch_dtype
-from sim.geometry import HR, PATCH, WINDOW
+from sim.geometry import HR, PATCH, SIGMA, WINDOW
 from stages.base import Stage
 from stages.messages import Maps, Message, Windows, frame_header
 from stages.shedding import WindowShedder, centres_of_light
@@ -74,6 +74,9 @@ class UnmixerConfig:
     precision : str
         "fp32" (default), "bf16", or "auto": bf16 where the CPU computes it natively, fp32
         elsewhere (:mod:`models.precision`; measured accuracy and speed in the README).
+    psf_sigma : float
+        PSF std (px) of the sensor (the sensor profile's, :mod:`sim.sensor`): the model is
+        told it; weights trained for another σ say so at start-up, in one line with the fix.
     """
 
     model: str = "derefnet"
@@ -84,6 +87,7 @@ class UnmixerConfig:
     channels_last: bool = True
     frame_budget_ms: float | None = None
     precision: str = "fp32"
+    psf_sigma: float = SIGMA
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -110,6 +114,7 @@ class Unmixer(Stage):
     Config = UnmixerConfig
     INPUTS = ("windows",)
     OUTPUT = "maps"
+    SENSOR_FIELDS = {"psf_sigma": "psf_sigma"}
     # the feature cache changes the time spent, not the maps; with ``frame_budget_ms`` each
     # replica's shedder reuses the maps that replica made
     REPLICABLE = True
@@ -136,10 +141,15 @@ class Unmixer(Stage):
 
         use_torch_threads(self.config.threads)
         if self.model is None:
-            from models.weights import load_model
+            from models.weights import load_model, psf_mismatch
 
             self.model, self.meta = load_model(self.config.model, self.config.weights)
             logger.info("unmixer: loaded %s (%s)", self.config.model, self.meta.get("sha256", ""))
+            mismatch = psf_mismatch(self.config.model, self.meta, self.config.psf_sigma)
+            if mismatch:
+                logger.warning("unmixer: %s", mismatch)
+        if hasattr(self.model, "set_psf"):  # an injected module may not know the optics
+            self.model.set_psf(self.config.psf_sigma)
         precision = resolve_precision(self.config.precision, self.config.device)
         self.dtype = torch_dtype(precision)
         self.model.to(self.config.device, self.dtype).eval()

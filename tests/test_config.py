@@ -96,7 +96,8 @@ def test_effective_config_has_every_default(tmp_path):
 
 
 @pytest.mark.parametrize("text, expected", [
-    (GOOD + "extra: 1\n", r"extra: unknown key for PipelineConfig; valid keys: run, stages"),
+    (GOOD + "extra: 1\n",
+     r"extra: unknown key for PipelineConfig; valid keys: run, sensor, stages"),
     (GOOD.replace("frames: 10", "frams: 10"),
      r"run\.frams: unknown key for RunConfig; valid keys: mode"),
     (GOOD.replace("queue: {policy: drop_oldest, depth: 4}", "queue: {policy: drop_oldest, dep: 4}"),

@@ -272,3 +272,49 @@ def test_a_faint_floor_over_the_map_does_not_pull_the_crop_off_the_group():
     assert estimate_counts(maps, ExtractorConfig()).tolist() == [2, 2, 2, 2]
     for p, t in zip(extract_points(maps, wins), truths, strict=True):
         assert len(p) == 2 and nearest_errors(p, t).max() < 0.05
+
+
+def lone_and_pairs(seed: int, sigma: float = 0.5):
+    """Windows of a dim lone target, a bright one, an empty window and an uneven pair, with
+    their splat maps blurred like a network output; (truths, windows, maps)."""
+    rng = np.random.default_rng(seed)
+    truths = [np.array([[5.2, 4.7, 90.0]]), np.array([[4.6, 5.3, 240.0]]), np.zeros((0, 3)),
+              np.array([[5.0, 5.0, 230.0], [5.1, 5.8, 100.0]])]
+    wins, maps = [], []
+    for t in truths:
+        frames = np.repeat(t[None], 5, axis=0) if len(t) else np.full((5, 1, 3), np.nan)
+        wins.append(render_uint8(frames, 0.5, rng=rng, sigma=sigma).astype(np.float32))
+        m = splat_map(t[None])[0] if len(t) else np.zeros((33, 33), np.float32)
+        maps.append(0.5 * m + 0.125 * sum(np.roll(m, s, axis=a) for s in (1, -1) for a in (0, 1)))
+    return truths, np.stack(wins), np.stack(maps)
+
+
+def test_count_by_fit_finds_dim_targets_the_mass_count_misses():
+    truths, wins, maps = lone_and_pairs(3)
+    by_mass = extract_points(maps, wins, ExtractorConfig(layouts="none"))
+    by_fit = extract_points(maps, wins, ExtractorConfig(count="fit", layouts="none"))
+    assert [len(p) for p in by_mass][:1] == [0]  # 90 grey levels: mass / 235 rounds to 0
+    assert [len(p) for p in by_fit] == [1, 1, 0, 2]
+    for p, t in zip(by_fit, truths, strict=True):
+        if len(t):
+            assert nearest_errors(p, t).max() < 0.05
+            np.testing.assert_allclose(np.sort(p[:, 2]), np.sort(t[:, 2]), rtol=0.1)
+
+
+def test_count_by_fit_fits_with_the_stated_psf():
+    truths, wins, maps = lone_and_pairs(4, sigma=0.7)
+    cfg = ExtractorConfig(count="fit", layouts="none")
+    right = extract_points(maps, wins, cfg, sigma=0.7)
+    wrong = extract_points(maps, wins, cfg, sigma=0.5)
+    assert [len(p) for p in right] == [1, 1, 0, 2]
+    assert nearest_errors(right[3], truths[3]).max() < 0.05
+    assert sum(len(p) for p in wrong) > 4  # a narrower PSF needs more targets for the light
+
+
+def test_count_by_fit_needs_the_physics_fit():
+    with pytest.raises(ValueError, match="count='fit'.*refine='physics'"):
+        extract_points(np.zeros((1, 33, 33)), np.zeros((1, 5, 11, 11)),
+                       ExtractorConfig(count="fit", refine="splat"))
+    with pytest.raises(ValueError, match="count must be one of"):
+        extract_points(np.zeros((1, 33, 33)), np.zeros((1, 5, 11, 11)),
+                       ExtractorConfig(count="brightness"))

@@ -384,3 +384,26 @@ def test_the_grid_head_reads_the_frames_through_phi():
         zero.conv1.weight[:, -2:] = 0
     torch.testing.assert_close(zero(features, maps, rendered, phi),
                                zero(features, maps, rendered + 20.0, phi))
+
+
+def test_fastunmix_psf_input_reads_the_stated_psf_and_starts_from_weights_without_it():
+    import torch
+
+    from models.multiframe.fastunmix import FastUnmixer
+
+    torch.manual_seed(0)
+    plain = FastUnmixer(channels=8, blocks=1, hr_channels=4)
+    cond = FastUnmixer(channels=8, blocks=1, hr_channels=4, psf_input=True)
+    cond.load_state_dict(cond.adapt_state(plain.state_dict()))
+    windows = torch.rand(3, 5, 11, 11) * 200
+    index = torch.full((3,), 2)
+    cond.set_psf(0.7)
+    torch.testing.assert_close(cond(windows, index)[0], plain(windows, index)[0])
+    with torch.no_grad():
+        cond.head.weight[:, -1] = 1.0  # the σ channel now matters
+    a = cond(windows, index)[0]
+    cond.set_psf(torch.tensor([0.7, 0.7, 0.4]))  # one σ per window
+    b = cond(windows, index)[0]
+    torch.testing.assert_close(a[:2], b[:2])
+    assert not torch.allclose(a[2], b[2])
+    assert plain.adapt_state(plain.state_dict()) is not None

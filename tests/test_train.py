@@ -173,3 +173,30 @@ def test_init_weights_may_lack_only_the_trained_parameters(data_dir, tmp_path):
     with pytest.raises(ValueError, match="matches no parameter"):
         Trainer(config(data_dir, tmp_path / "none", model_config=head_cfg,
                        train_only=["nothing"]), progress=False)
+
+
+def test_more_data_pools_each_sequence_with_its_psf(tmp_path):
+    from sim.dataset import save_npz, simulate
+    from sim.families import PRESETS
+
+    for name, sigma in (("a", 0.5), ("b", 0.7)):
+        (tmp_path / name).mkdir()
+        for split, seed in (("train", 1), ("val", 2)):
+            save_npz(tmp_path / name / f"{split}.npz",
+                     simulate(2, seed, PRESETS["single"], sigma=sigma))
+    cfg = TrainConfig(model="fastunmix", data=str(tmp_path / "a"),
+                      more_data=[str(tmp_path / "b")], target="splat",
+                      model_config={"channels": 8, "blocks": 1, "hr_channels": 4,
+                                    "psf_input": True},
+                      loss_weights={"reg": 1.0}, batch_trajectories=4, epochs=1,
+                      val_every_steps=1, val_trajectories=1, threads=1,
+                      out=str(tmp_path / "run"))
+    trainer = Trainer(cfg, progress=False)
+    assert len(trainer.images) == 4 and trainer.psf_range == [0.5, 0.7]
+    frames, _, _ = trainer.next_batch()
+    sigma = trainer.model.psf_sigma.numpy()
+    picks = trainer.order[:4]
+    np.testing.assert_allclose(sigma, np.repeat(trainer.traj_sigma[picks], 16))
+    trainer.run()
+    meta = json.loads((tmp_path / "run" / "best.json").read_text())
+    assert meta["psf_range"] == [0.5, 0.7]
