@@ -37,8 +37,11 @@ With ``count="fit"`` the count comes from the data instead of the map's mass: th
 fitted with K = 0, 1, 2, … targets (splat fit on the map, then the physics fit on the frames,
 both without a brightness prior), and the K of least χ² + ``count_penalty`` · K wins (a
 penalised likelihood, as multi-emitter fitting chooses its count); the search stops once two
-counts in a row do not improve on the best. The learned layouts and ``brightness_mean`` play
-no part there; it needs ``refine="physics"``.
+counts in a row do not improve on the best. With learned layouts (``layouts`` not "none"),
+the layout fit of the K found (± 1) competes: it wins where the data match a layout, its cost
+(with the brightness prior) credited 2/3 of ``count_penalty`` per target, since the layout's
+shape fixes two of each target's three parameters (the same information criterion). It
+needs ``refine="physics"``.
 
 The priors' widths were chosen on 150 test trajectories of each robustness set and confirmed
 on 150 validation ones (docs/reference.md §9.4): the brightness prior lifts σ = 2 from 84 to
@@ -626,15 +629,15 @@ def _pair_with_layout(centre, layout, k_layout, pos, bright, n, prior_out,
 
 
 @numba.njit(cache=True)
-def _layout_fit(frames, pos, bright, n, k_most, layouts, layout_counts, layout_px,
+def _layout_fit(frames, pos, bright, n, k_least, k_most, layouts, layout_counts, layout_px,
                 count_penalty, saturation, crop, iterations, prior_px, noise_grey, sigma,
                 brightness_mean, brightness_std, n_bg,
                 background_std):  # pragma: no cover - compiled
-    """The physics fit under each learned layout of n … k_most targets, started with the
-    layout's shape around the splat points' mean; keeps the one of least cost plus
-    ``count_penalty`` per target, writing its positions and brightness into pos and bright.
-    Returns its target count, or 0 when no layout has n … k_most targets (pos and bright are
-    then left as they were)."""
+    """The physics fit under each learned layout of k_least … k_most targets, started with
+    the layout's shape around the mean of the n points in pos; keeps the one of least cost
+    plus ``count_penalty`` per target, writing its positions and brightness into pos and
+    bright. Returns (its target count, that cost), or (0, inf) when no layout has k_least …
+    k_most targets (pos and bright are then left as they were)."""
     centre = np.zeros(2)
     for k in range(n):
         centre += pos[k] / n
@@ -645,7 +648,7 @@ def _layout_fit(frames, pos, bright, n, k_most, layouts, layout_counts, layout_p
     prior = np.zeros_like(pos)
     for t in range(layouts.shape[0]):
         k_t = layout_counts[t]
-        if k_t < n or k_t > k_most:
+        if k_t < k_least or k_t > k_most:
             continue
         trial_bright[:] = brightness_mean
         _pair_with_layout(centre, layouts[t], k_t, pos, bright, n, prior, trial_bright)
@@ -663,7 +666,7 @@ def _layout_fit(frames, pos, bright, n, k_most, layouts, layout_counts, layout_p
     if best_k:
         pos[:] = best_pos
         bright[:] = best_bright
-    return best_k
+    return best_k, best
 
 
 @numba.njit(cache=True)
@@ -673,7 +676,8 @@ def _count_fit(frames, local, o_r, o_c, max_targets, splat_starts, splat_iterati
     """Fit K = 0, 1, … targets to one window (map crop ``local`` at cell (o_r, o_c), LR
     frames (T, 11, 11)) without brightness priors; the K of least cost + count_penalty · K
     wins, its positions (LR pixels) and brightness written into pos (K_max, 2) and bright
-    (K_max,). Stops after two counts in a row that do not beat the best. Returns K."""
+    (K_max,). Stops after two counts in a row that do not beat the best. Returns (K, its
+    cost + count_penalty · K)."""
     trial_pos = np.zeros((max_targets, 2))
     trial_bright = np.zeros(max_targets)
     best = _physics_fit(frames, trial_pos, trial_bright, 0, saturation, physics_crop,
@@ -700,7 +704,7 @@ def _count_fit(frames, local, o_r, o_c, max_targets, splat_starts, splat_iterati
             worse += 1
             if worse >= 2:
                 break
-    return best_k
+    return best_k, best
 
 
 @numba.njit(cache=True)
@@ -721,10 +725,23 @@ def _extract_batch(maps, windows, saturation, refine, score_mass, max_targets, m
         pos = np.zeros((max_targets, 2))
         bright = np.zeros(max_targets)
         if count_fit:
-            n = _count_fit(windows[b], local, o_r, o_c, max_targets, splat_starts,
-                           splat_iterations, saturation[b], physics_crop, physics_iterations,
-                           prior_px, noise[b], sigma, n_bg[b], background_std, count_penalty,
-                           pos, bright)
+            n, cost = _count_fit(windows[b], local, o_r, o_c, max_targets, splat_starts,
+                                 splat_iterations, saturation[b], physics_crop,
+                                 physics_iterations, prior_px, noise[b], sigma, n_bg[b],
+                                 background_std, count_penalty, pos, bright)
+            if n and layout_counts.shape[0] > 0 and layout_px > 0:
+                # a learned layout wins where the data match it: its shape fixes two of each
+                # target's three parameters, worth 2/3 of the count penalty per target
+                lay_pos, lay_bright = pos.copy(), bright.copy()
+                k_lay, lay_cost = _layout_fit(
+                    windows[b], lay_pos, lay_bright, n, max(n - 1, 1), min(n + 1, max_targets),
+                    layouts, layout_counts, layout_px, count_penalty, saturation[b],
+                    physics_crop, physics_iterations, prior_px, noise[b], sigma,
+                    brightness_mean, physics_brightness_std, n_bg[b], background_std)
+                if k_lay and lay_cost - 2.0 * count_penalty * k_lay / 3.0 < cost:
+                    n = k_lay
+                    pos[:] = lay_pos
+                    bright[:] = lay_bright
             counts[b] = n
             _write_points(m, pos, bright, n, score_mass, points[b])
             continue
@@ -747,7 +764,8 @@ def _extract_batch(maps, windows, saturation, refine, score_mass, max_targets, m
                 # below (a group of 2+ counted 1) and from DENSE_COUNT up larger counts compete
                 sure = layout_counts.min() <= n < DENSE_COUNT
                 k_most = min(n if sure else n + count_search, max_targets)
-                found = _layout_fit(windows[b], pos, bright, n, k_most, layouts, layout_counts,
+                found, _ = _layout_fit(windows[b], pos, bright, n, n, k_most, layouts,
+                                       layout_counts,
                                     layout_px, count_penalty, saturation[b], physics_crop,
                                     physics_iterations, prior_px, noise[b], sigma,
                                     brightness_mean, physics_brightness_std, n_bg[b],

@@ -318,3 +318,25 @@ def test_count_by_fit_needs_the_physics_fit():
     with pytest.raises(ValueError, match="count must be one of"):
         extract_points(np.zeros((1, 33, 33)), np.zeros((1, 5, 11, 11)),
                        ExtractorConfig(count="brightness"))
+
+
+def test_count_by_fit_takes_a_learned_layout_where_the_data_match_it():
+    """'+' groups of the paper's rules: the layout fit wins the comparison (counts right,
+    errors no larger than the free fit's); a lone dim target still gets its own fit."""
+    windows, _, frames = eval_windows(simulate(4, seed=12))
+    ds = simulate(4, seed=12)
+    truths = [ds.frame_targets(int(f)) for f in frames]
+    maps = splat_map(ds.targets[frames])
+    maps = 0.5 * maps + 0.125 * sum(np.roll(maps, s, axis=a) for s in (1, -1) for a in (1, 2))
+    free = extract_points(maps, windows, ExtractorConfig(count="fit", layouts="none"))
+    laid = extract_points(maps, windows, ExtractorConfig(count="fit"))
+    right = {name: np.mean([len(p) == len(t) for p, t in zip(pts, truths, strict=True)])
+             for name, pts in (("free", free), ("laid", laid))}
+    assert right["laid"] >= 0.95 and right["laid"] >= right["free"], right
+    err = {name: np.concatenate([nearest_errors(p, t) for p, t in zip(pts, truths, strict=True)
+                                 if len(p) == len(t)])
+           for name, pts in (("free", free), ("laid", laid))}
+    assert np.mean(err["laid"]) <= np.mean(err["free"]) + 1e-9
+    truths, wins, lone_maps = lone_and_pairs(3)
+    lone = extract_points(lone_maps[:1], wins[:1], ExtractorConfig(count="fit"))
+    assert len(lone[0]) == 1 and nearest_errors(lone[0], truths[0]).max() < 0.05

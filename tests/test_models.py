@@ -407,3 +407,20 @@ def test_fastunmix_psf_input_reads_the_stated_psf_and_starts_from_weights_withou
     torch.testing.assert_close(a[:2], b[:2])
     assert not torch.allclose(a[2], b[2])
     assert plain.adapt_state(plain.state_dict()) is not None
+
+
+def test_the_general_fastunmix_weights_take_the_psf_of_their_range():
+    from models.weights import load_model, psf_mismatch
+
+    model, meta = load_model("fastunmix", "models/weights/fastunmix-general.pt")
+    assert model.psf_input and meta["psf_range"] == [0.35, 0.8]
+    assert psf_mismatch("fastunmix", meta, 0.7) is None
+    assert "0.35–0.8" in psf_mismatch("fastunmix", meta, 0.9)
+    window = torch.zeros(1, 5, 11, 11)
+    window[:, :, 5, 5] = 200.0
+    maps = []
+    for sigma in (0.4, 0.7):
+        model.set_psf(sigma)
+        with torch.no_grad():
+            maps.append(model(window, torch.full((1,), 2))[0])
+    assert not torch.allclose(maps[0], maps[1])  # the σ input changes the answer
