@@ -293,10 +293,10 @@ def markdown(doc: dict) -> str:
         f"{doc['machine']['cpu']} (torch CPU capability {doc['machine']['cpu_capability']}). "
         "CSO-mAP ×100 on each set's test split (sizes below). A row named after a model "
         "alone is its shipped weights with the extractor's defaults, no flag (as `python -m "
-        "models evaluate` runs it); a tagged row is made by its command under Rows. **Bound**: the Cramér–Rao "
-        "bound's AP (each target's hit probability, averaged over targets and thresholds; "
-        "unbiased estimators that know the count; learned priors can beat it where it is "
-        "near-singular). **Fit**: the count-known fit started at the truth, scored like a "
+        "models evaluate` runs it); a tagged row is made by its command under Rows. "
+        "**Bound**: the Cramér–Rao bound's AP (each target's hit probability, averaged over "
+        "targets and thresholds; unbiased estimators that know the count; learned priors can "
+        "beat it where it is near-singular). **Fit**: the count-known fit started at the truth, scored like a "
         "method (not reachable in practice). **GT map**: the exact GT map in grid mode.",
         "",
         "| set | windows | bound | fit | " + " | ".join(f"{m} points" for m in models)
