@@ -296,8 +296,9 @@ def markdown(doc: dict) -> str:
         "models evaluate` runs it); a tagged row is made by its command under Rows. "
         "**Bound**: the Cramér–Rao bound's AP (each target's hit probability, averaged over "
         "targets and thresholds; unbiased estimators that know the count; learned priors can "
-        "beat it where it is near-singular). **Fit**: the count-known fit started at the truth, scored like a "
-        "method (not reachable in practice). **GT map**: the exact GT map in grid mode.",
+        "beat it where it is near-singular). **Fit**: the count-known fit started at the "
+        "truth, scored like a method (not reachable in practice). **GT map**: the exact GT "
+        "map in grid mode.",
         "",
         "| set | windows | bound | fit | " + " | ".join(f"{m} points" for m in models)
         + " | GT map (grid) | " + " | ".join(f"{m} grid" for m in models) + " |",
