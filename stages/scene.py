@@ -96,6 +96,9 @@ class SceneConfig:
         Peak-to-peak amplitude of a smooth linear background ramp (grey levels, 0 = flat).
     noise_sigma : float
         Standard deviation of the additive white Gaussian noise (grey levels).
+    gain : float
+        Shot noise: grey levels per photo-electron; each pixel's expected level μ becomes
+        gain · Poisson(μ / gain), as in :func:`sim.render.render_uint8` (0: none).
     clutter : int
         Number of clutter objects: single bright points, static or slow.
     clutter_brightness : tuple of float
@@ -141,6 +144,7 @@ class SceneConfig:
     background: float = 20.0
     gradient: float = 0.0
     noise_sigma: float = 1.0
+    gain: float = 0.0
     clutter: int = 0
     clutter_brightness: tuple[float, float] = (60.0, 160.0)
     clutter_speed: float = 0.05
@@ -173,8 +177,8 @@ class SceneConfig:
             lo, hi = getattr(self, name)
             if not 0 <= lo <= hi:
                 raise ValueError(f"{name} range {lo}..{hi} is invalid; use 0 <= low <= high")
-        if self.noise_sigma < 0 or self.psf_sigma <= 0:
-            raise ValueError("noise_sigma must be >= 0 and psf_sigma > 0")
+        if self.noise_sigma < 0 or self.psf_sigma <= 0 or self.gain < 0:
+            raise ValueError("noise_sigma and gain must be >= 0 and psf_sigma > 0")
         if self.scene_amplitude < 0 or self.scene_drift < 0:
             raise ValueError("scene_amplitude and scene_drift must be >= 0")
 
@@ -410,6 +414,9 @@ class SceneSimulator:
         if self._scene is not None:
             image += self._scene_now()
         image += render_points(points, (cfg.height, cfg.width), cfg.psf_sigma, self._radius)
+        if cfg.gain > 0:
+            electrons = self._rng.poisson(np.maximum(image, 0.0) / cfg.gain)
+            image = (np.float32(cfg.gain) * electrons).astype(np.float32)
         if cfg.noise_sigma > 0:
             noise = self._rng.standard_normal((cfg.height, cfg.width), dtype=np.float32)
             image += np.float32(cfg.noise_sigma) * noise

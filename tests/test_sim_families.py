@@ -175,3 +175,11 @@ def test_scene_config_names_the_layout_limits():
         SceneConfig(min_targets=1, max_targets=6)
     with pytest.raises(ValueError, match="unknown"):
         SceneConfig(layout="grid")
+
+
+def test_scene_simulator_shot_noise_has_variance_gain_times_level():
+    cfg = SceneConfig(groups=0, background=100.0, noise_sigma=0.0, gain=2.0, quantize=False,
+                      height=64, width=64, border=4.0)
+    image, _ = SceneSimulator(cfg, seed=1).step()
+    assert abs(image.mean() - 100.0) < 1.0
+    assert abs(image.var() / 200.0 - 1.0) < 0.1
