@@ -85,3 +85,16 @@ def test_the_unmixer_tells_the_model_its_psf_and_warns_once_for_foreign_weights(
     with caplog.at_level(logging.WARNING, logger="stages.unmixer"):
         quiet.start()
     assert not caplog.records
+
+
+def test_the_chain_warns_once_for_weights_of_another_psf(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "chain.yaml"
+    path.write_text(textwrap.dedent(CHAIN.replace("run: {frames: 5}", "run: {frames: 3}")))
+    done = subprocess.run([sys.executable, "-m", "pipeline", "run", str(path)],
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if "trained for PSF sigma" in line]
+    assert len(lines) == 1 and "0.62" in lines[0]

@@ -111,7 +111,15 @@ def measure(plans: list, windows_per_frame: int, repeats: int = 5) -> dict[str, 
     maps = None
     if "unmixer" in stages:
         unmixer = stages["unmixer"].build()
-        unmixer.start()
+        # its start-up lines (the weights loaded, a PSF the weights were not trained for) are
+        # the chain's own unmixer's to say, once
+        unmixer_log = logging.getLogger("stages.unmixer")
+        level = unmixer_log.level
+        unmixer_log.setLevel(logging.ERROR)
+        try:
+            unmixer.start()
+        finally:
+            unmixer_log.setLevel(level)
         stream = iter(frames[:-1])
         costs["unmixer"] = _median_ms(lambda: unmixer.process(next(stream)), repeats)
         (maps,) = unmixer.process(frame)
