@@ -40,8 +40,10 @@ penalised likelihood, as multi-emitter fitting chooses its count); the search st
 counts in a row do not improve on the best. With learned layouts (``layouts`` not "none"),
 the layout fit of the K found (± 1) competes: it wins where the data match a layout, its cost
 (with the brightness prior) credited 2/3 of ``count_penalty`` per target, since the layout's
-shape fixes two of each target's three parameters (the same information criterion). It
-needs ``refine="physics"``.
+shape fixes two of each target's three parameters (the same information criterion). With
+``brightness_prior`` the count fits take the brightness priors N(``brightness_mean``,
+``physics_brightness_std``²) (splat fit: ``brightness_std``), for data whose brightness
+range is known. It needs ``refine="physics"``.
 
 The priors' widths were chosen on 150 test trajectories of each robustness set and confirmed
 on 150 validation ones (docs/reference.md §9.4): the brightness prior lifts σ = 2 from 84 to
@@ -129,6 +131,7 @@ class ExtractorConfig:
     score: str = "brightness"  # "brightness" (fitted b_k) or "mass"
     count: str = "mass"  # "mass" (map mass / brightness_mean) or "fit" (chosen by the fits)
     psf_sigma: float = SIGMA  # PSF std (px) of the physics fit, unless the data state theirs
+    brightness_prior: bool = False  # count "fit": its fits take the brightness priors above
 
 
 def estimate_noise(windows: np.ndarray, floor: float = 0.0,
@@ -672,29 +675,33 @@ def _layout_fit(frames, pos, bright, n, k_least, k_most, layouts, layout_counts,
 @numba.njit(cache=True)
 def _count_fit(frames, local, o_r, o_c, max_targets, splat_starts, splat_iterations,
                saturation, physics_crop, physics_iterations, prior_px, noise, sigma, n_bg,
-               background_std, count_penalty, pos, bright):  # pragma: no cover - compiled
+               background_std, count_penalty, b_mean, b_std, b_splat_std, pos,
+               bright):  # pragma: no cover - compiled
     """Fit K = 0, 1, … targets to one window (map crop ``local`` at cell (o_r, o_c), LR
-    frames (T, 11, 11)) without brightness priors; the K of least cost + count_penalty · K
+    frames (T, 11, 11)), each brightness with the prior N(b_mean, b_std²) in the physics fit
+    and N(b_mean, b_splat_std²) in the splat fit (NO_PRIOR: none); the K of least cost +
+    count_penalty · K
     wins, its positions (LR pixels) and brightness written into pos (K_max, 2) and bright
     (K_max,). Stops after two counts in a row that do not beat the best. Returns (K, its
     cost + count_penalty · K)."""
     trial_pos = np.zeros((max_targets, 2))
     trial_bright = np.zeros(max_targets)
     best = _physics_fit(frames, trial_pos, trial_bright, 0, saturation, physics_crop,
-                        physics_iterations, trial_pos.copy(), prior_px, noise, sigma, 0.0,
-                        NO_PRIOR, n_bg, background_std, trial_pos, 0.0)
+                        physics_iterations, trial_pos.copy(), prior_px, noise, sigma, b_mean,
+                        b_std, n_bg, background_std, trial_pos, 0.0)
     best_k, worse = 0, 0
     for k in range(1, max_targets + 1):
         trial_pos[:] = 0.0
         trial_bright[:] = 0.0
-        _splat_fit(local, o_r, o_c, k, max_targets, splat_starts, splat_iterations, NO_PRIOR,
-                   NO_PRIOR, trial_pos, trial_bright)
+        _splat_fit(local, o_r, o_c, k, max_targets, splat_starts, splat_iterations,
+                   b_mean if b_std < NO_PRIOR else NO_PRIOR, b_splat_std, trial_pos,
+                   trial_bright)
         for j in range(k):
             for a in range(2):
                 trial_pos[j, a] = (trial_pos[j, a] - OFFSET) / RATIO
         cost = _physics_fit(frames, trial_pos, trial_bright, k, saturation, physics_crop,
-                            physics_iterations, trial_pos.copy(), prior_px, noise, sigma, 0.0,
-                            NO_PRIOR, n_bg, background_std, trial_pos, 0.0)
+                            physics_iterations, trial_pos.copy(), prior_px, noise, sigma,
+                            b_mean, b_std, n_bg, background_std, trial_pos, 0.0)
         cost += count_penalty * k
         if cost < best:
             best, best_k, worse = cost, k, 0
@@ -712,8 +719,8 @@ def _extract_batch(maps, windows, saturation, refine, score_mass, max_targets, m
                    brightness_mean, brightness_std, splat_crop, splat_starts,
                    splat_iterations, physics_crop, physics_iterations, prior_px,
                    physics_brightness_std, background_std, noise, n_bg, sigma, layouts,
-                   layout_counts, layout_px, count_search, count_penalty, count_fit, counts,
-                   points):  # pragma: no cover - compiled
+                   layout_counts, layout_px, count_search, count_penalty, count_fit,
+                   brightness_prior, counts, points):  # pragma: no cover - compiled
     """Every window's count into counts (B,) and (row, col, score) into points (B, K, 3).
     ``refine``: 0 none, 1 splat, 2 physics (the index in REFINES); noise (B,) the pixel
     noise std and n_bg (B,) the background terms of each window's physics fit; layouts
@@ -728,7 +735,10 @@ def _extract_batch(maps, windows, saturation, refine, score_mass, max_targets, m
             n, cost = _count_fit(windows[b], local, o_r, o_c, max_targets, splat_starts,
                                  splat_iterations, saturation[b], physics_crop,
                                  physics_iterations, prior_px, noise[b], sigma, n_bg[b],
-                                 background_std, count_penalty, pos, bright)
+                                 background_std, count_penalty,
+                                 brightness_mean if brightness_prior else 0.0,
+                                 physics_brightness_std if brightness_prior else NO_PRIOR,
+                                 brightness_std if brightness_prior else NO_PRIOR, pos, bright)
             if n and layout_counts.shape[0] > 0 and layout_px > 0:
                 # a learned layout wins where the data match it: its shape fixes two of each
                 # target's three parameters, worth 2/3 of the count penalty per target
@@ -865,5 +875,5 @@ def extract_points(maps, windows=None, cfg: ExtractorConfig = ExtractorConfig(),
                    cfg.background_std, noise, n_bg,
                    float(cfg.psf_sigma if sigma is None else sigma), layouts, layout_counts,
                    cfg.layout_px, cfg.count_search, cfg.count_penalty, cfg.count == "fit",
-                   counts, points)
+                   cfg.brightness_prior, counts, points)
     return [points[i, :counts[i]].copy() for i in range(b)]

@@ -340,3 +340,18 @@ def test_count_by_fit_takes_a_learned_layout_where_the_data_match_it():
     truths, wins, lone_maps = lone_and_pairs(3)
     lone = extract_points(lone_maps[:1], wins[:1], ExtractorConfig(count="fit"))
     assert len(lone[0]) == 1 and nearest_errors(lone[0], truths[0]).max() < 0.05
+
+
+def test_count_by_fit_can_take_the_brightness_prior():
+    """A dim spot beside a bright one: without a prior the fit may split the light any way;
+    with the prior around the targets' true brightness the fitted brightness stays near it."""
+    rng = np.random.default_rng(2)
+    truth = np.array([[5.0, 5.0, 235.0], [5.0, 5.45, 235.0]])
+    wins = render_uint8(np.repeat(truth[None], 5, axis=0), 1.0, rng=rng)[None].astype(np.float32)
+    m = splat_map(truth[None])[0]
+    maps = (0.5 * m + 0.125 * sum(np.roll(m, s, axis=a) for s in (1, -1) for a in (0, 1)))[None]
+    cfg = ExtractorConfig(count="fit", layouts="none", brightness_prior=True,
+                          physics_brightness_std=8.66)
+    (with_prior,) = extract_points(maps, wins, cfg)
+    assert len(with_prior) == 2
+    np.testing.assert_allclose(with_prior[:, 2], 235.0, atol=20.0)
