@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.ceiling import render_window
+from models.ceiling import levenberg_marquardt, render_window
 from models.extract import estimate_noise
 from models.protocol import eval_windows
 from sim import load_dataset
@@ -44,6 +44,9 @@ SIGMA_STEP, SIGMA_RANGE = 1e-4, (0.2, 2.0)
 
 def fit_spot(window: np.ndarray, sigma0: float = 0.5, iterations: int = 30) -> np.ndarray:
     """One moving target of free PSF σ on a flat background, fitted to a window.
+
+    Levenberg–Marquardt (:func:`models.ceiling.levenberg_marquardt`), σ by a finite
+    difference.
 
     Parameters
     ----------
@@ -64,36 +67,26 @@ def fit_spot(window: np.ndarray, sigma0: float = 0.5, iterations: int = 30) -> n
     grid = np.arange(patch, dtype=np.float64)
     theta = np.array([light.sum(axis=1) @ grid / total, light.sum(axis=0) @ grid / total,
                       0.0, 0.0, total, level, sigma0])
-    keep = (y < y.max()) | (y.max() < 255)  # a clipped peak says nothing of the spot's shape
-    keep = keep.ravel()
+    keep = ((y < y.max()) | (y.max() < 255)).ravel().astype(np.float64)  # a clipped peak
+    # says nothing of the spot's shape
 
-    def residual_and_jacobian(t):
+    def residuals(t):
         model, jac = render_window(t[:5], t[6], patch, frames)
         up = render_window(t[:5], t[6] + SIGMA_STEP, patch, frames)[0]
         d_sigma = (up - model).ravel() / SIGMA_STEP
         jac = np.column_stack([jac, np.ones(jac.shape[0]), d_sigma])
-        r = (y - model - t[5]).ravel()
-        return r * keep, jac * keep[:, None]
+        return (y - model - t[5]).ravel(), jac, keep
 
-    r, jac = residual_and_jacobian(theta)
-    cost, damping = float(r @ r), 1e-3
-    for _ in range(iterations):
-        normal = jac.T @ jac
-        step = np.linalg.solve(normal + damping * np.diag(np.diag(normal) + 1e-9), jac.T @ r)
-        trial = theta + step
-        trial[6] = np.clip(trial[6], *SIGMA_RANGE)
-        trial_r, trial_jac = residual_and_jacobian(trial)
-        if float(trial_r @ trial_r) <= cost:
-            theta, r, jac, cost = trial, trial_r, trial_jac, float(trial_r @ trial_r)
-            damping = max(damping / 10, 1e-9)
-            if abs(step[6]) < 1e-6 and np.abs(step[:2]).max() < 1e-6:
-                break
-        else:
-            damping *= 10
-            if damping > 1e6:
-                break
-    normal = jac.T @ jac
-    spread = float(np.sqrt(max(np.linalg.pinv(normal)[6, 6], 0.0)))
+    def converged(step):
+        return abs(step[6]) < 1e-6 and np.abs(step[:2]).max() < 1e-6
+
+    def inside(t):
+        t[6] = np.clip(t[6], *SIGMA_RANGE)
+        return t
+
+    theta, cost, jac, weight = levenberg_marquardt(residuals, theta, converged, iterations,
+                                                   inside)
+    spread = float(np.sqrt(max(np.linalg.pinv((jac.T * weight) @ jac)[6, 6], 0.0)))
     return np.concatenate([theta, [cost, keep.sum(), spread]])
 
 

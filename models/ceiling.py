@@ -27,6 +27,7 @@ Positions are (row, col) in patch pixels, integer = pixel centre.
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import erf
 
 from models.protocol import HALF
 from sim.dataset import SeqDataset
@@ -143,8 +144,6 @@ def hit_probability(cov: np.ndarray, thresholds) -> np.ndarray:
     |z| ≤ a = min(δ/√λ₁, 9), taken as z = a·sin u (which removes the square root's kink at
     the ends) by Gauss–Legendre with 64 nodes: exact to ~1e-12 for any ellipse.
     """
-    from scipy.special import erf
-
     cov = np.asarray(cov, dtype=np.float64).reshape(-1, 2, 2)
     lam = np.clip(np.linalg.eigvalsh(cov), 1e-300, None)  # ascending: (λ₂, λ₁)
     small, large = lam[:, 0][:, None, None], lam[:, 1][:, None, None]
@@ -158,14 +157,56 @@ def hit_probability(cov: np.ndarray, thresholds) -> np.ndarray:
     return np.clip(0.5 * np.pi * (_WEIGHTS * integrand).sum(axis=-1), 0.0, 1.0)
 
 
+def levenberg_marquardt(residuals, theta: np.ndarray, converged, iterations: int = 30,
+                        project=None):
+    """Minimise Σ wᵢ rᵢ(θ)² by Levenberg–Marquardt (Marquardt's diagonal scaling).
+
+    Parameters
+    ----------
+    residuals : callable
+        θ (P,) → (r (N,), ∂model/∂θ (N, P), w (N,)); r is data − model, so the Jacobian of
+        the model (not of r) is given.
+    theta : ndarray of shape (P,)
+        Start.
+    converged : callable
+        step (P,) → bool: stop after an accepted step for which it is true.
+    project : callable, optional
+        θ → θ kept inside its allowed set (applied to every trial).
+
+    Returns
+    -------
+    (θ, its cost Σ w r², the Jacobian and the weights there).
+    """
+    theta = np.array(theta, dtype=np.float64)
+    r, jac, weight = residuals(theta)
+    cost, damping = float(r @ (weight * r)), 1e-3
+    for _ in range(iterations):
+        jtw = jac.T * weight
+        normal = jtw @ jac
+        step = np.linalg.solve(normal + damping * np.diag(np.diag(normal) + 1e-9), jtw @ r)
+        trial = theta + step if project is None else project(theta + step)
+        trial_r, trial_jac, trial_weight = residuals(trial)
+        trial_cost = float(trial_r @ (trial_weight * trial_r))
+        if trial_cost <= cost:
+            theta, cost, r, jac, weight = trial, trial_cost, trial_r, trial_jac, trial_weight
+            damping = max(damping / 10, 1e-9)
+            if converged(step):
+                break
+        else:
+            damping *= 10
+            if damping > 1e6:
+                break
+    return theta, cost, jac, weight
+
+
 def truth_fit(window: np.ndarray, params: np.ndarray, sigma: float, noise_sigma: float,
               gain: float = 0.0, saturation: float = 255.0, iterations: int = 30,
               quantized: bool = True) -> np.ndarray:
     """Count-known fit of one window, started at the truth: parameters (K, 5).
 
-    Levenberg–Marquardt on Σ_p (y_p − μ_p)² / s_p², s_p² the pixel variance at the current
-    model, pixels at ``saturation`` − ½ or above censored. Stops when no position moves by
-    1e-7 px.
+    Levenberg–Marquardt (:func:`levenberg_marquardt`) on Σ_p (y_p − μ_p)² / s_p², s_p² the
+    pixel variance at the current model, pixels at ``saturation`` − ½ or above censored.
+    Stops when no position moves by 1e-7 px.
 
     Parameters
     ----------
@@ -176,29 +217,15 @@ def truth_fit(window: np.ndarray, params: np.ndarray, sigma: float, noise_sigma:
     """
     y = np.asarray(window, dtype=np.float64).ravel()
     keep = y < saturation - 0.5
-    theta = np.array(params, dtype=np.float64).reshape(-1, N_PAR)
-    damping = 1e-3
+    shape = np.shape(params)
 
-    def cost_of(t):
-        model, jac = render_window(t, sigma, window.shape[-1], window.shape[0])
+    def residuals(t):
+        model, jac = render_window(t.reshape(shape), sigma, window.shape[-1], window.shape[0])
         weight = keep / pixel_variance(model.ravel(), noise_sigma, gain, quantized)
-        r = y - model.ravel()
-        return float(r @ (weight * r)), r, jac, weight
+        return y - model.ravel(), jac, weight
 
-    cost, r, jac, weight = cost_of(theta)
-    for _ in range(iterations):
-        jtw = jac.T * weight
-        normal, grad = jtw @ jac, jtw @ r
-        step = np.linalg.solve(normal + damping * np.diag(np.diag(normal) + 1e-9), grad)
-        trial = theta + step.reshape(theta.shape)
-        trial_cost, trial_r, trial_jac, trial_weight = cost_of(trial)
-        if trial_cost <= cost:
-            theta, cost, r, jac, weight = trial, trial_cost, trial_r, trial_jac, trial_weight
-            damping = max(damping / 10, 1e-9)
-            if np.abs(step.reshape(theta.shape)[:, :2]).max() < 1e-7:
-                break
-        else:
-            damping *= 10
-            if damping > 1e6:
-                break
-    return theta
+    def converged(step):
+        return np.abs(step.reshape(-1, N_PAR)[:, :2]).max() < 1e-7
+
+    theta, _, _, _ = levenberg_marquardt(residuals, np.ravel(params), converged, iterations)
+    return theta.reshape(-1, N_PAR)

@@ -207,12 +207,13 @@ def diagnose(dets: list, truths: list, bound: dict) -> dict:
     }
 
 
-def bound_of(dataset: SeqDataset, frames: np.ndarray, noise: float) -> dict:
-    """Per evaluated frame, the Cramér–Rao figures of its truths: ``hit`` (m_i, thresholds)
-    hit probabilities, ``hit_at_radius`` (m_i,) at the SMLM radius and ``trace`` (m_i,) of
-    the position covariance (px²)."""
+def bound_of(dataset: SeqDataset, windows_truth: list[np.ndarray], noise: float) -> dict:
+    """Per evaluated window, the Cramér–Rao figures of its truths (``windows_truth``:
+    :func:`~models.ceiling.window_parameters`): ``hit`` (m_i, thresholds) hit
+    probabilities, ``hit_at_radius`` (m_i,) at the SMLM radius and ``trace`` (m_i,) of the
+    position covariance (px²)."""
     hit, at_radius, trace = [], [], []
-    for params in window_parameters(dataset, frames):
+    for params in windows_truth:
         cov = crlb_covariances(params, dataset.sigma, noise)
         hit.append(hit_probability(cov, THRESHOLDS))
         at_radius.append(hit_probability(cov, [RADIUS])[:, 0])
@@ -230,7 +231,8 @@ def score_ceiling(dataset: SeqDataset, noise: float) -> tuple[dict, dict]:
     """
     windows, _, frames = eval_windows(dataset)
     truths = ground_truths(dataset, frames)
-    bound = bound_of(dataset, frames, noise)
+    params = window_parameters(dataset, frames)
+    bound = bound_of(dataset, params, noise)
     hits = np.concatenate(bound["hit"])  # (targets, thresholds)
     crlb = {f"AP{round(100 * d):02d}": float(h) for d, h in zip(THRESHOLDS, hits.mean(axis=0),
                                                                  strict=True)}
@@ -239,8 +241,7 @@ def score_ceiling(dataset: SeqDataset, noise: float) -> tuple[dict, dict]:
     crlb["per_k"] = {str(k): float(np.concatenate([bound["hit"][i] for i in
                                                    np.flatnonzero(true_k == k)]).mean())
                      for k in np.unique(true_k)}
-    fitted = [truth_fit(w, p, dataset.sigma, noise)
-              for w, p in zip(windows, window_parameters(dataset, frames), strict=True)]
+    fitted = [truth_fit(w, p, dataset.sigma, noise) for w, p in zip(windows, params, strict=True)]
     fit_points = [np.column_stack([f[:, :2], f[:, 4]]) for f in fitted]
     return ({"crlb": crlb, "fit": diagnose(fit_points, truths, bound),
              "grid_oracle": grid_oracle(dataset)}, bound)
@@ -441,7 +442,8 @@ def run(args: argparse.Namespace) -> int:
                     dataset.n_trajectories and old.get("extractor") == extractor:
                 continue
             if family_set.key not in bounds:
-                bounds[family_set.key] = bound_of(dataset, eval_windows(dataset)[2],
+                frames = eval_windows(dataset)[2]
+                bounds[family_set.key] = bound_of(dataset, window_parameters(dataset, frames),
                                                   family_set.noise)
             result = score_model(model_name, dataset, args.batch_size, bounds[family_set.key],
                                  Path(args.weights) if args.weights else None, ext_cfg)
